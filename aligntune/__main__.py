@@ -1,0 +1,3 @@
+from aligntune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""TrainingArguments fields every TRL trainer shares, mapped once from RunConfig."""
+
+from __future__ import annotations
+
+import difflib
+
+from aligntune.config.schema import RunConfig
+from aligntune.errors import ConfigError
+from aligntune.models.loading import resolve_device, resolve_dtype
+
+
+def common_args(run: RunConfig, output_dir: str) -> dict:
+    """transformers.TrainingArguments fields from `run.train`, `run.seed`, `run.model.dtype`, `run.device`."""
+    t = run.train
+    device = resolve_device(run.device)
+    precision = resolve_dtype(run.model.dtype, device)
+    return dict(
+        output_dir=output_dir,
+        seed=run.seed,
+        data_seed=run.seed,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        # Compute precision: weights are loaded in fp32 (master copy); bf16/fp16 run the forward under autocast.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        report_to="none",
+        disable_tqdm=not run.verbose,  # aligntune draws its own progress bar
+        save_strategy="no",  # the final model is saved into the run directory by aligntune
+        log_level="info" if run.verbose else "warning",
+    )
+
+
+def check_trl_args(config_name: str, fields: set[str], trl_args: dict, mapped: set[str]) -> None:
+    """backend.trl_args may only name real fields of the TRL config, and none that aligntune maps itself."""
+    for key in trl_args:
+        if key not in fields:
+            near = difflib.get_close_matches(key, sorted(fields), n=3)
+            raise ConfigError(f"backend.trl_args.{key} is not a field of trl.{config_name}.",
+                              f"{'Did you mean ' + ', '.join(near) + '? ' if near else ''}See TRL's {config_name} "
+                              "documentation for its fields.")
+        if key in mapped:
+            raise ConfigError(f"backend.trl_args.{key} sets a field that aligntune already maps from its own config.",
+                              "Set it through the aligntune key instead (`aligntune train --cfg job` lists them), so "
+                              "there is one place for each setting.")

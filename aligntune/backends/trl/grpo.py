@@ -1,0 +1,108 @@
+"""GRPO on TRL: the ONE mapping from RunConfig to `trl.GRPOConfig`, and the trainer build.
+
+Batch arithmetic (global, per optimizer step): `train.batch_size` prompts, each sampled
+`algorithm.group_size` times, so one step generates and learns from B x G completions. TRL
+counts completions per device and forward pass (`per_device_train_batch_size`), so we pass the
+micro-batch there and accumulate B x G / (micro x world) micro-batches per step. TRL then sets
+`steps_per_generation` = accumulation steps, so exactly one generation round feeds each step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aligntune.backends.trl.common import check_trl_args, common_args
+from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
+from aligntune.errors import ConfigError
+
+# aligntune key -> the GRPOConfig field it sets; trl_args may not set these a second way.
+MAPPED_FIELDS = {
+    "algorithm.group_size": "num_generations",
+    "algorithm.beta": "beta",
+    "algorithm.cliprange": "epsilon",
+    "algorithm.cliprange_high": "epsilon_high",
+    "algorithm.temperature": "temperature",
+    "algorithm.top_p": "top_p",
+    "algorithm.max_completion_length": "max_completion_length",
+    "algorithm.num_iterations": "num_iterations",
+    "algorithm.loss_type": "loss_type",
+    "algorithm.scale_rewards": "scale_rewards",
+    "algorithm.importance_sampling_level": "importance_sampling_level",
+    "algorithm.mask_truncated_completions": "mask_truncated_completions",
+    "dataset.shuffle": "shuffle_dataset",
+    "rewards.<name>.weight": "reward_weights",
+}
+
+
+def micro_batch(run: RunConfig, world_size: int = 1) -> tuple[int, int]:
+    """(completions per device forward/backward, gradient accumulation steps) for one optimizer step."""
+    per_step = run.train.batch_size * run.algorithm.group_size
+    micro = run.train.micro_batch_size or per_step // world_size
+    if per_step % (micro * world_size):
+        raise ConfigError(
+            f"The {per_step} completions of one step (train.batch_size={run.train.batch_size} x "
+            f"algorithm.group_size={run.algorithm.group_size}) cannot be split into micro-batches of {micro} on "
+            f"{world_size} process(es).", "Choose train.micro_batch_size so that micro x processes divides the step.")
+    return micro, per_step // (micro * world_size)
+
+
+def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1) -> dict:
+    """The keyword arguments of `trl.GRPOConfig` for `run`. Pure: unit-tested key by key."""
+    algo = run.algorithm
+    if not isinstance(algo, GRPOAlgorithmConfig):
+        raise TypeError(f"grpo_args needs a GRPO config, got {type(algo).__name__}")
+    micro, accumulation = micro_batch(run, world_size)
+    args = common_args(run, output_dir)
+    args.update(
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        num_generations=algo.group_size,
+        beta=algo.beta,
+        epsilon=algo.cliprange,
+        epsilon_high=algo.cliprange_high,
+        temperature=algo.temperature,
+        top_p=algo.top_p,
+        max_completion_length=algo.max_completion_length,
+        num_iterations=algo.num_iterations,
+        loss_type=algo.loss_type,
+        scale_rewards=algo.scale_rewards,
+        importance_sampling_level=algo.importance_sampling_level,
+        mask_truncated_completions=algo.mask_truncated_completions,
+        shuffle_dataset=run.dataset.shuffle,
+        reward_weights=[r.weight for r in run.rewards.values()],
+        log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
+    )
+    check_trl_args("GRPOConfig", _grpo_fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
+    args.update(run.backend.trl_args)
+    return args
+
+
+def _grpo_fields() -> set[str]:
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1):
+    from trl import GRPOConfig
+
+    try:
+        return GRPOConfig(**grpo_args(run, output_dir, world_size))
+    except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
+        raise ConfigError(f"TRL rejected the GRPO configuration: {exc}", "Adjust the named setting.") from exc
+
+
+def build(run: RunConfig, job) -> object:
+    """A `trl.GRPOTrainer` for `run`, wired to the job's callbacks and reward recorder."""
+    from trl import GRPOTrainer
+
+    args = to_grpo_config(run, str(job.checkpoint_dir))
+    return GRPOTrainer(
+        model=job.model,
+        reward_funcs=job.reward_funcs,
+        args=args,
+        train_dataset=job.train_dataset,
+        processing_class=job.tokenizer,
+        peft_config=job.peft_config,
+        callbacks=job.callbacks,
+    )

@@ -1,0 +1,198 @@
+"""The `aligntune` command. A thin front: subcommands are parsed here, `train` is handed to Hydra.
+
+    aligntune --help
+    aligntune train [GROUP=OPTION] [KEY=VALUE] [-m] [--cfg job] [-v] [--traceback]
+
+Before Hydra launches anything, every job of the command (one, or each point of a sweep) is
+composed and validated (`aligntune.config.compose.load`), so a bad value fails the whole command
+in about a second with one paragraph, before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from aligntune import __version__
+from aligntune.errors import EXIT_FAILURE, EXIT_USAGE, AligntuneError, report, traceback_requested
+
+COMMANDS = {"train": "train a model (GRPO) from the composed config; `aligntune train --help` lists the options"}
+
+# Hydra flags that only print (no job runs): their overrides are not validated first.
+PRINT_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version"}
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--config-path", "-cp",
+               "--config-dir", "-cd", "--experimental-rerun"}
+
+_results: list[tuple[str, dict]] = []  # (run dir, summary) of each job the last command ran
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return train_command(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="aligntune",
+        description="Config-driven alignment of language models (GRPO; DPO and PPO to come), on TRL, composed with Hydra.",
+        epilog="Run `aligntune train --help` for config groups, shortcuts and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"aligntune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    return EXIT_USAGE  # unreachable: known commands return above
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:
+    """(hydra flags, overrides, our own options) from `aligntune train` arguments."""
+    flags, overrides, ours = [], [], {"verbose": False, "traceback": False, "multirun": False, "print_only": False}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-v", "--verbose"):
+            ours["verbose"] = True
+        elif a == "--traceback":
+            ours["traceback"] = True
+        elif a.startswith("-"):
+            flags.append(a)
+            name = a.split("=", 1)[0]
+            ours["multirun"] |= name in ("-m", "--multirun")
+            ours["print_only"] |= name in PRINT_FLAGS
+            if name in VALUE_FLAGS and "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                if name not in ("--info", "-i") or args[i + 1] in ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath"):
+                    flags.append(args[i + 1])
+                    i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides, ours
+
+
+def _is_hydra_override(o: str) -> bool:
+    return o.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job the command will run (a sweep expands to its grid)."""
+    plain = [o for o in overrides if not _is_hydra_override(o)]
+    if not multirun:
+        return [plain]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(plain)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate(overrides: list[str], multirun: bool) -> int:
+    """Compose and check every job; returns how many there are. Raises ConfigError."""
+    from aligntune.config import compose
+
+    jobs = _jobs(overrides, multirun)
+    for job in jobs:
+        compose.load(job)
+    return len(jobs)
+
+
+def train_command(args: list[str]) -> int:
+    from aligntune.config import aliases
+
+    flags, overrides, ours = split_args(args)
+    if ours["traceback"]:
+        os.environ["ALIGNTUNE_TRACEBACK"] = "1"
+    if ours["verbose"]:
+        overrides.append("verbose=true")
+    overrides, _ = aliases.rewrite(overrides)
+    _results.clear()
+    try:
+        if not ours["print_only"]:
+            validate(overrides, ours["multirun"])
+        from aligntune.config import compose
+
+        compose.new_run_id()
+        code = _run_hydra(flags + overrides)
+    except AligntuneError as exc:
+        if traceback_requested():
+            import traceback
+
+            traceback.print_exc()
+        report(exc)
+        return EXIT_USAGE
+    if code == 0 and ours["multirun"] and _results:
+        from aligntune.run.console import console
+
+        console.print(f"[bold]{len(_results)} jobs[/bold] written to:")
+        for run_dir, _ in _results:
+            console.print(f"  {run_dir}")
+    return code
+
+
+def _run_hydra(argv: list[str]) -> int:
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from aligntune.config import compose
+
+    compose.register()
+    GlobalHydra.instance().clear()
+    saved = sys.argv
+    sys.argv = ["aligntune train", *argv]
+    if traceback_requested():
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra.main(version_base="1.3", config_path=compose.config_dir(), config_name=compose.CONFIG_NAME)(_task)()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def _task(cfg) -> float | None:
+    """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from aligntune.config import compose
+    from aligntune.run import console
+
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    try:
+        run = compose.to_run_config(cfg)
+        console.show_start(run, run_dir)
+        from aligntune.core.backend_factory import AlignmentJob
+
+        summary = AlignmentJob(run, run_dir, list(hc.overrides.task)).train()
+    except AligntuneError as exc:
+        if traceback_requested():
+            import traceback
+
+            traceback.print_exc()
+        report(exc)
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print(f"interrupted: the run directory {run_dir} is marked failed.", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        import logging
+        import traceback
+
+        logging.getLogger("aligntune").error("run failed", exc_info=exc)
+        if traceback_requested():
+            traceback.print_exc()
+        print(f"error: the run failed with {type(exc).__name__}: {exc}\n  The traceback is in {run_dir}/train.log "
+              "(or run again with --traceback).", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+    _results.append((run_dir, summary))
+    reward = summary.get("reward")
+    return float(reward) if isinstance(reward, (int, float)) else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""From overrides to a validated `RunConfig`, without importing torch.
+
+    argv overrides -> alias rewrite -> Hydra compose (configs/ + dataclass schemas)
+                   -> OmegaConf.to_object (value and cross-field checks) -> preflight (sources)
+
+The CLI runs this for every job of a sweep before Hydra launches anything, so a bad value fails
+the whole command in about a second; the Python API runs it for its one job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import re
+import secrets
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+
+from aligntune.config import aliases, schema
+from aligntune.errors import AligntuneError, ConfigError
+
+CONFIG_NAME = "train"
+_registered = False
+_run_id = ""
+
+
+def config_dir() -> str:
+    """The shipped configs/ tree (inside the installed package, editable or wheel)."""
+    return str(Path(str(importlib.resources.files("aligntune.configs"))).resolve())
+
+
+def new_run_id() -> str:
+    """A fresh suffix for run directories: two runs started in the same second never collide."""
+    global _run_id
+    _run_id = secrets.token_hex(3)
+    return _run_id
+
+
+def register() -> None:
+    """Register the schemas with Hydra's ConfigStore and the run-id resolver (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=schema.RunConfig)
+    for name, node in schema.ALGORITHM_SCHEMAS.items():
+        cs.store(group="algorithm", name=f"{name}_schema", node=node)
+    OmegaConf.register_new_resolver("aligntune_run_id", lambda: _run_id or new_run_id(), replace=True)
+    _registered = True
+
+
+def group_options(group: str) -> list[str]:
+    root = Path(config_dir()) / group
+    return sorted(p.stem for p in root.glob("*.yaml"))
+
+
+def unknown_keys_error(keys: list[str]) -> ConfigError:
+    return ConfigError(f"Unknown config key{'s' if len(keys) > 1 else ''} {', '.join(keys)}: the schema has no such field.",
+                       "Check the spelling against `aligntune train --cfg job`; only the dict-valued keys (rewards, "
+                       "backend.trl_args, dataset.columns, rewards.<name>.args) take new entries, with +key=value.")
+
+
+def explain(exc: Exception, shortcuts: dict[str, str]) -> ConfigError:
+    """Turn a Hydra/OmegaConf composition error into one paragraph with the problem and the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    msg = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, MissingConfigException):
+        m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+        if m:
+            group, option = m.groups()
+            return ConfigError(f"{group}={option} is not an option of the '{group}' group.",
+                               f"Valid options: {', '.join(group_options(group))}.")
+        return ConfigError(msg.splitlines()[0], "Check the config name.")
+    if isinstance(exc, OverrideParseException):
+        return ConfigError(f"Cannot parse the override: {msg.splitlines()[0]}",
+                           "Overrides look like key=value, +new_key=value or ~key; quote values with spaces.")
+    inner = cause if isinstance(cause, OmegaConfBaseException) else exc
+    while isinstance(inner.__cause__, OmegaConfBaseException):
+        inner = inner.__cause__
+    key = getattr(inner, "full_key", None) or ""
+    m = re.search(r"(?:Could not override|Error merging override) '?([\w.+~]+)", msg)
+    override_key = m.group(1).lstrip("+~") if m else key
+    short = shortcuts.get(override_key) or shortcuts.get(key)
+    if isinstance(inner, (ConfigKeyError, ConfigAttributeError)):
+        bad = override_key or key
+        if short:
+            head = bad.split(".")[0]
+            return ConfigError(f"'{short}' is a shortcut for {bad}, which the selected {head} does not have.",
+                               f"Drop '{short}', or pick a {head} that has it (e.g. {head}=grpo).")
+        return unknown_keys_error([bad])
+    if isinstance(inner, ValidationError):
+        value_msg = str(inner).splitlines()[0]
+        name = short or key or override_key
+        return ConfigError(f"Invalid value for {name}{' (' + key + ')' if short and key else ''}: {value_msg}.",
+                           "Give a value of the key's type (see `aligntune train --cfg job`).")
+    if isinstance(inner, MissingMandatoryValue):
+        return ConfigError(f"{key} has no value.", f"Set it, e.g. {key}=...")
+    first = msg.splitlines()[0] if msg else type(exc).__name__
+    return ConfigError(f"The configuration does not compose: {first}", "Check the overrides against `aligntune train --cfg job`.")
+
+
+def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> DictConfig:
+    """Compose configs/train.yaml with `overrides` (already alias-rewritten)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+    except AligntuneError:
+        raise
+    except Exception as exc:  # Hydra and OmegaConf raise many types; explain() sorts them out
+        raise explain(exc, shortcuts or {}) from exc
+
+
+def _unknown_keys(node, prefix: str = "") -> list[str]:
+    """Keys Hydra's `+key=value` added to a schema node (Hydra allows it; the schema does not)."""
+    unknown = []
+    node_type = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(node_type)} if dataclasses.is_dataclass(node_type) else None
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            unknown.append(path)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            unknown += _unknown_keys(child, path + ".")
+    return unknown
+
+
+def to_run_config(cfg: DictConfig, shortcuts: dict[str, str] | None = None) -> schema.RunConfig:
+    """The typed config: values and cross-field rules are checked by the schemas' __post_init__."""
+    register()
+    cfg = cfg.copy()
+    if "hydra" in cfg:
+        with_flag = OmegaConf.is_struct(cfg)
+        OmegaConf.set_struct(cfg, False)
+        cfg.pop("hydra")
+        OmegaConf.set_struct(cfg, with_flag)
+    unknown = _unknown_keys(cfg)
+    if unknown:
+        raise unknown_keys_error(unknown)
+    try:
+        run = OmegaConf.to_object(cfg)
+    except AligntuneError:
+        raise
+    except OmegaConfBaseException as exc:
+        if isinstance(exc.__cause__, AligntuneError):
+            raise exc.__cause__ from None
+        raise explain(exc, shortcuts or {}) from exc
+    if not isinstance(run, schema.RunConfig):
+        raise ConfigError("The composed config is not a RunConfig.", "Keep `run_schema` first in train.yaml's defaults.")
+    return run
+
+
+def preflight(run: schema.RunConfig) -> None:
+    """Checks that touch the file system or the hub but not torch: the model and dataset exist."""
+    from aligntune.data.sources import resolve as resolve_dataset
+    from aligntune.models.loading import resolve_source
+
+    resolve_source(run.model.name_or_path)
+    resolve_dataset(run.dataset.name)
+
+
+def load(overrides: list[str], check_sources: bool = True) -> tuple[schema.RunConfig, DictConfig]:
+    """overrides -> (RunConfig, the composed DictConfig). Raises ConfigError with a clear message."""
+    rewritten, used = aliases.rewrite(list(overrides))
+    cfg = compose(rewritten, used)
+    run = to_run_config(cfg, used)
+    if check_sources:
+        preflight(run)
+    return run, cfg
+
+
+def default_run_dir(root: str | Path = "outputs") -> Path:
+    """outputs/<date>/<time>_<id>, the same shape Hydra's hydra.run.dir produces for the CLI."""
+    return Path(root) / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}_{new_run_id()}"

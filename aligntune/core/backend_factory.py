@@ -1,0 +1,167 @@
+"""The backend factory: one dict from (backend, algorithm) to the function that builds the engine's
+trainer, and the job object the CLI and the Python API share.
+
+    from aligntune.core.backend_factory import create_rl_trainer
+    trainer = create_rl_trainer(model_name="aligntune:tiny", dataset_name="letters", algorithm="grpo",
+                                backend="trl", num_epochs=1, batch_size=2, learning_rate=1e-6)
+    metrics = trainer.train()
+
+Import paths, not imports: listing backends costs nothing, and torch loads only when a job is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from pathlib import Path
+from typing import Any
+
+from aligntune.config.schema import RunConfig
+from aligntune.errors import AligntuneError, ConfigError
+
+BACKENDS: dict[str, dict[str, str]] = {
+    "trl": {"grpo": "aligntune.backends.trl.grpo:build"},
+}
+
+
+def builder_for(run: RunConfig):
+    algorithms = BACKENDS.get(run.backend.name)
+    if algorithms is None:
+        raise ConfigError(f"backend={run.backend.name} is not a backend aligntune has.", f"Use one of: {', '.join(BACKENDS)}.")
+    target = algorithms.get(run.algorithm.name)
+    if target is None:
+        have = [b for b, algos in BACKENDS.items() if run.algorithm.name in algos]
+        raise ConfigError(f"algorithm={run.algorithm.name} is not available on backend={run.backend.name}.",
+                          f"Use backend={have[0]}." if have else f"backend={run.backend.name} offers: {', '.join(algorithms)}.")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+class AlignmentJob:
+    """One run: model, tokenizer, data, rewards and the engine's trainer, writing to one run directory.
+
+    Building it loads everything (errors surface here, before training); `.train()` runs it and
+    returns the final metrics. `.trainer` is the engine's own trainer (e.g. `trl.GRPOTrainer`).
+    """
+
+    def __init__(self, run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None):
+        from aligntune.run import logs
+        from aligntune.run.rundir import RunDir
+
+        self.config = run
+        self.run_dir = RunDir(run_dir)
+        self.run_dir.start(run, overrides)
+        try:
+            logs.setup(self.run_dir.path, run.verbose)
+            self._build()
+        except BaseException as exc:
+            self.run_dir.fail(exc)
+            raise
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir.checkpoints
+
+    def _build(self) -> None:
+        from aligntune.data.loading import load_prompts
+        from aligntune.models.loading import load_model, load_tokenizer, peft_config
+        from aligntune.rewards.registry import bind
+        from aligntune.run.callbacks import RichProgress, RunRecorder
+        from aligntune.run.samples import SampleBook
+
+        run = self.config
+        build_trainer = builder_for(run)
+        self.tokenizer = load_tokenizer(run.model)
+        self.train_dataset = load_prompts(run.dataset, run.seed)
+        self.book = SampleBook()
+        self.reward_funcs = [self.book.wrap(name, bind(name, spec.fn or name, spec.args), spec.weight)
+                             for name, spec in run.rewards.items()]
+        self.model = load_model(run.model)
+        self.peft_config = peft_config(run.model)
+        weights = {name: spec.weight for name, spec in run.rewards.items()}
+        self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
+        self.progress = RichProgress()
+        self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
+        self.trainer = build_trainer(run, self)
+        if not run.verbose:
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            self.trainer.remove_callback(PrinterCallback)
+            self.trainer.remove_callback(ProgressCallback)
+
+    def train(self) -> dict[str, Any]:
+        from aligntune.run import console
+
+        try:
+            self.trainer.train()
+            self.progress.close()
+            self.trainer.save_model(str(self.run_dir.model))
+            self.tokenizer.save_pretrained(str(self.run_dir.model))
+            if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
+                self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
+            summary = self.run_dir.finish(final_metrics(self.recorder.history))
+        except BaseException as exc:
+            self.progress.close()
+            self.run_dir.fail(exc)
+            raise
+        console.show_summary(summary, self.run_dir.path, self.recorder.first_samples, self.recorder.last_samples)
+        return summary
+
+
+def final_metrics(history: list[dict]) -> dict[str, Any]:
+    """Last value of each logged metric, the trainer's totals, and the reward's first/last 20% means."""
+    steps = [h for h in history if "train_runtime" not in h]
+    out: dict[str, Any] = {"steps": steps[-1]["step"] if steps else 0}
+    if steps:
+        out.update({k: v for k, v in steps[-1].items() if isinstance(v, (int, float)) and k not in ("step", "time_s")})
+    for h in history:
+        if "train_runtime" in h:
+            out.update({k: h[k] for k in ("train_runtime", "train_loss") if k in h})
+    rewards = [h["reward"] for h in steps if isinstance(h.get("reward"), (int, float))]
+    if rewards:
+        k = max(1, len(rewards) // 5)
+        out["reward_first_20pct"] = sum(rewards[:k]) / k
+        out["reward_last_20pct"] = sum(rewards[-k:]) / k
+    return out
+
+
+def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = None, algorithm: str = "grpo",
+                      backend: str = "trl", overrides: list[str] | None = None, output_dir: str | Path | None = None,
+                      **config: Any) -> AlignmentJob:
+    """Build a run from keyword arguments, through the same composition and checks as the CLI.
+
+    Keywords are config keys: the seed's names and the shortcuts (`num_epochs`, `batch_size`,
+    `learning_rate`, `group_size`, `beta`, ...), group selections (`experiment="smoke"`), or any
+    dotted key (`**{"algorithm.beta": 0.0}`). `overrides` takes Hydra override strings as on the
+    command line and is applied last. `output_dir` is the run directory (default
+    outputs/<date>/<time>_<id>).
+    """
+    from aligntune.config import compose
+
+    items: list[str] = [f"algorithm={algorithm}", f"backend={backend}"]
+    if model_name is not None:
+        items.append(f"model_name={model_name}")
+    if dataset_name is not None:
+        items.append(f"dataset_name={dataset_name}")
+    items += [f"{key}={_override_value(value)}" for key, value in config.items()]
+    items += list(overrides or [])
+    run, _ = compose.load(items)
+    run_dir = Path(output_dir) if output_dir is not None else compose.default_run_dir()
+    return AlignmentJob(run, run_dir, items)
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, str) and any(c in value for c in " ,=[]{}()'\"\\:"):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return f"'{escaped}'"
+    return str(value)
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))

@@ -1,0 +1,107 @@
+"""Policy model and tokenizer: resolve the source (no torch), then load.
+
+`model.name_or_path` is a shipped preset (`aligntune:tiny`), a local Hugging Face directory, or a
+hub id (checked for reachability first, so offline runs fail in seconds, not after retries).
+Weights load in fp32: `model.dtype` is the compute precision (autocast), master weights and
+optimizer state stay fp32 so small updates are not lost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aligntune import hub
+from aligntune.config.schema import ModelConfig
+from aligntune.errors import ConfigError, ModelError
+from aligntune.models import tiny
+
+
+def resolve_source(name: str) -> str:
+    """Return a loadable location (local directory or hub id), or raise a ConfigError. No torch."""
+    if tiny.is_tiny(name):
+        if name[len(tiny.TINY_PREFIX):] not in tiny.PRESETS:
+            raise ConfigError(f"model.name_or_path={name!r} is not a shipped preset.", f"Shipped presets: {', '.join(tiny.preset_names())}.")
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.name_or_path={name!r} is a directory without config.json, so it is not a Hugging Face "
+                              "model directory.", "Point it at a directory written by save_pretrained (or a run's model/ folder).")
+        return str(path.resolve())
+    if hub.looks_like_hub_id(name) and not name.startswith((".", "/", "~")):
+        hub.require(name, "model", "model.name_or_path",
+                    "Use model=tiny (offline, random-init, for smoke runs) or a local directory (model.name_or_path=/path/to/model).")
+        return name
+    raise ConfigError(f"model.name_or_path={name!r} does not exist: it is not a local directory (looked in {Path.cwd()}), "
+                      "a shipped preset, or a hub id.", f"Check the path, or use model=tiny ({', '.join(tiny.preset_names())}).")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The compute precision for `dtype` on `device` (cpu|cuda): auto -> bf16 on GPUs that support it, else fp32."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but no CUDA device is visible to torch.", "Use device=auto or device=cpu.")
+    return device
+
+
+def _location(cfg: ModelConfig) -> str:
+    source = resolve_source(cfg.name_or_path)
+    return str(tiny.resolve(source)) if tiny.is_tiny(source) else source
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    location = _location(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:
+        raise ModelError(f"Cannot load a tokenizer from {location}: {type(exc).__name__}: {exc}.",
+                         "The model directory needs its tokenizer files (save the tokenizer with the model).") from exc
+    tok.padding_side = "left"  # generation appends on the right
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelError(f"The tokenizer of {location} has neither a pad nor an EOS token.",
+                             "Add a pad token to the tokenizer (tokenizer.add_special_tokens) and save it with the model.")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig):
+    """The policy in fp32 on CPU; the trainer places it on the device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    location = _location(cfg)
+    try:
+        return AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    except ValueError as exc:
+        raise ModelError(f"{location} is not a causal language model that transformers can load ({exc}).",
+                         "model.name_or_path must name a causal LM (e.g. a *ForCausalLM checkpoint).") from exc
+    except OSError as exc:
+        raise ModelError(f"Cannot load model weights from {location}: {exc}.",
+                         "Check the directory holds the weights (model.safetensors) written by save_pretrained.") from exc
+
+
+def peft_config(cfg: ModelConfig):
+    """A peft.LoraConfig for `model.lora`, or None when LoRA is off."""
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                      target_modules=targets[0] if targets == ["all-linear"] else list(targets))

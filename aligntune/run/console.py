@@ -1,0 +1,75 @@
+"""What a person sees: the config tree, where the run goes, live progress, and a summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console(stderr=False, highlight=False)
+
+# Progress-bar fields: (log key, label). The first key found among alternatives is shown.
+LIVE_METRICS = [
+    (("reward",), "reward"),
+    (("reward_std",), "±"),
+    (("kl",), "kl"),
+    (("loss",), "loss"),
+    (("completions/mean_length",), "len"),
+    (("step_time",), "s/step"),
+]
+
+
+def config_tree(run) -> Tree:
+    tree = Tree("[bold]config[/bold]")
+
+    def add(node, value):
+        for key, val in value.items():
+            if isinstance(val, dict) and val:
+                add(node.add(f"[cyan]{key}[/cyan]"), val)
+            else:
+                node.add(f"[cyan]{key}[/cyan]: {val!r}")
+
+    add(tree, asdict(run))
+    return tree
+
+
+def show_start(run, run_dir) -> None:
+    console.print(config_tree(run))
+    console.print(f"[bold]run directory:[/bold] {run_dir}")
+
+
+def format_live(logs: dict) -> str:
+    parts = []
+    for keys, label in LIVE_METRICS:
+        for key in keys:
+            if isinstance(logs.get(key), (int, float)):
+                parts.append(f"{label} {logs[key]:.3g}")
+                break
+    return "  ".join(parts)
+
+
+SUMMARY_KEYS = ["status", "steps", "wall_time_s", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
+                "reward_std", "kl", "entropy", "loss", "completions/mean_length"]
+
+
+def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list) -> None:
+    """The headline metrics (all of them are in summary.json) and samples from the first and last step."""
+    table = Table(title="summary", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    keys = [k for k in SUMMARY_KEYS if k in summary] + sorted(k for k in summary if k.startswith("rewards/") and k.endswith("/mean"))
+    for key in keys:
+        value = summary[key]
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if first_samples and last_samples:
+        samples = Table(title="sample completions, first and last logged step", show_lines=False)
+        for col in ("when", "prompt", "completion", "reward"):
+            samples.add_column(col)
+        for when, rows in (("first", first_samples), ("last", last_samples)):
+            for row in rows:
+                samples.add_row(when, row["prompt"], repr(row["completion"]), f"{row['reward']:.3f}")
+        console.print(samples)
+    console.print(f"[bold green]done[/bold green]: {run_dir}")

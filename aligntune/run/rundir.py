@@ -1,0 +1,60 @@
+"""The run directory: what a run leaves behind, and its state at any moment.
+
+    config.yaml      the resolved config (real keys, after shortcuts)   overrides.yaml  what the user typed
+    train.log        everything logged                                  metrics.jsonl   one line per logging step
+    samples.jsonl    sample completions with their rewards              model/          final model + tokenizer (HF format)
+    summary.json     status (running | completed | failed), final metrics, wall time
+
+summary.json is written atomically and says "completed" only after the final model is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from aligntune.config.schema import RunConfig
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics = self.path / "metrics.jsonl"
+        self.samples = self.path / "samples.jsonl"
+        self.summary = self.path / "summary.json"
+        self.model = self.path / "model"
+        self.checkpoints = self.path / "checkpoints"
+        self.started = time.time()
+
+    def start(self, run: RunConfig, overrides: list[str] | None) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        (self.path / "config.yaml").write_text(yaml.safe_dump(asdict(run), sort_keys=False), encoding="utf-8")
+        (self.path / "overrides.yaml").write_text(yaml.safe_dump(list(overrides or [])), encoding="utf-8")
+        for f in (self.metrics, self.samples):
+            f.write_text("", encoding="utf-8")
+        write_json_atomic(self.summary, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def finish(self, metrics: dict) -> dict:
+        summary = {"status": "completed", "wall_time_s": round(time.time() - self.started, 3), **metrics}
+        write_json_atomic(self.summary, summary)
+        return summary
+
+    def fail(self, error: BaseException) -> None:
+        write_json_atomic(self.summary, {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                                         "wall_time_s": round(time.time() - self.started, 3)})
+
+    def append(self, path: Path, record: dict) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")

@@ -1,0 +1,1 @@
+"""The shipped Hydra configuration tree (model/, dataset/, algorithm/, ...)."""
