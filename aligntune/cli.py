@@ -108,6 +108,8 @@ def train_command(args: list[str]) -> int:
     if ours["verbose"]:
         overrides.append("verbose=true")
     overrides, _ = aliases.rewrite(overrides)
+    if any(f in ("-h", "--help") for f in flags):
+        return print_train_help(overrides)
     _results.clear()
     try:
         if not ours["print_only"]:
@@ -128,8 +130,57 @@ def train_command(args: list[str]) -> int:
 
         console.print(f"[bold]{len(_results)} jobs[/bold] written to:")
         for run_dir, _ in _results:
-            console.print(f"  {run_dir}")
+            console.print(f"  {run_dir}", soft_wrap=True)
     return code
+
+
+TRAIN_HELP = """\
+aligntune train: align a language model. The config is composed by Hydra from the groups below.
+
+usage: aligntune train [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--cfg job] [-v] [--traceback]
+
+config groups (GROUP=OPTION; the default is marked *):
+{groups}
+
+shortcuts (land on their real keys, also in sweeps):
+{shortcuts}
+
+flags:
+  -m, --multirun     one job per combination of comma-separated values (a sweep)
+  --cfg job          print the composed config and exit (no torch import)
+  -v, --verbose      the engines' own logs on the console (train.log always has them)
+  --traceback        full tracebacks for errors (also ALIGNTUNE_TRACEBACK=1)
+  --hydra-help       Hydra's own flags
+
+examples:
+  aligntune train experiment=smoke
+  aligntune train algorithm=grpo group_size=16 learning_rate=1e-5
+  aligntune train -m algorithm.beta=0.0,0.01 experiment=smoke
+  aligntune train experiment=demo debug=smoke       # any experiment, shrunk for CI
+
+Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/...) under the current directory.
+"""
+
+
+def print_train_help(overrides: list[str]) -> int:
+    from pathlib import Path
+
+    from aligntune.config import aliases, compose
+
+    root = Path(compose.config_dir())
+    defaults = {}
+    for line in (root / "train.yaml").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("- ") and ":" in line and not line.startswith("- override"):
+            group, _, option = line[2:].partition(":")
+            defaults[group.strip()] = option.strip()
+    rows = []
+    for group in ("model", "dataset", "algorithm", "backend", "experiment", "debug", "rewards"):
+        options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
+        rows.append(f"  {group + ':':<12}{', '.join(options)}")
+    shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
+    print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
+    return 0
 
 
 def _run_hydra(argv: list[str]) -> int:

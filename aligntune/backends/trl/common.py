@@ -25,7 +25,7 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        gradient_checkpointing=t.gradient_checkpointing,
+        **{_checkpointing_field(): t.gradient_checkpointing},
         logging_steps=t.logging_steps,
         # Compute precision: weights are loaded in fp32 (master copy); bf16/fp16 run the forward under autocast.
         bf16=precision == "bf16",
@@ -36,6 +36,16 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         save_strategy="no",  # the final model is saved into the run directory by aligntune
         log_level="info" if run.verbose else "warning",
     )
+
+
+def _checkpointing_field() -> str:
+    """transformers renamed gradient_checkpointing to activation_checkpointing (the old name warns)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def check_trl_args(config_name: str, fields: set[str], trl_args: dict, mapped: set[str]) -> None:

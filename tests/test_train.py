@@ -1,0 +1,114 @@
+"""Real tiny GRPO training through the CLI (in-process) and the Python API.
+
+Each test asserts that metrics were logged AND that the parameters changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from aligntune import cli
+from aligntune.models import tiny
+
+
+def initial_tiny_params() -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny"))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def changed_params(model_dir: Path) -> list[str]:
+    before = initial_tiny_params()
+    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_cli_run_writes_a_complete_run_directory(workdir):
+    run_dir = workdir / "run"
+    code = cli.main(["train", "experiment=smoke", "max_steps=4", "group_size=4", f"hydra.run.dir={run_dir}"])
+    assert code == 0
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 4 and summary["wall_time_s"] > 0
+
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for key in ("reward", "reward_std", "kl", "loss", "entropy", "completions/mean_length", "rewards/letter_match/mean"):
+        assert all(isinstance(m[key], float) for m in metrics), key
+
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    assert {s["step"] for s in samples} == {1, 2, 3, 4}
+    first = samples[0]
+    assert first["prompt"] and isinstance(first["completion"], str)
+    assert 0.0 <= first["rewards"]["letter_match"] <= 1.0 and first["reward"] == pytest.approx(first["rewards"]["letter_match"])
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["algorithm"]["group_size"] == 4 and config["train"]["max_steps"] == 4  # real keys, not shortcuts
+    assert "algorithm.group_size=4" in yaml.safe_load((run_dir / "overrides.yaml").read_text())
+    assert (run_dir / "train.log").stat().st_size > 0
+
+    assert changed_params(run_dir / "model"), "training left every parameter unchanged"
+
+
+def test_smoke_experiment_learns(workdir):
+    """The acceptance bar of the offline demo: last-20% mean reward >= 2x the first 20%."""
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=smoke", f"hydra.run.dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 30
+    assert summary["reward_last_20pct"] >= 2 * summary["reward_first_20pct"], summary
+
+
+def test_multirun_writes_one_directory_per_job(workdir, capsys):
+    sweep = workdir / "sweep"
+    code = cli.main(["train", "-m", "group_size=2,4", "experiment=smoke", "max_steps=1", f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0_algorithm.group_size=2,train.max_steps=1", "1_algorithm.group_size=4,train.max_steps=1"]
+    for job, group in zip(jobs, (2, 4)):
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+        assert yaml.safe_load((job / "config.yaml").read_text())["algorithm"]["group_size"] == group
+    out = capsys.readouterr().out
+    assert "2 jobs" in out and str(jobs[0]) in out
+
+
+def test_debug_preset_shrinks_an_experiment(workdir):
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=demo", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert summary["steps"] == 3 and config["model"]["name_or_path"] == "aligntune:tiny"
+    assert config["dataset"]["name"] == "letters" and "letter_match" in config["rewards"]
+
+
+def test_python_api_as_in_the_seed(workdir):
+    from aligntune.core.backend_factory import create_rl_trainer
+
+    trainer = create_rl_trainer(model_name="aligntune:tiny", dataset_name="letters", algorithm="grpo", backend="trl",
+                                num_epochs=1, batch_size=2, learning_rate=1e-3, max_steps=2,
+                                output_dir=workdir / "api", **{"algorithm.beta": 0.0, "algorithm.max_completion_length": 8})
+    assert trainer.config.algorithm.group_size == 8 and trainer.config.train.batch_size == 2
+    assert trainer.trainer.args.generation_batch_size == 16  # 2 prompts x 8 completions per step
+    metrics = trainer.train()
+    assert metrics["status"] == "completed" and metrics["steps"] == 2 and "reward" in metrics
+    assert trainer.trainer.args.beta == 0.0
+    assert changed_params(workdir / "api" / "model")
+
+
+def test_python_api_refuses_hub_presets_offline(workdir):
+    from aligntune.core.backend_factory import create_rl_trainer
+    from aligntune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hub cannot be reached.*model=tiny"):
+        create_rl_trainer(model_name="Qwen/Qwen3-0.6B", dataset_name="Anthropic/hh-rlhf", algorithm="grpo",
+                          backend="trl", num_epochs=1, batch_size=2, learning_rate=1e-6)
+    assert not (workdir / "outputs").exists()
