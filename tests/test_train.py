@@ -112,3 +112,17 @@ def test_python_api_refuses_hub_presets_offline(workdir):
         create_rl_trainer(model_name="Qwen/Qwen3-0.6B", dataset_name="Anthropic/hh-rlhf", algorithm="grpo",
                           backend="trl", num_epochs=1, batch_size=2, learning_rate=1e-6)
     assert not (workdir / "outputs").exists()
+
+
+def test_lora_run_saves_an_adapter_that_changed(workdir):
+    from peft import PeftModel
+
+    run_dir = workdir / "run"
+    code = cli.main(["train", "experiment=smoke", "max_steps=2", "model.lora.enabled=true", "model.lora.r=4",
+                     "model.lora.target_modules=[q_proj,v_proj]", f"hydra.run.dir={run_dir}"])
+    assert code == 0
+    assert (run_dir / "model" / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny"))
+    adapted = PeftModel.from_pretrained(base, run_dir / "model")
+    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero; training moved it
