@@ -83,7 +83,7 @@ def test_multirun_writes_one_directory_per_job(workdir, capsys):
 
 def test_debug_preset_shrinks_an_experiment(workdir):
     run_dir = workdir / "run"
-    assert cli.main(["train", "experiment=demo", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
+    assert cli.main(["train", "experiment=smoke", "debug=smoke", f"hydra.run.dir={run_dir}"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert summary["steps"] == 3 and config["model"]["name_or_path"] == "aligntune:tiny"

@@ -22,6 +22,11 @@ SHORTCUTS: dict[str, str] = {
     "dataset_name": "dataset.name",
 }
 
+# Shortcuts whose value names a preset's model or dataset: they select that preset (so its recipe and
+# rewards come along), or the `custom` option (no recipe, no rewards) with the value set.
+PRESET_SHORTCUTS = {"model_name": ("model", "name_or_path"), "dataset_name": ("dataset", "name")}
+_SWEEP = re.compile(r"[,*]|^\w+\(")
+
 _OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_]\w*)(?P<rest>=.*)?$", re.S)
 
 
@@ -30,7 +35,13 @@ def rewrite(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     out, used = [], {}
     for override in overrides:
         m = _OVERRIDE.match(override)
-        if m and m["key"] in SHORTCUTS:
+        if m and m["key"] in PRESET_SHORTCUTS and m["rest"] and not m["prefix"] and not _SWEEP.search(m["rest"][1:]):
+            group, key = PRESET_SHORTCUTS[m["key"]]
+            value = m["rest"][1:].strip("'\"")
+            preset = _preset_with(group, key, value)
+            out += [f"{group}={preset}"] if preset else [f"{group}=custom", f"{group}.{key}={m['rest'][1:]}"]
+            used[f"{group}.{key}"] = m["key"]
+        elif m and m["key"] in SHORTCUTS:
             real = SHORTCUTS[m["key"]]
             prefix = m["prefix"] or ""
             # `+group_size=4` on a shortcut means the same as `group_size=4`: the real key always exists.
@@ -40,3 +51,18 @@ def rewrite(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
         else:
             out.append(override)
     return out, used
+
+
+def _preset_with(group: str, key: str, value: str) -> str | None:
+    """The option of `group` whose YAML sets `key` to `value` (e.g. model=tiny for aligntune:tiny)."""
+    from pathlib import Path
+
+    import yaml
+
+    from aligntune.config.compose import config_dir
+
+    for path in sorted((Path(config_dir()) / group).glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if data.get(key) == value:
+            return path.stem
+    return None

@@ -91,9 +91,11 @@ def explain(exc: Exception, shortcuts: dict[str, str]) -> ConfigError:
     if isinstance(inner, (ConfigKeyError, ConfigAttributeError)):
         bad = override_key or key
         if short:
-            head = bad.split(".")[0]
-            return ConfigError(f"'{short}' is a shortcut for {bad}, which the selected {head} does not have.",
-                               f"Drop '{short}', or pick a {head} that has it (e.g. {head}=grpo).")
+            head, _, leaf = bad.partition(".")
+            having = [n for n, s in schema.ALGORITHM_SCHEMAS.items() if leaf in {f.name for f in dataclasses.fields(s)}]
+            return ConfigError(f"'{short}' is a shortcut for {bad}, which the selected {head} does not have"
+                               f"{' (it applies to ' + ', '.join(having) + ')' if having and head == 'algorithm' else ''}.",
+                               f"Drop '{short}', or select an {head} that has it.")
         return unknown_keys_error([bad])
     if isinstance(inner, ValidationError):
         value_msg = str(inner).splitlines()[0]
@@ -165,10 +167,12 @@ def to_run_config(cfg: DictConfig, shortcuts: dict[str, str] | None = None) -> s
 
 
 def preflight(run: schema.RunConfig) -> None:
-    """Checks that touch the file system or the hub but not torch: the model and dataset exist."""
+    """Checks that need no torch: an engine exists for the algorithm, the model and dataset exist."""
+    from aligntune.core.backend_factory import builder_target
     from aligntune.data.sources import resolve as resolve_dataset
     from aligntune.models.loading import resolve_source
 
+    builder_target(run)
     resolve_source(run.model.name_or_path)
     resolve_dataset(run.dataset.name)
 

@@ -21,8 +21,13 @@ from aligntune.errors import ConfigError
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-DATASET_FORMATS = ("auto", "prompt", "messages")
+DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf", "ultrafeedback",
+                   "prompt_chosen_rejected", "gsm8k")
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+TRUNCATION_MODES = ("keep_start", "keep_end")
+KL_ESTIMATORS = ("k1", "k3")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -88,9 +93,17 @@ class DatasetConfig:
     max_samples: Optional[int] = None  # keep the first N rows (after shuffling with the run seed)
     shuffle: bool = True  # shuffle with the run seed, before max_samples and by the trainer's sampler
     system_prompt: Optional[str] = None  # prepended as a system message to conversational prompts
+    eval_split: Optional[str] = None  # a held-out split of the dataset itself (e.g. "test")
+    eval_fraction: Optional[float] = None  # or: hold out this fraction of the training split (seeded)
 
     def __post_init__(self):
         _one_of("dataset.format", self.format, DATASET_FORMATS)
+        _check(self.eval_split is None or self.eval_fraction is None,
+               f"dataset.eval_split={self.eval_split!r} and dataset.eval_fraction={self.eval_fraction} are both set.",
+               "Choose one: the dataset's own held-out split, or a fraction of the training split.")
+        if self.eval_fraction is not None:
+            _check(0 < self.eval_fraction < 1, f"dataset.eval_fraction={self.eval_fraction} is outside (0, 1).",
+                   "Use e.g. 0.1 to hold out 10% of the rows, or null.")
         if self.max_samples is not None:
             _positive("dataset.max_samples", self.max_samples, "Set it to a row count, or null for all rows.")
         _check(bool(self.name.strip()), "dataset.name is empty.",
@@ -145,6 +158,114 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
 
 
 @dataclass
+class DPOAlgorithmConfig(AlgorithmConfig):
+    """Direct Preference Optimization (Rafailov et al. 2023, arXiv:2305.18290) on TRL's DPOTrainer."""
+
+    name: str = "dpo"
+    beta: float = 0.1  # strength of the implicit KL to the reference (temperature of the preference model)
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # several = weighted sum (loss_weights)
+    loss_weights: Optional[List[float]] = None
+    label_smoothing: float = 0.0  # conservative DPO / robust: assumed probability that a label is flipped
+    max_length: int = 1024  # tokens of prompt + completion; longer pairs are truncated (truncation_mode)
+    truncation_mode: str = "keep_start"  # keep_start | keep_end
+    reference_free: bool = False  # compare policy log-probs directly (reference log-probs taken as 0)
+    precompute_ref_log_probs: bool = False  # one reference pass before training, then no reference in memory
+
+    def __post_init__(self):
+        _positive("algorithm.beta", self.beta, "DPO's usual value is 0.1.")
+        _check(len(self.loss_type) > 0, "algorithm.loss_type is empty.", "Use e.g. [sigmoid].")
+        for lt in self.loss_type:
+            _one_of("algorithm.loss_type", lt, DPO_LOSS_TYPES)
+        if self.loss_weights is not None:
+            _check(len(self.loss_weights) == len(self.loss_type),
+                   f"algorithm.loss_weights has {len(self.loss_weights)} weights for {len(self.loss_type)} loss types.",
+                   "Give one weight per loss type, or null for equal weights.")
+        _check(0 <= self.label_smoothing < 0.5, f"algorithm.label_smoothing={self.label_smoothing} is outside [0, 0.5).",
+               "Use 0 (plain DPO) or a small flip probability such as 0.1.")
+        _positive("algorithm.max_length", self.max_length)
+        _one_of("algorithm.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        _check(not (self.reference_free and self.precompute_ref_log_probs),
+               "algorithm.reference_free and algorithm.precompute_ref_log_probs are both true.",
+               "A reference-free run has no reference log-probs to precompute; set one of them to false.")
+
+
+@dataclass
+class PPOAlgorithmConfig(AlgorithmConfig):
+    """PPO for RLHF on aligntune's native engine (Schulman et al. 2017; GAE, Schulman et al. 2016;
+    KL control, Ziegler et al. 2019). TRL removed its PPO trainer in 1.13."""
+
+    name: str = "ppo"
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_completion_length: int = 64
+    missing_eos_penalty: Optional[float] = None  # subtracted from the score of completions that never emit EOS
+    # Scores come from `rewards` like GRPO's; a reward model is a reward entry too
+    # (rewards.rm.fn=reward_model rewards.rm.args.model=<checkpoint>).
+    value_model: str = "policy"  # critic initialised from the policy, or from a sequence-classification checkpoint path
+    beta: float = 0.05  # KL coefficient (per token, added to the reward); the initial value if adaptive_kl
+    kl_estimator: str = "k1"  # k1 (log-ratio) | k3 (Schulman's unbiased, always >= 0)
+    adaptive_kl: bool = False  # Ziegler et al. 2019 proportional controller
+    target_kl: float = 6.0  # controller target (nats per sequence)
+    kl_horizon: int = 10000  # controller horizon (samples)
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4  # passes over each rollout batch
+    num_mini_batches: int = 1  # mini-batches per pass (shuffled)
+    whiten_rewards: bool = False
+    reward_clip: Optional[float] = None  # clip scores to [-c, c]
+    early_stop_kl: Optional[float] = None  # stop the epoch's remaining updates when approx-KL exceeds this
+
+    def __post_init__(self):
+        _positive("algorithm.temperature", self.temperature)
+        _check(0 < self.top_p <= 1, f"algorithm.top_p={self.top_p} is outside (0, 1].", "Use 1.0 to disable nucleus sampling.")
+        _positive("algorithm.max_completion_length", self.max_completion_length)
+        _check(self.beta >= 0, f"algorithm.beta={self.beta} is negative.", "Use 0 or a positive coefficient such as 0.05.")
+        _one_of("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _positive("algorithm.target_kl", self.target_kl)
+        _positive("algorithm.kl_horizon", self.kl_horizon)
+        _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} is outside [0, 1].", "Use 1.0 for episodic RLHF.")
+        _check(0 <= self.lam <= 1, f"algorithm.lam={self.lam} is outside [0, 1].", "Use 0.95.")
+        _positive("algorithm.cliprange", self.cliprange, "PPO's usual value is 0.2.")
+        _positive("algorithm.cliprange_value", self.cliprange_value, "PPO's usual value is 0.2.")
+        _check(self.vf_coef >= 0, f"algorithm.vf_coef={self.vf_coef} is negative.", "Use e.g. 0.1.")
+        _positive("algorithm.ppo_epochs", self.ppo_epochs)
+        _positive("algorithm.num_mini_batches", self.num_mini_batches)
+        if self.reward_clip is not None:
+            _positive("algorithm.reward_clip", self.reward_clip, "Or null for no clipping.")
+        if self.early_stop_kl is not None:
+            _positive("algorithm.early_stop_kl", self.early_stop_kl, "Or null to never stop early.")
+
+
+@dataclass
+class RewardModelAlgorithmConfig(AlgorithmConfig):
+    """Pairwise reward model (Bradley-Terry; Ouyang et al. 2022) on TRL's RewardTrainer."""
+
+    name: str = "reward"
+    max_length: int = 1024
+    center_rewards_coefficient: Optional[float] = None  # Eisenstein et al. 2023: pull mean reward to 0
+
+    def __post_init__(self):
+        _positive("algorithm.max_length", self.max_length)
+
+
+@dataclass
+class SFTAlgorithmConfig(AlgorithmConfig):
+    """Supervised fine-tuning on TRL's SFTTrainer; loss on completions only by default."""
+
+    name: str = "sft"
+    max_length: int = 1024
+    completion_only_loss: bool = True  # prompt/completion data: no loss on the prompt
+    assistant_only_loss: bool = False  # messages data: loss on assistant turns only
+    packing: bool = False
+
+    def __post_init__(self):
+        _positive("algorithm.max_length", self.max_length)
+
+
+@dataclass
 class TrainConfig:
     """Optimisation. Counts are per optimizer step and global (across processes)."""
 
@@ -159,6 +280,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~20-30% slower steps
     logging_steps: int = 1  # optimizer steps between metric lines (metrics.jsonl, progress bar)
+    eval_steps: Optional[int] = None  # evaluate on the held-out split every N steps (null: only at the end)
     log_samples: int = 4  # completions written to samples.jsonl at each logging step
 
     def __post_init__(self):
@@ -175,6 +297,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} is negative.", "Use 0 or a small positive value.")
         _positive("train.max_grad_norm", self.max_grad_norm)
         _positive("train.logging_steps", self.logging_steps)
+        if self.eval_steps is not None:
+            _positive("train.eval_steps", self.eval_steps, "Or null to evaluate only at the end.")
         _check(self.log_samples >= 0, f"train.log_samples={self.log_samples} is negative.", "Use 0 to log no samples.")
 
 
@@ -238,7 +362,8 @@ class RunConfig:
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         if isinstance(self.algorithm, GRPOAlgorithmConfig):
             self._check_grpo_batch()
-            _check(len(self.rewards) > 0, "GRPO needs at least one reward, and none is configured.",
+        if self.algorithm.name in ONLINE_ALGORITHMS:
+            _check(len(self.rewards) > 0, f"{self.algorithm.name.upper()} needs at least one reward, and none is configured.",
                    "Pick a dataset preset that brings rewards (dataset=letters) or add one, e.g. "
                    "'+rewards.my_reward.fn=path/to/file.py:my_reward'.")
 
@@ -254,4 +379,12 @@ class RunConfig:
 
 
 # One place lists the algorithm schemas; compose.py registers them with Hydra's ConfigStore.
-ALGORITHM_SCHEMAS: dict[str, type] = {"grpo": GRPOAlgorithmConfig}
+ALGORITHM_SCHEMAS: dict[str, type] = {
+    "grpo": GRPOAlgorithmConfig,
+    "dpo": DPOAlgorithmConfig,
+    "ppo": PPOAlgorithmConfig,
+    "reward": RewardModelAlgorithmConfig,
+    "sft": SFTAlgorithmConfig,
+}
+# Algorithms that learn from sampled completions scored by rewards.
+ONLINE_ALGORITHMS = ("grpo", "ppo")

@@ -22,18 +22,37 @@ from aligntune.errors import AligntuneError, ConfigError
 BACKENDS: dict[str, dict[str, str]] = {
     "trl": {"grpo": "aligntune.backends.trl.grpo:build"},
 }
+WHY_NOT = {("trl", "ppo"): "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}
 
 
-def builder_for(run: RunConfig):
-    algorithms = BACKENDS.get(run.backend.name)
+def resolve_backend(run: RunConfig) -> str:
+    """backend=auto -> the first backend that has the algorithm; an explicit backend must have it."""
+    name = run.backend.name
+    if name == "auto":
+        name = next((b for b, algos in BACKENDS.items() if run.algorithm.name in algos), "trl")
+        if name != "trl" and run.backend.trl_args:
+            raise ConfigError(f"backend.trl_args is set, but algorithm={run.algorithm.name} runs on backend={name}, "
+                              "which is not TRL.", "Drop backend.trl_args.")
+    return name
+
+
+def builder_target(run: RunConfig) -> str:
+    """'module:function' that builds the engine for `run`; raises ConfigError if there is none. No imports."""
+    backend = resolve_backend(run)
+    algorithms = BACKENDS.get(backend)
     if algorithms is None:
-        raise ConfigError(f"backend={run.backend.name} is not a backend aligntune has.", f"Use one of: {', '.join(BACKENDS)}.")
+        raise ConfigError(f"backend={backend} is not a backend aligntune has.", f"Use one of: auto, {', '.join(BACKENDS)}.")
     target = algorithms.get(run.algorithm.name)
     if target is None:
         have = [b for b, algos in BACKENDS.items() if run.algorithm.name in algos]
-        raise ConfigError(f"algorithm={run.algorithm.name} is not available on backend={run.backend.name}.",
-                          f"Use backend={have[0]}." if have else f"backend={run.backend.name} offers: {', '.join(algorithms)}.")
-    module, func = target.split(":")
+        why = WHY_NOT.get((backend, run.algorithm.name), "")
+        raise ConfigError(f"algorithm={run.algorithm.name} is not available on backend={backend}.{' ' + why if why else ''}",
+                          f"Use backend={have[0]} (or backend=auto)." if have else f"backend={backend} offers: {', '.join(algorithms)}.")
+    return target
+
+
+def builder_for(run: RunConfig):
+    module, func = builder_target(run).split(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -63,31 +82,45 @@ class AlignmentJob:
         return self.run_dir.checkpoints
 
     def _build(self) -> None:
-        from aligntune.data.loading import load_prompts
-        from aligntune.models.loading import load_model, load_tokenizer, peft_config
-        from aligntune.rewards.registry import bind
+        from aligntune.models.loading import load_tokenizer
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
 
         run = self.config
         build_trainer = builder_for(run)
         self.tokenizer = load_tokenizer(run.model)
-        self.train_dataset = load_prompts(run.dataset, run.seed)
         self.book = SampleBook()
-        self.reward_funcs = [self.book.wrap(name, bind(name, spec.fn or name, spec.args), spec.weight)
-                             for name, spec in run.rewards.items()]
-        self.model = load_model(run.model)
-        self.peft_config = peft_config(run.model)
         weights = {name: spec.weight for name, spec in run.rewards.items()}
         self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
         self.progress = RichProgress()
         self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
         self.trainer = build_trainer(run, self)
-        if not run.verbose:
+        if not run.verbose and hasattr(self.trainer, "remove_callback"):
             from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
             self.trainer.remove_callback(PrinterCallback)
             self.trainer.remove_callback(ProgressCallback)
+
+    # What builders ask the job for. Each loads on demand, so an algorithm pays only for what it uses.
+
+    def load_policy(self):
+        """The policy model (fp32 master weights) and its PEFT config (None without LoRA)."""
+        from aligntune.models.loading import load_model, peft_config
+
+        return load_model(self.config.model), peft_config(self.config.model)
+
+    def prompt_data(self):
+        """Rows with a `prompt` column (plus the columns rewards read), shuffled with the run seed."""
+        from aligntune.data.loading import load_prompts
+
+        return load_prompts(self.config.dataset, self.config.seed)
+
+    def reward_functions(self) -> list:
+        """The configured rewards in TRL's signature, recorded for samples.jsonl."""
+        from aligntune.rewards.registry import bind
+
+        return [self.book.wrap(name, bind(name, spec.fn or name, spec.args), spec.weight)
+                for name, spec in self.config.rewards.items()]
 
     def train(self) -> dict[str, Any]:
         from aligntune.run import console

@@ -97,12 +97,8 @@ def build(run: RunConfig, job) -> object:
     from trl import GRPOTrainer
 
     args = to_grpo_config(run, str(job.checkpoint_dir))
-    return GRPOTrainer(
-        model=job.model,
-        reward_funcs=job.reward_funcs,
-        args=args,
-        train_dataset=job.train_dataset,
-        processing_class=job.tokenizer,
-        peft_config=job.peft_config,
-        callbacks=job.callbacks,
-    )
+    reward_funcs = job.reward_functions()
+    dataset = job.prompt_data()
+    model, peft_config = job.load_policy()
+    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                       processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
