@@ -362,6 +362,10 @@ class RunConfig:
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         if isinstance(self.algorithm, GRPOAlgorithmConfig):
             self._check_grpo_batch()
+        elif self.train.micro_batch_size is not None:
+            b, m = self.train.batch_size, self.train.micro_batch_size
+            _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
+                   f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
         if self.algorithm.name in ONLINE_ALGORITHMS:
             _check(len(self.rewards) > 0, f"{self.algorithm.name.upper()} needs at least one reward, and none is configured.",
                    "Pick a dataset preset that brings rewards (dataset=letters) or add one, e.g. "

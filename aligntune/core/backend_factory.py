@@ -20,7 +20,7 @@ from aligntune.config.schema import RunConfig
 from aligntune.errors import AligntuneError, ConfigError
 
 BACKENDS: dict[str, dict[str, str]] = {
-    "trl": {"grpo": "aligntune.backends.trl.grpo:build"},
+    "trl": {"grpo": "aligntune.backends.trl.grpo:build", "dpo": "aligntune.backends.trl.dpo:build"},
 }
 WHY_NOT = {("trl", "ppo"): "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}
 
@@ -115,6 +115,18 @@ class AlignmentJob:
 
         return load_prompts(self.config.dataset, self.config.seed)
 
+    def preference_data(self):
+        """(train, held-out or None) preference pairs: prompt/chosen/rejected."""
+        from aligntune.data.loading import load
+
+        return load(self.config.dataset, self.config.seed, "preferences")
+
+    def sft_data(self):
+        """(train, held-out or None) demonstrations: prompt/completion or messages."""
+        from aligntune.data.loading import load
+
+        return load(self.config.dataset, self.config.seed, "sft")
+
     def reward_functions(self) -> list:
         """The configured rewards in TRL's signature, recorded for samples.jsonl."""
         from aligntune.rewards.registry import bind
@@ -128,6 +140,8 @@ class AlignmentJob:
         try:
             self.trainer.train()
             self.progress.close()
+            if getattr(self.trainer, "eval_dataset", None) is not None:
+                self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             self.trainer.save_model(str(self.run_dir.model))
             self.tokenizer.save_pretrained(str(self.run_dir.model))
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
@@ -141,15 +155,21 @@ class AlignmentJob:
         return summary
 
 
+# Friendlier names for the held-out preference metrics DPO and reward models log.
+SUMMARY_ALIASES = {"eval_rewards/accuracies": "eval_preference_accuracy", "eval_rewards/margins": "eval_margin",
+                   "eval_accuracy": "eval_preference_accuracy"}
+
+
 def final_metrics(history: list[dict]) -> dict[str, Any]:
-    """Last value of each logged metric, the trainer's totals, and the reward's first/last 20% means."""
-    steps = [h for h in history if "train_runtime" not in h]
-    out: dict[str, Any] = {"steps": steps[-1]["step"] if steps else 0}
-    if steps:
-        out.update({k: v for k, v in steps[-1].items() if isinstance(v, (int, float)) and k not in ("step", "time_s")})
+    """The last value of every logged metric (training, held-out, the trainer's totals), and the
+    reward's first/last 20% means."""
+    out: dict[str, Any] = {"steps": max((h["step"] for h in history), default=0)}
     for h in history:
-        if "train_runtime" in h:
-            out.update({k: h[k] for k in ("train_runtime", "train_loss") if k in h})
+        out.update({k: v for k, v in h.items() if isinstance(v, (int, float)) and k not in ("step", "time_s", "epoch")})
+    for key, alias in SUMMARY_ALIASES.items():
+        if key in out:
+            out[alias] = out[key]
+    steps = [h for h in history if "train_runtime" not in h and not any(k.startswith("eval_") for k in h)]
     rewards = [h["reward"] for h in steps if isinstance(h.get("reward"), (int, float))]
     if rewards:
         k = max(1, len(rewards) // 5)

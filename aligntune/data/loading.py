@@ -1,46 +1,56 @@
-"""Load a dataset and bring it to canonical columns.
+"""Load a dataset, bring it to canonical columns for the algorithm, and split off held-out rows.
 
-Canonical columns for prompt-based algorithms (GRPO): `prompt`, a string or a list of chat
-messages. Every other column is kept and reaches reward functions as a keyword argument (e.g.
-`answer`). The tokenizer's chat template is applied once, by the trainer, never here.
+    source (shipped | file | dir | hub) -> dataset.columns mapping -> format (auto-detected or
+    dataset.format) -> adapter per row -> shuffle (run seed) -> eval split -> max_samples -> system prompt
+
+`kind` is what the algorithm consumes: "prompts" (GRPO, PPO), "preferences" (DPO, reward
+models) or "sft". Held-out rows come only from the dataset's own split (dataset.eval_split) or an
+explicit fraction (dataset.eval_fraction): nothing is held out silently.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from aligntune.config.schema import DatasetConfig
+from aligntune.data import formats
 from aligntune.data.sources import FILE_BUILDERS, Source, resolve
 from aligntune.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+# Formats whose rows may legitimately fail to pair up (the hub's hh-rlhf has a few): such rows are
+# dropped and reported; any other bad row stops the run.
+DROPPABLE = ("hh_rlhf", "ultrafeedback")
 
-def _read(src: Source, cfg: DatasetConfig):
+
+def _read(src: Source, cfg: DatasetConfig, split: str):
     import datasets
 
     datasets.disable_progress_bars()
     try:
         if src.kind in ("shipped", "file"):
-            if cfg.split != "train":
-                raise ConfigError(f"dataset.split={cfg.split!r}, but {src.location} is a single file, which holds only "
-                                  "the 'train' split.", "Drop dataset.split, or point dataset.name at a directory with splits.")
-            builder = FILE_BUILDERS[Path(src.location).suffix]
-            return datasets.load_dataset(builder, data_files=src.location, split="train")
-        if src.kind == "dir":
-            return datasets.load_dataset(src.location, cfg.subset, split=cfg.split)
-        return datasets.load_dataset(src.location, cfg.subset, split=cfg.split)
+            if split != "train":
+                raise ConfigError(f"dataset split {split!r} was asked for, but {src.location} is a single file, which "
+                                  "holds only the 'train' split.", "Use dataset.eval_fraction to hold out rows of it, or "
+                                  "point dataset.name at a directory or hub dataset with splits.")
+            return datasets.load_dataset(FILE_BUILDERS[Path(src.location).suffix], data_files=src.location, split="train")
+        return datasets.load_dataset(src.location, cfg.subset, split=split)
     except ConfigError:
         raise
     except ValueError as exc:
         if "split" in str(exc).lower():
-            raise DataError(f"dataset {cfg.name!r} has no split {cfg.split!r} ({exc}).", "Set dataset.split to one of its splits.") from exc
-        raise DataError(f"Cannot read dataset {src.location}: {exc}.",
-                        "Check the file is valid for its extension (one JSON object per line for .jsonl).") from exc
+            raise DataError(f"Dataset {cfg.name!r} has no split {split!r} ({exc}).", "Use one of its splits.") from exc
+        raise DataError(f"Cannot read dataset {src.location}: {exc}.", _FILE_HINT) from exc
     except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"Cannot read dataset {src.location}: {type(exc).__name__}: {exc}.",
-                        "Check the file is valid for its extension (one JSON object per line for .jsonl).") from exc
+        raise DataError(f"Cannot read dataset {src.location}: {type(exc).__name__}: {exc}.", _FILE_HINT) from exc
 
 
-def _apply_column_mapping(ds, cfg: DatasetConfig):
+_FILE_HINT = ("Check that the file is valid for its extension (.jsonl: one JSON object per line; .json: a list of "
+              "objects or JSON lines; .csv with a header row; .parquet) and is UTF-8 encoded.")
+
+
+def _map_columns(ds, cfg: DatasetConfig):
     missing = [src for src in cfg.columns.values() if src not in ds.column_names]
     if missing:
         raise DataError(f"dataset.columns maps to {missing}, which {cfg.name!r} does not have (its columns: "
@@ -48,54 +58,111 @@ def _apply_column_mapping(ds, cfg: DatasetConfig):
     return ds.rename_columns({src: dst for dst, src in cfg.columns.items() if src != dst})
 
 
-def _detect_format(columns: list[str], cfg: DatasetConfig) -> str:
+def _format(ds, cfg: DatasetConfig) -> str:
     if cfg.format != "auto":
-        return cfg.format
-    if "prompt" in columns:
-        return "prompt"
-    if "messages" in columns:
-        return "messages"
-    raise DataError(f"Cannot tell the format of dataset {cfg.name!r}: it has columns {columns}, and none of them is "
-                    "'prompt' or 'messages'.", "Map your prompt column with dataset.columns.prompt=<your column>, "
-                    "or set dataset.format.")
+        fmt = cfg.format
+    else:
+        try:
+            fmt = formats.detect(ds.column_names, ds[0])
+        except formats.RowError as exc:
+            raise DataError(f"Cannot tell the format of dataset {cfg.name!r}: {exc}.",
+                            "Set dataset.format, or map your columns with dataset.columns.<canonical>=<yours> "
+                            "(canonical: prompt, chosen, rejected, completion, messages, question, answer).") from exc
+    missing = [c for c in formats.REQUIRED[fmt] if c not in ds.column_names]
+    if missing:
+        raise DataError(f"Dataset {cfg.name!r} lacks column(s) {missing} that format {fmt} needs (its columns: "
+                        f"{ds.column_names}).", "Map them with dataset.columns.<needed>=<your column>, or set dataset.format.")
+    return fmt
 
 
-def _prompt_from_messages(messages):
-    """A chat's prompt: every turn before its final assistant reply (the reply is not a prompt)."""
-    if messages and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]
-    return messages
+def _convert(ds, fmt: str, kind: str, cfg: DatasetConfig):
+    from datasets import Dataset
+
+    adapt = formats.adapter(fmt, kind, cfg.name)
+    keep_extra = kind == "prompts"  # rewards read the other columns (e.g. answer)
+    rows, dropped = [], []
+    for i, row in enumerate(ds):
+        try:
+            out = adapt(row)
+        except formats.RowError as exc:
+            if fmt in DROPPABLE and "do not share" in str(exc):
+                dropped.append(i)
+                continue
+            raise DataError(f"Row {i} of dataset {cfg.name!r} does not fit the {fmt} format: {exc}.",
+                            f"Fix or remove that row; the {fmt} format expects {_EXPECT[fmt]}.") from exc
+        rows.append({**row, **out} if keep_extra else out)
+    if dropped:
+        log.warning("dropped %d of %d rows of %s whose chosen/rejected dialogues do not share a prompt: rows %s%s",
+                    len(dropped), len(ds), cfg.name, dropped[:10], " ..." if len(dropped) > 10 else "")
+        from aligntune.run.console import console
+
+        console.print(f"[yellow]warning[/yellow]: dropped {len(dropped)} of {len(ds)} rows of {cfg.name} whose "
+                      f"chosen and rejected dialogues do not share a prompt (rows {dropped[:10]}).")
+    if not rows:
+        raise DataError(f"No usable rows in dataset {cfg.name!r}.", "Check the data against its format.")
+    return Dataset.from_list(rows)
+
+
+_EXPECT = {
+    "prompt": "a non-empty 'prompt' (text or a list of {role, content} messages)",
+    "messages": "'messages': a list of {role, content} turns",
+    "prompt_completion": "non-empty 'prompt' and 'completion'",
+    "hh_rlhf": "'chosen' and 'rejected' dialogues of '\\n\\nHuman: ...' and '\\n\\nAssistant: ...' turns that differ "
+               "only in the last Assistant reply",
+    "ultrafeedback": "'chosen' and 'rejected' message lists that differ only in the last (assistant) message",
+    "prompt_chosen_rejected": "non-empty 'prompt', 'chosen' and 'rejected', all text or all messages",
+    "gsm8k": "'question' and an 'answer' that ends with '#### <final answer>'",
+}
+
+
+def _with_system(row: dict, system: str) -> dict:
+    """Prepend a system message; text rows become conversational (completions become assistant turns)."""
+    sys_msg = {"role": "system", "content": system}
+    out = dict(row)
+    if "messages" in row:
+        msgs = row["messages"]
+        out["messages"] = msgs if msgs and msgs[0].get("role") == "system" else [sys_msg, *msgs]
+        return out
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        out["prompt"] = [sys_msg, {"role": "user", "content": prompt}]
+        for col in ("chosen", "rejected", "completion"):
+            if isinstance(row.get(col), str):
+                out[col] = [{"role": "assistant", "content": row[col]}]
+    elif not (prompt and prompt[0].get("role") == "system"):
+        out["prompt"] = [sys_msg, *prompt]
+    return out
+
+
+def load(cfg: DatasetConfig, seed: int, kind: str):
+    """(train, eval or None) with canonical columns for `kind` (prompts | preferences | sft)."""
+    src = resolve(cfg.name)
+    raw = _map_columns(_read(src, cfg, cfg.split), cfg)
+    if len(raw) == 0:
+        raise DataError(f"Dataset {cfg.name!r} (split {cfg.split!r}) has no rows.", "Point dataset.name at data with rows.")
+    fmt = _format(raw, cfg)
+    train = _convert(raw, fmt, kind, cfg)
+    held_out = None
+    if cfg.eval_split is not None:
+        raw_eval = _map_columns(_read(src, cfg, cfg.eval_split), cfg)
+        held_out = _convert(raw_eval, fmt, kind, cfg) if len(raw_eval) else None
+    if cfg.shuffle:
+        train = train.shuffle(seed=seed)
+    if cfg.eval_fraction is not None:
+        parts = train.train_test_split(test_size=cfg.eval_fraction, seed=seed, shuffle=False)
+        if len(parts["test"]) == 0 or len(parts["train"]) == 0:
+            raise DataError(f"dataset.eval_fraction={cfg.eval_fraction} of {len(train)} rows leaves an empty split.",
+                            "Use a fraction that leaves rows on both sides.")
+        train, held_out = parts["train"], parts["test"]
+    if cfg.max_samples is not None:
+        train = train.select(range(min(cfg.max_samples, len(train))))
+    if cfg.system_prompt:
+        train = train.map(lambda row: _with_system(row, cfg.system_prompt))
+        if held_out is not None:
+            held_out = held_out.map(lambda row: _with_system(row, cfg.system_prompt))
+    return train, held_out
 
 
 def load_prompts(cfg: DatasetConfig, seed: int):
-    """The dataset as rows with a `prompt` column, shuffled with `seed` and capped at max_samples."""
-    ds = _apply_column_mapping(_read(resolve(cfg.name), cfg), cfg)
-    fmt = _detect_format(ds.column_names, cfg)
-    needed = "prompt" if fmt == "prompt" else "messages"
-    if needed not in ds.column_names:
-        raise DataError(f"dataset.format={fmt} needs a '{needed}' column; {cfg.name!r} has {ds.column_names}.",
-                        f"Map it with dataset.columns.{needed}=<your column>.")
-    if len(ds) == 0:
-        raise DataError(f"Dataset {cfg.name!r} (split {cfg.split!r}) has no rows.", "Point dataset.name at data with rows.")
-    if fmt == "messages":
-        ds = ds.map(lambda row: {"prompt": _prompt_from_messages(row["messages"])}, remove_columns=["messages"])
-    if cfg.shuffle:
-        ds = ds.shuffle(seed=seed)
-    if cfg.max_samples is not None:
-        ds = ds.select(range(min(cfg.max_samples, len(ds))))
-    if cfg.system_prompt:
-        system = {"role": "system", "content": cfg.system_prompt}
-
-        def add_system(row):
-            prompt = row["prompt"]
-            if isinstance(prompt, str):
-                return {"prompt": [system, {"role": "user", "content": prompt}]}
-            return {"prompt": prompt if prompt and prompt[0].get("role") == "system" else [system, *prompt]}
-
-        ds = ds.map(add_system)
-    for i, row in enumerate(ds.select(range(min(len(ds), 50)))):
-        prompt = row["prompt"]
-        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-            raise DataError(f"Row {i} of dataset {cfg.name!r} has an empty or non-text prompt ({prompt!r}).",
-                            "Every row needs a non-empty prompt string or a non-empty list of chat messages.")
-    return ds
+    """Rows with a `prompt` column (plus the source's other columns), for GRPO and PPO."""
+    return load(cfg, seed, "prompts")[0]

@@ -14,6 +14,8 @@ console = Console(stderr=False, highlight=False)
 LIVE_METRICS = [
     (("reward",), "reward"),
     (("reward_std",), "±"),
+    (("rewards/accuracies",), "acc"),
+    (("rewards/margins",), "margin"),
     (("kl",), "kl"),
     (("loss",), "loss"),
     (("completions/mean_length",), "len"),
@@ -51,7 +53,8 @@ def format_live(logs: dict) -> str:
 
 
 SUMMARY_KEYS = ["status", "steps", "wall_time_s", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
-                "reward_std", "kl", "entropy", "loss", "completions/mean_length"]
+                "reward_std", "kl", "entropy", "loss", "completions/mean_length", "rewards/accuracies", "rewards/margins",
+                "eval_preference_accuracy", "eval_margin", "eval_loss"]
 
 
 def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list) -> None:

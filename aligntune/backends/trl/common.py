@@ -38,6 +38,16 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
     )
 
 
+def micro_batches(batch_size: int, micro: int | None, world_size: int, unit: str) -> tuple[int, int]:
+    """(per-device micro-batch, gradient accumulation steps) for `batch_size` items per optimizer step."""
+    micro = micro or max(1, batch_size // world_size)
+    if batch_size % (micro * world_size):
+        raise ConfigError(f"train.batch_size={batch_size} {unit} per step cannot be split into micro-batches of "
+                          f"{micro} on {world_size} process(es).",
+                          "Choose train.micro_batch_size so that micro_batch_size x processes divides train.batch_size.")
+    return micro, batch_size // (micro * world_size)
+
+
 def _checkpointing_field() -> str:
     """transformers renamed gradient_checkpointing to activation_checkpointing (the old name warns)."""
     import dataclasses

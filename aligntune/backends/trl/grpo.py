@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from aligntune.backends.trl.common import check_trl_args, common_args
+from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
 from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
 from aligntune.errors import ConfigError
 
@@ -34,24 +34,14 @@ MAPPED_FIELDS = {
 }
 
 
-def micro_batch(run: RunConfig, world_size: int = 1) -> tuple[int, int]:
-    """(completions per device forward/backward, gradient accumulation steps) for one optimizer step."""
-    per_step = run.train.batch_size * run.algorithm.group_size
-    micro = run.train.micro_batch_size or per_step // world_size
-    if per_step % (micro * world_size):
-        raise ConfigError(
-            f"The {per_step} completions of one step (train.batch_size={run.train.batch_size} x "
-            f"algorithm.group_size={run.algorithm.group_size}) cannot be split into micro-batches of {micro} on "
-            f"{world_size} process(es).", "Choose train.micro_batch_size so that micro x processes divides the step.")
-    return micro, per_step // (micro * world_size)
-
-
 def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1) -> dict:
     """The keyword arguments of `trl.GRPOConfig` for `run`. Pure: unit-tested key by key."""
     algo = run.algorithm
     if not isinstance(algo, GRPOAlgorithmConfig):
         raise TypeError(f"grpo_args needs a GRPO config, got {type(algo).__name__}")
-    micro, accumulation = micro_batch(run, world_size)
+    # One step's completions: train.batch_size prompts x algorithm.group_size samples each.
+    completions = run.train.batch_size * algo.group_size
+    micro, accumulation = micro_batches(completions, run.train.micro_batch_size, world_size, "completions")
     args = common_args(run, output_dir)
     args.update(
         per_device_train_batch_size=micro,
