@@ -13,14 +13,19 @@ from pathlib import Path
 from aligntune import hub
 from aligntune.config.schema import ModelConfig
 from aligntune.errors import ConfigError, ModelError
-from aligntune.models import tiny
+from aligntune.models import smollm2, tiny
+
+# Shipped models: name -> a function returning the cached Hugging Face directory (built on first use).
+SHIPPED = {**{name: (lambda n=name: tiny.resolve(n)) for name in tiny.preset_names()}, smollm2.PRESET: smollm2.resolve}
 
 
 def resolve_source(name: str) -> str:
     """Return a loadable location (local directory or hub id), or raise a ConfigError. No torch."""
-    if tiny.is_tiny(name):
-        if name[len(tiny.TINY_PREFIX):] not in tiny.PRESETS:
-            raise ConfigError(f"model.name_or_path={name!r} is not a shipped preset.", f"Shipped presets: {', '.join(tiny.preset_names())}.")
+    if name.startswith(tiny.TINY_PREFIX):
+        if name not in SHIPPED:
+            raise ConfigError(f"model.name_or_path={name!r} is not a shipped model.", f"Shipped models: {', '.join(SHIPPED)}.")
+        if name == smollm2.PRESET:
+            smollm2.gguf_file()  # raises with the install command when the package is missing
         return name
     path = Path(name).expanduser()
     if path.is_dir():
@@ -59,7 +64,7 @@ def resolve_device(device: str) -> str:
 
 def _location(cfg: ModelConfig) -> str:
     source = resolve_source(cfg.name_or_path)
-    return str(tiny.resolve(source)) if tiny.is_tiny(source) else source
+    return str(SHIPPED[source]()) if source in SHIPPED else source
 
 
 def load_tokenizer(cfg: ModelConfig):
