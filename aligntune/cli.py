@@ -103,8 +103,22 @@ def train_command(args: list[str]) -> int:
     from aligntune.config import aliases
 
     flags, overrides, ours = split_args(args)
+    saved_env = {k: os.environ.get(k) for k in ("ALIGNTUNE_TRACEBACK", "HYDRA_FULL_ERROR")}
     if ours["traceback"]:
         os.environ["ALIGNTUNE_TRACEBACK"] = "1"
+    try:
+        return _train(flags, overrides, ours)
+    finally:
+        for key, value in saved_env.items():  # --traceback is for this command only
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
+    from aligntune.config import aliases
+
     if ours["verbose"]:
         overrides.append("verbose=true")
     overrides, _ = aliases.rewrite(overrides)
@@ -156,7 +170,7 @@ examples:
   aligntune train experiment=smoke
   aligntune train algorithm=grpo group_size=16 learning_rate=1e-5
   aligntune train -m algorithm.beta=0.0,0.01 experiment=smoke
-  aligntune train experiment=demo debug=smoke       # any experiment, shrunk for CI
+  aligntune train experiment=smoke debug=smoke      # any experiment, shrunk for CI
 
 Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/...) under the current directory.
 """

@@ -175,6 +175,44 @@ def preflight(run: schema.RunConfig) -> None:
     builder_target(run)
     resolve_source(run.model.name_or_path)
     resolve_dataset(run.dataset.name)
+    check_rewards_configured(run)
+
+
+def check_rewards_configured(run: schema.RunConfig) -> None:
+    """Online algorithms need rewards, and every reference must point at something that exists."""
+    if run.algorithm.name in schema.ONLINE_ALGORITHMS and not run.rewards:
+        raise ConfigError(f"{run.algorithm.name.upper()} needs at least one reward, and none is configured.",
+                          "Pick a dataset preset that brings rewards (dataset=letters), a reward preset (rewards=arith), "
+                          "or add one: '+rewards.mine.fn=path/to/file.py:score'.")
+    for name, spec in run.rewards.items():
+        _check_reward_reference(name, spec.fn or name)
+
+
+def _check_reward_reference(name: str, ref: str) -> None:
+    """Registry name, importable module or existing file: checked without importing anything."""
+    import importlib.util
+
+    from aligntune.errors import RewardError
+    from aligntune.rewards.registry import BUILTIN
+
+    if ref in BUILTIN:
+        return
+    where, sep, func = ref.rpartition(":")
+    if not sep or not where or not func:
+        raise RewardError(f"rewards.{name}: unknown reward '{ref}'.",
+                          f"Use a built-in reward ({', '.join(sorted(BUILTIN))}), 'module:function' or 'path/to/file.py:function'.")
+    if where.endswith(".py"):
+        if not Path(where).expanduser().is_file():
+            raise RewardError(f"rewards.{name}: the file {where} does not exist (looked in {Path.cwd()}).",
+                              "Give a path relative to the directory you run aligntune from, or an absolute path.")
+        return
+    try:
+        found = importlib.util.find_spec(where) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise RewardError(f"rewards.{name}: cannot find the module '{where}'.",
+                          "Check that it is on PYTHONPATH, or reference the file as 'path/to/file.py:function'.")
 
 
 def load(overrides: list[str], check_sources: bool = True) -> tuple[schema.RunConfig, DictConfig]:

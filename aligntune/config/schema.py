@@ -360,16 +360,15 @@ class RunConfig:
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
+        _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
+               f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
+               "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")
         if isinstance(self.algorithm, GRPOAlgorithmConfig):
             self._check_grpo_batch()
         elif self.train.micro_batch_size is not None:
             b, m = self.train.batch_size, self.train.micro_batch_size
             _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
-        if self.algorithm.name in ONLINE_ALGORITHMS:
-            _check(len(self.rewards) > 0, f"{self.algorithm.name.upper()} needs at least one reward, and none is configured.",
-                   "Pick a dataset preset that brings rewards (dataset=letters) or add one, e.g. "
-                   "'+rewards.my_reward.fn=path/to/file.py:my_reward'.")
 
     def _check_grpo_batch(self) -> None:
         per_step = self.train.batch_size * self.algorithm.group_size

@@ -111,9 +111,13 @@ class AlignmentJob:
 
     def prompt_data(self):
         """Rows with a `prompt` column (plus the columns rewards read), shuffled with the run seed."""
-        from aligntune.data.loading import load_prompts
+        return self.prompt_splits()[0]
 
-        return load_prompts(self.config.dataset, self.config.seed)
+    def prompt_splits(self):
+        """(train, held-out or None) prompt rows."""
+        from aligntune.data.loading import load
+
+        return load(self.config.dataset, self.config.seed, "prompts")
 
     def preference_data(self):
         """(train, held-out or None) preference pairs: prompt/chosen/rejected."""

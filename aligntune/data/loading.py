@@ -161,8 +161,3 @@ def load(cfg: DatasetConfig, seed: int, kind: str):
         if held_out is not None:
             held_out = held_out.map(lambda row: _with_system(row, cfg.system_prompt))
     return train, held_out
-
-
-def load_prompts(cfg: DatasetConfig, seed: int):
-    """Rows with a `prompt` column (plus the source's other columns), for GRPO and PPO."""
-    return load(cfg, seed, "prompts")[0]

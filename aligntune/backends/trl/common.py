@@ -21,7 +21,8 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_epochs,
         max_steps=t.max_steps if t.max_steps is not None else -1,
-        lr_scheduler_type=t.lr_scheduler,
+        # transformers' plain "constant" schedule ignores warmup; with warmup asked for, warm up then hold.
+        lr_scheduler_type="constant_with_warmup" if t.lr_scheduler == "constant" and t.warmup_ratio > 0 else t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
@@ -42,7 +43,7 @@ def micro_batches(batch_size: int, micro: int | None, world_size: int, unit: str
     """(per-device micro-batch, gradient accumulation steps) for `batch_size` items per optimizer step."""
     micro = micro or max(1, batch_size // world_size)
     if batch_size % (micro * world_size):
-        raise ConfigError(f"train.batch_size={batch_size} {unit} per step cannot be split into micro-batches of "
+        raise ConfigError(f"The {batch_size} {unit} of one step cannot be split into micro-batches of "
                           f"{micro} on {world_size} process(es).",
                           "Choose train.micro_batch_size so that micro_batch_size x processes divides train.batch_size.")
     return micro, batch_size // (micro * world_size)

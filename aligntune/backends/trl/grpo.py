@@ -30,11 +30,12 @@ MAPPED_FIELDS = {
     "algorithm.importance_sampling_level": "importance_sampling_level",
     "algorithm.mask_truncated_completions": "mask_truncated_completions",
     "dataset.shuffle": "shuffle_dataset",
+    "train.eval_steps": "eval_steps",
     "rewards.<name>.weight": "reward_weights",
 }
 
 
-def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1) -> dict:
+def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False) -> dict:
     """The keyword arguments of `trl.GRPOConfig` for `run`. Pure: unit-tested key by key."""
     algo = run.algorithm
     if not isinstance(algo, GRPOAlgorithmConfig):
@@ -61,6 +62,10 @@ def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1) -> dict:
         shuffle_dataset=run.dataset.shuffle,
         reward_weights=[r.weight for r in run.rewards.values()],
         log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
+        # Held-out prompts: generated and scored like training ones (eval_reward); an eval batch holds whole groups.
+        eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
+        eval_steps=run.train.eval_steps if has_eval and run.train.eval_steps else None,
+        per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
     )
     check_trl_args("GRPOConfig", _grpo_fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
     args.update(run.backend.trl_args)
@@ -73,11 +78,11 @@ def _grpo_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(GRPOConfig)}
 
 
-def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1):
+def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False):
     from trl import GRPOConfig
 
     try:
-        return GRPOConfig(**grpo_args(run, output_dir, world_size))
+        return GRPOConfig(**grpo_args(run, output_dir, world_size, has_eval))
     except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
         raise ConfigError(f"TRL rejected the GRPO configuration: {exc}", "Adjust the named setting.") from exc
 
@@ -86,9 +91,9 @@ def build(run: RunConfig, job) -> object:
     """A `trl.GRPOTrainer` for `run`, wired to the job's callbacks and reward recorder."""
     from trl import GRPOTrainer
 
-    args = to_grpo_config(run, str(job.checkpoint_dir))
+    train, held_out = job.prompt_splits()
+    args = to_grpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
     reward_funcs = job.reward_functions()
-    dataset = job.prompt_data()
     model, peft_config = job.load_policy()
-    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
                        processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
