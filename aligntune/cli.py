@@ -17,35 +17,64 @@ import sys
 from aligntune import __version__
 from aligntune.errors import EXIT_FAILURE, EXIT_USAGE, AligntuneError, report, traceback_requested
 
-COMMANDS = {"train": "train a model (GRPO) from the composed config; `aligntune train --help` lists the options"}
+COMMANDS = {
+    "train": "train a model from the composed config; `aligntune train --help` lists the options",
+    "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
+    "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
+    "rewards": "list the built-in reward functions",
+}
 
 # Hydra flags that only print (no job runs): their overrides are not validated first.
 PRINT_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version"}
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--config-path", "-cp",
                "--config-dir", "-cd", "--experimental-rerun"}
 
+COMMAND_USAGE = {
+    "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
+    "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
+                "max_new_tokens=N seed=S system=\"...\"] [-i]",
+    "rewards": "Usage: aligntune rewards",
+}
+
 _results: list[tuple[str, dict]] = []  # (run dir, summary) of each job the last command ran
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
+    if argv and argv[0] == "train":
         return train_command(argv[1:])
+    if argv and argv[0] in COMMANDS and not any(a in ("-h", "--help") for a in argv[1:]):
+        return _other_command(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
         prog="aligntune",
-        description="Config-driven alignment of language models (GRPO; DPO and PPO to come), on TRL, composed with Hydra.",
+        description="Config-driven alignment of language models (GRPO, DPO, PPO, reward models, SFT), composed with Hydra.",
         epilog="Run `aligntune train --help` for config groups, shortcuts and examples.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aligntune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text, add_help=False)
+        sub.add_parser(name, help=text, description=text + ". " + COMMAND_USAGE.get(name, ""))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     return EXIT_USAGE  # unreachable: known commands return above
+
+
+def _other_command(name: str, args: list[str]) -> int:
+    from aligntune import commands
+
+    run = {"eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command}[name]
+    try:
+        return run(args)
+    except AligntuneError as exc:
+        if traceback_requested():
+            import traceback
+
+            traceback.print_exc()
+        report(exc)
+        return EXIT_USAGE
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:

@@ -303,6 +303,25 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Settings of `aligntune eval` and `AlignmentJob.evaluate()` (training does not read them)."""
+
+    num_prompts: int = 64  # held-out prompts (or pairs) evaluated
+    samples: int = 4  # completions per prompt; pass@k uses k = samples
+    temperature: Optional[float] = None  # null: the algorithm's sampling temperature; 0: greedy
+    max_new_tokens: Optional[int] = None  # null: algorithm.max_completion_length (or 128)
+    compare_base: bool = True  # evaluate the starting model too, side by side
+
+    def __post_init__(self):
+        _positive("eval.num_prompts", self.num_prompts)
+        _positive("eval.samples", self.samples)
+        if self.temperature is not None:
+            _check(self.temperature >= 0, f"eval.temperature={self.temperature} is negative.", "Use 0 for greedy decoding.")
+        if self.max_new_tokens is not None:
+            _positive("eval.max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
 class BackendConfig:
     """The engine. `trl_args`: extra `trl.<Algorithm>Config` fields the schema does not model."""
 
@@ -353,6 +372,7 @@ class RunConfig:
     algorithm: Any = MISSING  # the selected option's schema, e.g. GRPOAlgorithmConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # name -> RewardConfig. Typed Any so that `+rewards.new.weight=0.2` can create an entry; the entries
     # are checked and converted in __post_init__.
     rewards: Dict[str, Any] = field(default_factory=dict)

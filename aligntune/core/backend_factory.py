@@ -158,6 +158,14 @@ class AlignmentJob:
         console.show_summary(summary, self.run_dir.path, self.recorder.first_samples, self.recorder.last_samples)
         return summary
 
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out metrics of the trained model beside the starting model's (as `aligntune eval` reports them)."""
+        from aligntune.evaluation import evaluate
+
+        if not (self.run_dir.model / "config.json").exists() and not (self.run_dir.model / "adapter_config.json").exists():
+            raise ConfigError("evaluate() needs a trained model, and this job has not finished training.", "Call .train() first.")
+        return evaluate(self.config, self.run_dir.model)
+
 
 # Friendlier names for the held-out preference metrics DPO and reward models log.
 SUMMARY_ALIASES = {"eval_rewards/accuracies": "eval_preference_accuracy", "eval_rewards/margins": "eval_margin",

@@ -76,3 +76,20 @@ def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list
                 samples.add_row(when, row["prompt"], repr(row["completion"]), f"{row['reward']:.3f}")
         console.print(samples)
     console.print(f"[bold green]done[/bold green]: {run_dir}")
+
+
+def eval_table(result: dict) -> Table:
+    """Trained vs base model, one row per metric."""
+    table = Table(title=f"evaluation of {result['model']}")
+    table.add_column("metric")
+    columns = [c for c in ("base", "trained") if c in result]
+    for c in columns:
+        table.add_column(c, justify="right")
+    keys = [k for k in result["trained"] if k != "samples"]
+    for key in keys:
+        cells = []
+        for c in columns:
+            value = result[c].get(key)
+            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, *cells)
+    return table

@@ -37,3 +37,13 @@ def setup(run_dir: Path, verbose: bool) -> None:
         transformers.utils.logging.enable_progress_bar()
     else:
         transformers.utils.logging.disable_progress_bar()
+
+
+def quiet_engines() -> None:
+    """No progress bars or info logs from transformers/datasets on the console (commands outside a run)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()

@@ -1,0 +1,110 @@
+"""`aligntune eval`, `aligntune generate` and `aligntune rewards`: commands around trained runs.
+
+    aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd [eval.num_prompts=32] [dataset=...] [rewards=...]
+    aligntune generate run=<run dir or model path> prompt="Repeat the letter q." [samples=2] [-i]
+    aligntune rewards
+
+`eval` recomposes the run's own config (its .hydra/overrides.yaml) with the extra overrides, so the
+held-out data and rewards are the run's unless you say otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from aligntune.errors import ConfigError
+
+
+def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
+    value, rest = None, []
+    for a in args:
+        if a.startswith(f"{key}="):
+            value = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return value, rest
+
+
+def _run_overrides(location: Path) -> list[str]:
+    saved = location / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        saved = location / "overrides.yaml"
+    if not saved.is_file():
+        return []
+    return [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith("hydra")]
+
+
+def eval_command(args: list[str]) -> int:
+    from aligntune.config import compose
+    from aligntune.evaluation import evaluate
+    from aligntune.run.console import console, eval_table
+    from aligntune.run.logs import quiet_engines
+
+    location, overrides = _take(args, "run")
+    if not location:
+        raise ConfigError("aligntune eval needs run=<run directory or model path>.",
+                          "e.g. aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd")
+    path = Path(location)
+    if not path.exists():
+        raise ConfigError(f"run={location} does not exist.", "Give a run directory (outputs/...) or a model directory.")
+    run, _ = compose.load(_run_overrides(path) + overrides)
+    quiet_engines()
+    result = evaluate(run, path)
+    out = (path if (path / "summary.json").exists() else Path.cwd()) / "eval.json"
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    console.print(eval_table(result))
+    console.print(f"written to {out}")
+    return 0
+
+
+def generate_command(args: list[str]) -> int:
+    from aligntune.evaluation import generate, load_for_inference
+
+    interactive = any(a in ("-i", "--interactive") for a in args)
+    args = [a for a in args if a not in ("-i", "--interactive")]
+    location, args = _take(args, "run")
+    prompt, args = _take(args, "prompt")
+    settings = {"samples": "1", "temperature": "0.7", "max_new_tokens": "128", "seed": "42", "system": ""}
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or key not in settings:
+            raise ConfigError(f"aligntune generate does not take {a!r}.",
+                              f"It takes run=, prompt=, -i and {', '.join(k + '=' for k in settings)}.")
+        settings[key] = value
+    if not location or (prompt is None and not interactive):
+        raise ConfigError("aligntune generate needs run=<run directory or model path> and prompt=\"...\" (or -i).",
+                          "e.g. aligntune generate run=outputs/.../ prompt=\"Repeat the letter q.\"")
+    from aligntune.run.logs import quiet_engines
+
+    quiet_engines()
+    model, tokenizer = load_for_inference(location)
+
+    def answer(text: str) -> None:
+        messages = ([{"role": "system", "content": settings["system"]}] if settings["system"] else [])
+        messages.append({"role": "user", "content": text})
+        chat = messages if tokenizer.chat_template else text
+        outs = generate(model, tokenizer, [chat], int(settings["samples"]), float(settings["temperature"]),
+                        int(settings["max_new_tokens"]), int(settings["seed"]))[0]
+        for i, completion in enumerate(outs):
+            print(f"[{i}] {completion}" if len(outs) > 1 else completion, flush=True)
+
+    if prompt is not None:
+        answer(prompt)
+    if interactive:
+        for line in sys.stdin:
+            if line.strip():
+                answer(line.rstrip("\n"))
+    return 0
+
+
+def rewards_command(args: list[str]) -> int:
+    from aligntune.rewards.registry import listing
+
+    width = max(len(name) for name, _ in listing())
+    for name, doc in listing():
+        print(f"{name:<{width}}  {doc}")
+    return 0

@@ -1,0 +1,178 @@
+"""Held-out evaluation and generation: what `aligntune eval`, `aligntune generate` and
+`AlignmentJob.evaluate()` share.
+
+Prompt tasks (GRPO/PPO data): sample `eval.samples` completions for each of `eval.num_prompts`
+held-out prompts, score them with the run's rewards, and report the mean of each reward, the
+weighted total, pass@1 and pass@k for binary rewards (the unbiased estimator of Chen et al. 2021,
+arXiv:2107.03374, Eq. 1), and the mean completion length. Preference data (DPO/reward runs):
+implicit-reward preference accuracy and margin on held-out pairs against the base model.
+
+Prompts are formatted as in training (TRL's convention): chat messages through the tokenizer's
+chat template, plain strings as they are. Sampling is seeded, so two evaluations of the same model
+give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from aligntune.config.schema import RunConfig
+from aligntune.errors import ConfigError, ModelError
+
+
+def load_for_inference(location: str | Path):
+    """(model, tokenizer) from a run directory, its model/ folder, a LoRA adapter folder, or a model path."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(location)
+    if (path / "model").is_dir():
+        path = path / "model"
+    if not path.exists():  # a hub id (the caller checked that the hub or its cache has it)
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=torch.float32)
+    elif (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
+    elif (path / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    else:
+        raise ModelError(f"{location} holds no model: no config.json or adapter_config.json (and no model/ folder).",
+                         "Point run= at a run directory, its model/ folder, or a Hugging Face model directory.")
+    tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(location))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def format_prompt(tokenizer, prompt) -> str:
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def generate(model, tokenizer, prompts: list, samples: int, temperature: float, max_new_tokens: int, seed: int,
+             batch_size: int = 32) -> list[list[str]]:
+    """`samples` completions for each prompt (greedy when temperature is 0)."""
+    import torch
+
+    texts = [format_prompt(tokenizer, p) for p in prompts for _ in range(samples)]
+    out: list[str] = []
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                     temperature=temperature if temperature > 0 else None, top_p=1.0,
+                                     pad_token_id=tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return [out[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, Eq. 1)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def score_prompts(model, tokenizer, rows, reward_funcs: dict, weights: dict, samples: int, temperature: float,
+                  max_new_tokens: int, seed: int) -> dict:
+    """Sample, score and aggregate on `rows` (a list of dicts with `prompt` and reward columns)."""
+    prompts = [r["prompt"] for r in rows]
+    completions = generate(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed)
+    flat_prompts = [p for p in prompts for _ in range(samples)]
+    flat = [c for group in completions for c in group]
+    columns = {k: [r[k] for r in rows for _ in range(samples)] for k in rows[0] if k != "prompt"}
+    metrics: dict = {"prompts": len(rows), "samples_per_prompt": samples}
+    total = [0.0] * len(flat)
+    for name, fn in reward_funcs.items():
+        scores = fn(prompts=flat_prompts, completions=flat, **columns)
+        valid = [s for s in scores if s is not None and not math.isnan(s)]
+        metrics[f"rewards/{name}/mean"] = sum(valid) / len(valid) if valid else None
+        for i, s in enumerate(scores):
+            total[i] += weights.get(name, 1.0) * (s if s is not None and not math.isnan(s) else 0.0)
+        if valid and all(s in (0.0, 1.0) for s in valid) and len(valid) == len(scores):
+            correct = [sum(scores[i * samples:(i + 1) * samples]) for i in range(len(rows))]
+            metrics[f"rewards/{name}/pass@1"] = sum(pass_at_k(samples, int(c), 1) for c in correct) / len(rows)
+            metrics[f"rewards/{name}/pass@{samples}"] = sum(pass_at_k(samples, int(c), samples) for c in correct) / len(rows)
+    metrics["reward"] = sum(total) / len(total)
+    metrics["completions/mean_length"] = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat) / len(flat)
+    metrics["samples"] = [{"prompt": str(p), "completion": c} for p, c in zip(prompts[:3], [g[0] for g in completions[:3]])]
+    return metrics
+
+
+def preference_metrics(model, reference, tokenizer, rows, beta: float) -> dict:
+    """Implicit-reward preference accuracy and mean margin of `model` against `reference` on pairs."""
+    import torch
+
+    def logp(m, prompt, completion) -> float:
+        p = format_prompt(tokenizer, prompt)
+        c = completion if isinstance(completion, str) else "".join(x["content"] for x in completion)
+        ids_p = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ids_p + tokenizer(c, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = m(ids).logits[0, :-1].log_softmax(-1)
+        target = ids[0, 1:]
+        token_logps = logits.gather(-1, target[:, None])[:, 0]
+        return float(token_logps[len(ids_p) - 1:].sum())
+
+    margins = []
+    for r in rows:
+        chosen = logp(model, r["prompt"], r["chosen"]) - logp(reference, r["prompt"], r["chosen"])
+        rejected = logp(model, r["prompt"], r["rejected"]) - logp(reference, r["prompt"], r["rejected"])
+        margins.append(beta * (chosen - rejected))
+    return {"pairs": len(rows), "preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+            "margin": sum(margins) / len(margins)}
+
+
+def held_out_rows(run: RunConfig, kind: str, limit: int) -> list[dict]:
+    from aligntune.data.loading import load
+
+    _, held_out = load(run.dataset, run.seed, kind)
+    if held_out is None:
+        raise ConfigError(f"Evaluation needs held-out rows, and dataset {run.dataset.name!r} has none configured.",
+                          "Set dataset.eval_fraction=0.1 (or dataset.eval_split=<split>) for both training and eval.")
+    return [held_out[i] for i in range(min(limit, len(held_out)))]
+
+
+def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
+    """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
+    from aligntune.models.loading import resolve_source, SHIPPED
+    from aligntune.rewards.registry import bind
+
+    e = run.eval
+    if base_location is None and e.compare_base:
+        source = resolve_source(run.model.name_or_path)
+        base_location = SHIPPED[source]() if source in SHIPPED else source
+    model, tokenizer = load_for_inference(model_location)
+    result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None}
+    if run.algorithm.name in ("dpo", "reward"):
+        rows = held_out_rows(run, "preferences", e.num_prompts)
+        reference = load_for_inference(base_location)[0] if base_location else None
+        if reference is None:
+            raise ConfigError("Preference evaluation compares against the starting model, and eval.compare_base=false.",
+                              "Set eval.compare_base=true.")
+        result["trained"] = preference_metrics(model, reference, tokenizer, rows, getattr(run.algorithm, "beta", 0.1))
+        return result
+    rows = held_out_rows(run, "prompts", e.num_prompts)
+    funcs = {name: bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()}
+    if not funcs:
+        raise ConfigError("Evaluation scores completions with the run's rewards, and none is configured.",
+                          "Add one, e.g. rewards=arith or +rewards.mine.fn=path/to/file.py:score.")
+    weights = {name: spec.weight for name, spec in run.rewards.items()}
+    temperature = e.temperature if e.temperature is not None else getattr(run.algorithm, "temperature", 0.7)
+    max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
+    args = dict(samples=e.samples, temperature=temperature, max_new_tokens=max_new, seed=run.seed)
+    result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args)
+    if base_location:
+        base, base_tok = load_for_inference(base_location)
+        result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args)
+    return result
