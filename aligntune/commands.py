@@ -104,7 +104,11 @@ def generate_command(args: list[str]) -> int:
 def rewards_command(args: list[str]) -> int:
     from aligntune.rewards.registry import listing
 
-    width = max(len(name) for name, _ in listing())
-    for name, doc in listing():
-        print(f"{name:<{width}}  {doc}")
+    rows = listing()
+    width = max(len(name) for name, _ in rows)
+    print("built-in rewards (use as +rewards.<key>.fn=<name>, arguments as +rewards.<key>.args.<arg>=<value>):")
+    for name, doc in rows:
+        print(f"  {name:<{width}}  {doc}")
+    print("\nyour own: +rewards.<key>.fn=path/to/file.py:function or module:function, "
+          "with fn(completions, prompts=None, **dataset_columns) -> list[float | None]")
     return 0

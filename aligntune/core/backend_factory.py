@@ -131,12 +131,18 @@ class AlignmentJob:
 
         return load(self.config.dataset, self.config.seed, "sft")
 
-    def reward_functions(self) -> list:
-        """The configured rewards in TRL's signature, recorded for samples.jsonl."""
+    def reward_functions(self, rows: list[dict] | None = None) -> list:
+        """The configured rewards in TRL's signature, each called once on a few dataset rows first (a broken
+        reward fails before training), and recorded for samples.jsonl. `rows`: default the first 4 prompt rows."""
+        from aligntune.rewards.check import check_rewards
         from aligntune.rewards.registry import bind
 
-        return [self.book.wrap(name, bind(name, spec.fn or name, spec.args), spec.weight)
-                for name, spec in self.config.rewards.items()]
+        bound = {name: bind(name, spec.fn or name, spec.args) for name, spec in self.config.rewards.items()}
+        if rows is None:
+            data = self.prompt_data()
+            rows = [data[i] for i in range(min(len(data), 4))]
+        check_rewards(bound, rows)
+        return [self.book.wrap(name, fn, self.config.rewards[name].weight) for name, fn in bound.items()]
 
     def train(self) -> dict[str, Any]:
         from aligntune.run import console

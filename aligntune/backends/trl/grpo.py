@@ -1,15 +1,21 @@
 """GRPO on TRL: the ONE mapping from RunConfig to `trl.GRPOConfig`, and the trainer build.
 
-Batch arithmetic (global, per optimizer step): `train.batch_size` prompts, each sampled
-`algorithm.group_size` times, so one step generates and learns from B x G completions. TRL
-counts completions per device and forward pass (`per_device_train_batch_size`), so we pass the
-micro-batch there and accumulate B x G / (micro x world) micro-batches per step. TRL then sets
-`steps_per_generation` = accumulation steps, so exactly one generation round feeds each step.
+Batch arithmetic (global): one rollout samples `train.batch_size` prompts, each `algorithm.group_size`
+times, and is split into `algorithm.num_mini_batches` optimizer steps (1 by default: one step learns
+from B x G completions). TRL counts completions per device and forward pass
+(`per_device_train_batch_size`), so we pass the micro-batch there, accumulate the rest of a step, and
+set `steps_per_generation` = accumulation steps x mini-batches, so one generation round feeds them.
+
+The variants (configs/algorithm/{dr_grpo,dapo,gspo}.yaml) are GRPO configs too and map here. Two of
+their techniques are aligntune's, on top of TRL: DAPO's soft overlong punishment (`overlong_reward`,
+added to the rewards when `algorithm.overlong_buffer` is set) and dynamic sampling
+(`dynamic_sampling.DynamicSamplingGRPOTrainer`, when `algorithm.dynamic_sampling` is true).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
 from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
@@ -19,20 +25,36 @@ from aligntune.errors import ConfigError
 MAPPED_FIELDS = {
     "algorithm.group_size": "num_generations",
     "algorithm.beta": "beta",
+    "algorithm.kl_estimator": "use_bias_correction_kl",
     "algorithm.cliprange": "epsilon",
     "algorithm.cliprange_high": "epsilon_high",
     "algorithm.temperature": "temperature",
     "algorithm.top_p": "top_p",
     "algorithm.max_completion_length": "max_completion_length",
     "algorithm.num_iterations": "num_iterations",
+    "algorithm.num_mini_batches": "steps_per_generation",
     "algorithm.loss_type": "loss_type",
     "algorithm.scale_rewards": "scale_rewards",
     "algorithm.importance_sampling_level": "importance_sampling_level",
     "algorithm.mask_truncated_completions": "mask_truncated_completions",
+    "algorithm.overlong_buffer": "reward_weights",
     "dataset.shuffle": "shuffle_dataset",
     "train.eval_steps": "eval_steps",
     "rewards.<name>.weight": "reward_weights",
 }
+OVERLONG = "overlong"  # the name DAPO's overlong punishment runs under (metrics: rewards/overlong/mean)
+
+
+def rollout_batches(run: RunConfig, world_size: int = 1) -> tuple[int, int, int]:
+    """(per-device micro-batch, accumulation steps, steps per generation) for a group-sampling algorithm."""
+    algo = run.algorithm
+    rollout = run.train.batch_size * algo.group_size  # completions generated per rollout
+    if rollout % algo.num_mini_batches:
+        raise ConfigError(f"algorithm.num_mini_batches={algo.num_mini_batches} does not divide the {rollout} completions "
+                          "of one rollout.", "Use a divisor of train.batch_size x algorithm.group_size.")
+    micro, accumulation = micro_batches(rollout // algo.num_mini_batches, run.train.micro_batch_size, world_size,
+                                        "completions")
+    return micro, accumulation, accumulation * algo.num_mini_batches
 
 
 def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False) -> dict:
@@ -40,15 +62,23 @@ def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bo
     algo = run.algorithm
     if not isinstance(algo, GRPOAlgorithmConfig):
         raise TypeError(f"grpo_args needs a GRPO config, got {type(algo).__name__}")
-    # One step's completions: train.batch_size prompts x algorithm.group_size samples each.
-    completions = run.train.batch_size * algo.group_size
-    micro, accumulation = micro_batches(completions, run.train.micro_batch_size, world_size, "completions")
+    micro, accumulation, steps_per_generation = rollout_batches(run, world_size)
+    weights = [r.weight for r in run.rewards.values()]
+    if algo.overlong_buffer is not None:
+        clash = [name for name, r in run.rewards.items() if name == OVERLONG or r.fn == OVERLONG]
+        if clash:
+            raise ConfigError(f"algorithm.overlong_buffer adds DAPO's overlong punishment, and rewards.{clash[0]} is "
+                              "one too: it would count twice.",
+                              f"Drop one: ~rewards.{clash[0]}, or algorithm.overlong_buffer=null.")
+        weights.append(1.0)  # overlong_reward carries overlong_penalty itself, so samples and metrics agree
     args = common_args(run, output_dir)
     args.update(
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
         num_generations=algo.group_size,
         beta=algo.beta,
+        use_bias_correction_kl=algo.kl_estimator == "k3_is",
         epsilon=algo.cliprange,
         epsilon_high=algo.cliprange_high,
         temperature=algo.temperature,
@@ -60,7 +90,7 @@ def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bo
         importance_sampling_level=algo.importance_sampling_level,
         mask_truncated_completions=algo.mask_truncated_completions,
         shuffle_dataset=run.dataset.shuffle,
-        reward_weights=[r.weight for r in run.rewards.values()],
+        reward_weights=weights,
         log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
         # Held-out prompts: generated and scored like training ones (eval_reward); an eval batch holds whole groups.
         eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
@@ -87,13 +117,38 @@ def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eva
         raise ConfigError(f"TRL rejected the GRPO configuration: {exc}", "Adjust the named setting.") from exc
 
 
+def overlong_reward(algo: GRPOAlgorithmConfig) -> Callable:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13) x `overlong_penalty`: 0 up to
+    max_completion_length - overlong_buffer tokens, then linearly down to -overlong_penalty at the limit.
+    The limit is the generation limit itself, so the two cannot drift apart."""
+    from aligntune.rewards.registry import bind
+
+    punish = bind(OVERLONG, OVERLONG, {"max_length": algo.max_completion_length, "cache": algo.overlong_buffer})
+    penalty = algo.overlong_penalty
+
+    def overlong(completions, completion_ids, **kwargs):
+        return [penalty * r for r in punish(completions=completions, completion_ids=completion_ids, **kwargs)]
+
+    overlong.__name__ = OVERLONG
+    return overlong
+
+
 def build(run: RunConfig, job) -> object:
-    """A `trl.GRPOTrainer` for `run`, wired to the job's callbacks and reward recorder."""
+    """A `trl.GRPOTrainer` for `run` (with dynamic sampling when asked), wired to the job's callbacks and
+    reward recorder."""
     from trl import GRPOTrainer
 
+    algo = run.algorithm
     train, held_out = job.prompt_splits()
     args = to_grpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
-    reward_funcs = job.reward_functions()
+    reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
+    if algo.overlong_buffer is not None:
+        reward_funcs.append(job.book.wrap(OVERLONG, overlong_reward(algo), 1.0))
     model, peft_config = job.load_policy()
-    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
-                       processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    trainer_class, extra = GRPOTrainer, {}
+    if algo.dynamic_sampling:
+        from aligntune.backends.trl.dynamic_sampling import DynamicSamplingGRPOTrainer
+
+        trainer_class, extra = DynamicSamplingGRPOTrainer, {"max_retries": algo.dynamic_sampling_max_retries}
+    return trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
+                         processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks, **extra)
