@@ -271,6 +271,9 @@ ALGORITHM_VARIATIONS = {
     "scale_rewards": ("batch", "scale_rewards"),
     "importance_sampling_level": ("sequence", "importance_sampling_level"),
     "mask_truncated_completions": (True, "mask_truncated_completions"),
+    "kl_estimator": ("k3_is", "use_bias_correction_kl"),
+    "num_mini_batches": (2, "steps_per_generation"),
+    "overlong_buffer": (4, "reward_weights"),  # adds DAPO's overlong punishment as one more reward
 }
 TRAIN_VARIATIONS = {
     "batch_size": (3, "per_device_train_batch_size"),
@@ -290,6 +293,10 @@ TRAIN_VARIATIONS = {
 NOT_MAPPED = {
     ("algorithm", "name"): "selects the schema and the engine (backend_factory.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
+    ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",
+    ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/test_grpo_variants.py)",
+    ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/test_grpo_variants.py)",
+    ("algorithm", "dynamic_sampling_max_retries"): "that trainer's retry bound (tests/test_grpo_variants.py)",
 }
 SILENT_NO_OPS: dict = {}  # (group, field) -> reason; empty: every field reaches grpo_args
 

@@ -28,6 +28,7 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 TRUNCATION_MODES = ("keep_start", "keep_end")
 KL_ESTIMATORS = ("k1", "k3")
+GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False | True
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -122,28 +123,47 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
     """Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300).
 
     Defaults follow the seed: group_size 8, beta 0.01, cliprange 0.2, temperature 0.7, and the
-    paper's loss (per-sequence mean, then batch mean: TRL `loss_type="grpo"`).
+    paper's loss (per-sequence mean, then batch mean: TRL `loss_type="grpo"`) with its KL estimator
+    (k3 per token, no importance weighting).
+
+    The published variants are presets over this schema (configs/algorithm/<variant>.yaml keep
+    `name: grpo`, so the same engine mapping runs, and record themselves in `variant`): dr_grpo
+    (Liu et al. 2025), dapo (Yu et al. 2025), gspo (Zheng et al. 2025). Every knob they set is
+    here, so a run can mix its own variant from plain `algorithm=grpo`.
+
+    Batch arithmetic: one rollout samples `train.batch_size` prompts x `group_size` completions and
+    is split into `num_mini_batches` optimizer steps (1: on-policy, one step per rollout).
     """
 
     name: str = "grpo"
+    variant: str = "grpo"  # the preset this config was composed from (configs/algorithm/<variant>.yaml); a record
     group_size: int = 8  # completions sampled per prompt (TRL num_generations)
     beta: float = 0.01  # KL coefficient to the reference policy; 0 skips loading a reference model
+    kl_estimator: str = "k3"  # k3 (the paper's) | k3_is: x importance ratio, unbiased KL gradient (DeepSeek-V3.2)
     cliprange: float = 0.2  # PPO-style ratio clip epsilon (TRL epsilon)
     cliprange_high: Optional[float] = None  # upper clip (DAPO "clip-higher"); null = cliprange
     temperature: float = 0.7  # sampling temperature of rollouts
     top_p: float = 1.0
     max_completion_length: int = 256  # tokens generated per completion: cost grows linearly
     num_iterations: int = 1  # optimisation passes per generated batch (mu in the paper)
+    num_mini_batches: int = 1  # optimizer steps per rollout (the rollout is shuffled and split); >1 goes off-policy
     loss_type: str = "grpo"  # grpo | dr_grpo | dapo | bnpo | cispo | sapo (TRL loss aggregation)
     scale_rewards: str = "group"  # divide advantages by the group's reward std (group), batch std, or none
     importance_sampling_level: str = "token"  # token (GRPO) | sequence (GSPO)
     mask_truncated_completions: bool = False  # drop completions that hit max_completion_length from the loss
+    overlong_buffer: Optional[int] = None  # DAPO soft overlong punishment: last N tokens before max_completion_length
+    overlong_penalty: float = 1.0  # its punishment at max_completion_length (linear from 0 over the buffer)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts to refill
+    dynamic_sampling_max_retries: int = 9  # extra generation rounds per rollout before padding with dropped groups
 
     def __post_init__(self):
         _check(self.group_size >= 2, f"algorithm.group_size={self.group_size} is too small: GRPO compares "
                "completions within a group, so it needs at least 2 per prompt.",
                "Set group_size (algorithm.group_size) to 2 or more; the default is 8.")
+        _check(bool(self.variant.strip()), "algorithm.variant is empty.",
+               "It records the preset the config came from (grpo, dr_grpo, dapo, gspo); leave it as the preset set it.")
         _check(self.beta >= 0, f"algorithm.beta={self.beta} is negative.", "Use 0 (no KL penalty) or a positive KL coefficient such as 0.01.")
+        _one_of("algorithm.kl_estimator", self.kl_estimator, GRPO_KL_ESTIMATORS)
         _positive("algorithm.cliprange", self.cliprange, "A typical value is 0.2.")
         if self.cliprange_high is not None:
             _check(self.cliprange_high >= self.cliprange, f"algorithm.cliprange_high={self.cliprange_high} is below "
@@ -152,9 +172,63 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
         _check(0 < self.top_p <= 1, f"algorithm.top_p={self.top_p} is outside (0, 1].", "Use 1.0 to disable nucleus sampling.")
         _positive("algorithm.max_completion_length", self.max_completion_length)
         _positive("algorithm.num_iterations", self.num_iterations)
+        _positive("algorithm.num_mini_batches", self.num_mini_batches, "Use 1 for one optimizer step per rollout.")
         _one_of("algorithm.loss_type", self.loss_type, GRPO_LOSS_TYPES)
         _one_of("algorithm.scale_rewards", self.scale_rewards, SCALE_REWARDS)
         _one_of("algorithm.importance_sampling_level", self.importance_sampling_level, IMPORTANCE_LEVELS)
+        if self.overlong_buffer is not None:
+            _check(0 < self.overlong_buffer <= self.max_completion_length,
+                   f"algorithm.overlong_buffer={self.overlong_buffer} is outside (0, algorithm.max_completion_length="
+                   f"{self.max_completion_length}].",
+                   "Use a fraction of max_completion_length (DAPO: 4096 of 20480, a fifth), or null for no overlong punishment.")
+            _positive("algorithm.overlong_penalty", self.overlong_penalty, "DAPO uses 1.0 (the punishment at the length limit).")
+        _check(self.dynamic_sampling_max_retries >= 0,
+               f"algorithm.dynamic_sampling_max_retries={self.dynamic_sampling_max_retries} is negative.",
+               "Use 0 (one round; dropped groups become inert padding) or a bound such as 9 (DAPO: 10 rounds in all).")
+
+
+@dataclass
+class RLOOAlgorithmConfig(AlgorithmConfig):
+    """REINFORCE Leave-One-Out (Ahmadian et al. 2024, Back to Basics, arXiv:2402.14740) on TRL's RLOOTrainer.
+
+    Each completion's baseline is the mean reward of the other group_size - 1 completions of its prompt;
+    the KL to the reference (k1, summed over the sequence) is subtracted from the reward, as in the paper.
+    Deviation: TRL's loss is PPO's clipped surrogate on the sequence ratio; with num_iterations=1 and
+    num_mini_batches=1 (the defaults) the ratio is 1 up to rounding, the clip never binds, and the update
+    is the paper's REINFORCE.
+    Knobs share GRPO's names where they mean the same thing.
+    """
+
+    name: str = "rloo"
+    group_size: int = 4  # samples per prompt (the paper's k; it reports k = 2 and 4)
+    beta: float = 0.05  # KL coefficient, applied to the reward; 0 skips loading a reference model
+    cliprange: float = 0.2  # only acts off-policy (num_iterations or num_mini_batches > 1)
+    cliprange_high: Optional[float] = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_completion_length: int = 256
+    num_iterations: int = 1
+    num_mini_batches: int = 1  # optimizer steps per rollout, as for GRPO
+    normalize_advantages: bool = False  # standardise advantages over the rollout (not in the paper)
+    reward_clip: Optional[float] = None  # clip the total reward to [-c, c] before the baseline
+    mask_truncated_completions: bool = False
+
+    def __post_init__(self):
+        _check(self.group_size >= 2, f"algorithm.group_size={self.group_size} is too small: the leave-one-out baseline "
+               "of a completion is the mean of the others of its prompt, so RLOO needs at least 2 per prompt.",
+               "Set group_size (algorithm.group_size) to 2 or more; the default is 4.")
+        _check(self.beta >= 0, f"algorithm.beta={self.beta} is negative.", "Use 0 (no KL penalty) or a positive coefficient such as 0.05.")
+        _positive("algorithm.cliprange", self.cliprange, "A typical value is 0.2.")
+        if self.cliprange_high is not None:
+            _check(self.cliprange_high >= self.cliprange, f"algorithm.cliprange_high={self.cliprange_high} is below "
+                   f"algorithm.cliprange={self.cliprange}.", "Set cliprange_high >= cliprange, or null.")
+        _positive("algorithm.temperature", self.temperature, "Use 1.0 for unmodified sampling.")
+        _check(0 < self.top_p <= 1, f"algorithm.top_p={self.top_p} is outside (0, 1].", "Use 1.0 to disable nucleus sampling.")
+        _positive("algorithm.max_completion_length", self.max_completion_length)
+        _positive("algorithm.num_iterations", self.num_iterations)
+        _positive("algorithm.num_mini_batches", self.num_mini_batches, "Use 1 for one optimizer step per rollout.")
+        if self.reward_clip is not None:
+            _positive("algorithm.reward_clip", self.reward_clip, "Or null for no clipping.")
 
 
 @dataclass
@@ -383,7 +457,7 @@ class RunConfig:
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
                "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")
-        if isinstance(self.algorithm, GRPOAlgorithmConfig):
+        if isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)):
             self._check_grpo_batch()
         elif self.train.micro_batch_size is not None:
             b, m = self.train.batch_size, self.train.micro_batch_size
@@ -391,23 +465,31 @@ class RunConfig:
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
 
     def _check_grpo_batch(self) -> None:
-        per_step = self.train.batch_size * self.algorithm.group_size
+        rollout = self.train.batch_size * self.algorithm.group_size
+        minis = self.algorithm.num_mini_batches
+        _check(rollout % minis == 0,
+               f"algorithm.num_mini_batches={minis} does not divide the {rollout} completions of one rollout "
+               f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}).",
+               f"Use one of {[d for d in range(1, rollout + 1) if rollout % d == 0]}.")
+        per_step = rollout // minis
         micro = self.train.micro_batch_size
         if micro is not None:
             divisors = [d for d in range(1, per_step + 1) if per_step % d == 0]
             _check(per_step % micro == 0,
                    f"train.micro_batch_size={micro} does not divide the {per_step} completions of one step "
-                   f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}).",
+                   f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}"
+                   + (f" / algorithm.num_mini_batches={minis}" if minis > 1 else "") + ").",
                    f"Use one of {divisors}, or null for the whole step.")
 
 
 # One place lists the algorithm schemas; compose.py registers them with Hydra's ConfigStore.
 ALGORITHM_SCHEMAS: dict[str, type] = {
     "grpo": GRPOAlgorithmConfig,
+    "rloo": RLOOAlgorithmConfig,
     "dpo": DPOAlgorithmConfig,
     "ppo": PPOAlgorithmConfig,
     "reward": RewardModelAlgorithmConfig,
     "sft": SFTAlgorithmConfig,
 }
 # Algorithms that learn from sampled completions scored by rewards.
-ONLINE_ALGORITHMS = ("grpo", "ppo")
+ONLINE_ALGORITHMS = ("grpo", "rloo", "ppo")

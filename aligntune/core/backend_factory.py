@@ -20,7 +20,8 @@ from aligntune.config.schema import RunConfig
 from aligntune.errors import AligntuneError, ConfigError
 
 BACKENDS: dict[str, dict[str, str]] = {
-    "trl": {"grpo": "aligntune.backends.trl.grpo:build", "dpo": "aligntune.backends.trl.dpo:build"},
+    "trl": {"grpo": "aligntune.backends.trl.grpo:build", "rloo": "aligntune.backends.trl.rloo:build",
+            "dpo": "aligntune.backends.trl.dpo:build"},
 }
 WHY_NOT = {("trl", "ppo"): "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}
 

@@ -1,0 +1,102 @@
+"""RLOO on TRL: the ONE mapping from RunConfig to `trl.RLOOConfig`, and the trainer build.
+
+REINFORCE Leave-One-Out (Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization
+for Learning from Human Feedback in LLMs, arXiv:2402.14740). Each prompt is sampled `group_size` times;
+a completion's advantage is its reward minus the mean reward of the other group_size - 1 completions;
+the KL to the reference (k1, summed over the sequence) is subtracted from the reward first.
+
+TRL's RLOOTrainer optimises PPO's clipped surrogate of the sequence ratio. On-policy (num_iterations = 1
+and num_mini_batches = 1, the defaults) the ratio is 1 up to rounding and the clip never binds, so the
+update is the paper's REINFORCE; `cliprange` only acts when a rollout is reused. Batch arithmetic is
+GRPO's (`grpo.rollout_batches`): `train.batch_size` prompts x `group_size` completions per rollout, in
+`num_mini_batches` optimizer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aligntune.backends.trl.common import check_trl_args, common_args
+from aligntune.backends.trl.grpo import rollout_batches
+from aligntune.config.schema import RLOOAlgorithmConfig, RunConfig
+from aligntune.errors import ConfigError
+
+# aligntune key -> the RLOOConfig field it sets; trl_args may not set these a second way.
+MAPPED_FIELDS = {
+    "algorithm.group_size": "num_generations",
+    "algorithm.beta": "beta",
+    "algorithm.cliprange": "epsilon",
+    "algorithm.cliprange_high": "epsilon_high",
+    "algorithm.temperature": "temperature",
+    "algorithm.top_p": "top_p",
+    "algorithm.max_completion_length": "max_completion_length",
+    "algorithm.num_iterations": "num_iterations",
+    "algorithm.num_mini_batches": "steps_per_generation",
+    "algorithm.normalize_advantages": "normalize_advantages",
+    "algorithm.reward_clip": "reward_clip_range",
+    "algorithm.mask_truncated_completions": "mask_truncated_completions",
+    "dataset.shuffle": "shuffle_dataset",
+    "train.eval_steps": "eval_steps",
+    "rewards.<name>.weight": "reward_weights",
+}
+
+
+def rloo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False) -> dict:
+    """The keyword arguments of `trl.RLOOConfig` for `run`. Pure: unit-tested key by key."""
+    algo = run.algorithm
+    if not isinstance(algo, RLOOAlgorithmConfig):
+        raise TypeError(f"rloo_args needs an RLOO config, got {type(algo).__name__}")
+    micro, accumulation, steps_per_generation = rollout_batches(run, world_size)
+    args = common_args(run, output_dir)
+    args.update(
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
+        num_generations=algo.group_size,
+        beta=algo.beta,
+        epsilon=algo.cliprange,
+        epsilon_high=algo.cliprange_high,
+        temperature=algo.temperature,
+        top_p=algo.top_p,
+        max_completion_length=algo.max_completion_length,
+        num_iterations=algo.num_iterations,
+        normalize_advantages=algo.normalize_advantages,
+        reward_clip_range=(-algo.reward_clip, algo.reward_clip) if algo.reward_clip is not None else None,
+        mask_truncated_completions=algo.mask_truncated_completions,
+        shuffle_dataset=run.dataset.shuffle,
+        reward_weights=[r.weight for r in run.rewards.values()],
+        log_completions=False,  # aligntune writes samples.jsonl itself
+        eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
+        eval_steps=run.train.eval_steps if has_eval and run.train.eval_steps else None,
+        per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
+    )
+    check_trl_args("RLOOConfig", _rloo_fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
+    args.update(run.backend.trl_args)
+    return args
+
+
+def _rloo_fields() -> set[str]:
+    from trl import RLOOConfig
+
+    return {f.name for f in dataclasses.fields(RLOOConfig)}
+
+
+def to_rloo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False):
+    from trl import RLOOConfig
+
+    try:
+        return RLOOConfig(**rloo_args(run, output_dir, world_size, has_eval))
+    except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
+        raise ConfigError(f"TRL rejected the RLOO configuration: {exc}", "Adjust the named setting.") from exc
+
+
+def build(run: RunConfig, job) -> object:
+    """A `trl.RLOOTrainer` for `run`, wired to the job's callbacks and reward recorder."""
+    from trl import RLOOTrainer
+
+    train, held_out = job.prompt_splits()
+    args = to_rloo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
+    model, peft_config = job.load_policy()
+    return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
+                       processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
