@@ -22,6 +22,8 @@ COMMANDS = {
     "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
     "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
     "rewards": "list the built-in reward functions",
+    "report": "write plots and report.md of a run (or of every job of a sweep, plus the sweep's comparison)",
+    "compare": "overlay the curves of several runs, one figure per metric, and print their final metrics side by side",
 }
 
 # Hydra flags that only print (no job runs): their overrides are not validated first.
@@ -34,9 +36,14 @@ COMMAND_USAGE = {
     "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
                 "max_new_tokens=N seed=S system=\"...\"] [-i]",
     "rewards": "Usage: aligntune rewards",
+    "report": "Usage: aligntune report <run dir or sweep dir>",
+    "compare": "Usage: aligntune compare <run dir> <run dir> ... [--out DIR] (a sweep dir stands for its jobs; "
+               "figures go to compare_<metric>.png in the current directory by default)",
 }
 
 _results: list[tuple[str, dict]] = []  # (run dir, summary) of each job the last command ran
+_failures: list[tuple[str, int]] = []  # (run dir, exit code) of each job of a sweep that failed
+_sweep: dict[str, str] = {}  # "dir": the sweep directory of the last multirun
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 def _other_command(name: str, args: list[str]) -> int:
     from aligntune import commands
 
-    run = {"eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command}[name]
+    run = {"eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
+           "report": commands.report_command, "compare": commands.compare_command}[name]
     try:
         return run(args)
     except AligntuneError as exc:
@@ -154,6 +162,8 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     if any(f in ("-h", "--help") for f in flags):
         return print_train_help(overrides)
     _results.clear()
+    _failures.clear()
+    _sweep.clear()
     try:
         if not ours["print_only"]:
             validate(overrides, ours["multirun"])
@@ -174,7 +184,30 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
         console.print(f"[bold]{len(_results)} jobs[/bold] written to:")
         for run_dir, _ in _results:
             console.print(f"  {run_dir}", soft_wrap=True)
+    if ours["multirun"] and _sweep.get("dir") and (_results or _failures):
+        _write_sweep_comparison(_sweep["dir"])
+    if code == 0 and _failures:
+        from aligntune.run.console import console
+
+        console.print(f"[bold red]{len(_failures)} of {len(_results) + len(_failures)} jobs failed[/bold red]:")
+        for run_dir, _ in _failures:
+            console.print(f"  {run_dir}", soft_wrap=True)
+        return _failures[0][1]
     return code
+
+
+def _write_sweep_comparison(sweep_dir: str) -> None:
+    """<sweep>/comparison.csv and .md, printed as a table. A sweep's results stand without it: a failure warns."""
+    from aligntune.run import report
+    from aligntune.run.console import console
+
+    try:
+        rows, columns = report.write_comparison(sweep_dir)
+    except Exception as exc:  # noqa: BLE001 - the jobs are done and saved; the comparison is a convenience
+        print(f"warning: could not write the sweep comparison in {sweep_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    console.print(report.comparison_table(rows, columns, f"sweep {os.path.basename(os.path.normpath(sweep_dir))}"))
+    console.print(f"comparison written to {os.path.join(sweep_dir, 'comparison.csv')} and comparison.md", soft_wrap=True)
 
 
 TRAIN_HELP = """\
@@ -248,15 +281,42 @@ def _run_hydra(argv: list[str]) -> int:
     return 0
 
 
+def _job_failed(run_dir: str, exc: BaseException, code: int, multirun: bool) -> None:
+    """A single run exits with `code`. In a sweep the job is marked failed and the sweep goes on;
+    the command's exit code says so at the end."""
+    if not multirun:
+        raise SystemExit(code)
+    import json
+    from pathlib import Path
+
+    from aligntune.run.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    try:
+        status = json.loads(rundir.summary.read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status != "failed":  # failed before the run directory was set up
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        rundir.fail(exc)
+    _failures.append((run_dir, code))
+    print(f"job {Path(run_dir).name} failed; the sweep goes on with the next job.", file=sys.stderr)
+
+
 def _task(cfg) -> float | None:
-    """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1."""
+    """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1 (in a sweep:
+    the job is marked failed, and the others still run)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from aligntune.config import compose
     from aligntune.run import console
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _sweep["dir"] = str(hc.sweep.dir)
     try:
         run = compose.to_run_config(cfg)
         console.show_start(run, run_dir)
@@ -269,7 +329,8 @@ def _task(cfg) -> float | None:
 
             traceback.print_exc()
         report(exc)
-        raise SystemExit(EXIT_USAGE) from None
+        _job_failed(run_dir, exc, EXIT_USAGE, multirun)
+        return None
     except KeyboardInterrupt:
         print(f"interrupted: the run directory {run_dir} is marked failed.", file=sys.stderr)
         raise SystemExit(130) from None
@@ -282,7 +343,8 @@ def _task(cfg) -> float | None:
             traceback.print_exc()
         print(f"error: the run failed with {type(exc).__name__}: {exc}\n  The traceback is in {run_dir}/train.log "
               "(or run again with --traceback).", file=sys.stderr)
-        raise SystemExit(EXIT_FAILURE) from None
+        _job_failed(run_dir, exc, EXIT_FAILURE, multirun)
+        return None
     _results.append((run_dir, summary))
     reward = summary.get("reward")
     return float(reward) if isinstance(reward, (int, float)) else None

@@ -1,8 +1,10 @@
-"""`aligntune eval`, `aligntune generate` and `aligntune rewards`: commands around trained runs.
+"""`aligntune eval`, `generate`, `rewards`, `report` and `compare`: commands around trained runs.
 
     aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd [eval.num_prompts=32] [dataset=...] [rewards=...]
     aligntune generate run=<run dir or model path> prompt="Repeat the letter q." [samples=2] [-i]
     aligntune rewards
+    aligntune report <run dir or sweep dir>
+    aligntune compare <run dir> <run dir> ... [--out DIR]
 
 `eval` recomposes the run's own config (its .hydra/overrides.yaml) with the extra overrides, so the
 held-out data and rewards are the run's unless you say otherwise.
@@ -111,4 +113,66 @@ def rewards_command(args: list[str]) -> int:
         print(f"  {name:<{width}}  {doc}")
     print("\nyour own: +rewards.<key>.fn=path/to/file.py:function or module:function, "
           "with fn(completions, prompts=None, **dataset_columns) -> list[float | None]")
+    return 0
+
+
+def report_command(args: list[str]) -> int:
+    """Regenerate plots and report.md of a run, or of every job of a sweep plus the sweep's comparison."""
+    from aligntune.run import report
+    from aligntune.run.console import console
+
+    if len(args) != 1 or args[0].startswith("-"):
+        raise ConfigError("aligntune report takes one run directory or sweep directory.",
+                          "e.g. aligntune report outputs/2026-11-24/10-00-00_ab12cd")
+    path = Path(args[0])
+    if not path.is_dir():
+        raise ConfigError(f"{args[0]} is not a directory.", "Give a run directory or a sweep directory (outputs/...).")
+    kind, runs = report.find_runs(path)
+    if kind == "none":
+        raise ConfigError(f"{args[0]} holds no run (no summary.json in it or below it).",
+                          "Give a run directory or a sweep directory (outputs/multirun/...).")
+    for run_dir in runs:
+        console.print(f"written {report.write_run_report(run_dir)}", soft_wrap=True)
+    if kind == "sweep":
+        rows, columns = report.write_comparison(path)
+        console.print(report.comparison_table(rows, columns, f"sweep {path.name}"))
+        console.print(f"written {path / 'comparison.csv'} and {path / 'comparison.md'}", soft_wrap=True)
+    return 0
+
+
+def compare_command(args: list[str]) -> int:
+    """Overlay the curves of several runs (one figure per metric) and print their final metrics side by side."""
+    from aligntune.run import report
+    from aligntune.run.console import console
+    from aligntune.run.plots import read_jsonl, write_compare_plots
+
+    out, dirs, i = Path.cwd(), [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--out" and i + 1 < len(args):
+            out, i = Path(args[i + 1]), i + 2
+            continue
+        if a.startswith("--out="):
+            out = Path(a.split("=", 1)[1])
+        elif a.startswith("-"):
+            raise ConfigError(f"aligntune compare does not take {a!r}.", "Usage: aligntune compare <dir> <dir> ... [--out DIR]")
+        else:
+            dirs.append(a)
+        i += 1
+    runs: list[Path] = []
+    for d in dirs:
+        kind, found = report.find_runs(Path(d))
+        if kind == "none":
+            raise ConfigError(f"{d} is not a run directory (no summary.json in it or below it).",
+                              "Give run directories or sweep directories (outputs/...).")
+        runs += found
+    if len(runs) < 2:
+        raise ConfigError("aligntune compare needs at least two runs.",
+                          "e.g. aligntune compare outputs/2026-11-24/10-00-00_ab12cd outputs/2026-11-24/10-05-00_ef34gh "
+                          "(or a sweep directory)")
+    names = [r.name for r in runs]
+    labels = [r.name if names.count(r.name) == 1 else str(r) for r in runs]
+    written = write_compare_plots({label: read_jsonl(r / "metrics.jsonl") for label, r in zip(labels, runs)}, out)
+    console.print(report.side_by_side_table({label: report.read_summary(r) for label, r in zip(labels, runs)}))
+    console.print(f"{len(written)} figures written to {out}" + "".join(f"\n  {p.name}" for p in written), soft_wrap=True)
     return 0

@@ -163,6 +163,9 @@ class AlignmentJob:
             self.run_dir.fail(exc)
             raise
         console.show_summary(summary, self.run_dir.path, self.recorder.first_samples, self.recorder.last_samples)
+        from aligntune.run.report import write_run_report_or_warn
+
+        write_run_report_or_warn(self.run_dir.path)  # plots + report.md; a plotting failure only warns
         return summary
 
     def evaluate(self) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""PNG plots of a run's curves (from metrics.jsonl), and overlays of several runs.
+
+    write_run_plots(run_dir)                -> <run>/plots/reward.png, kl.png, loss.png, ...
+    write_compare_plots({label: rows}, out) -> out/compare_<metric>.png, one figure per metric
+
+Only metrics a run actually logged are plotted. matplotlib (Agg, no pyplot and no global state) is
+imported inside the functions that draw, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+# (file stem, title, keys drawn in that figure): a training curve with its held-out (eval_) counterpart.
+# "rewards/*/mean" expands to every reward component. A figure is drawn when any of its keys was logged.
+RUN_FIGURES = [
+    ("reward", "reward", ["reward", "rewards/*/mean", "eval_reward"]),
+    ("kl", "KL to the reference", ["kl", "eval_kl"]),
+    ("loss", "loss", ["loss", "eval_loss"]),
+    ("completion_length", "mean completion length (tokens)", ["completions/mean_length", "eval_completions/mean_length"]),
+    ("entropy", "entropy", ["entropy", "eval_entropy"]),
+    ("margins", "DPO reward margin (chosen - rejected)", ["rewards/margins", "eval_rewards/margins"]),
+    ("accuracies", "preference accuracy", ["rewards/accuracies", "eval_rewards/accuracies", "eval_accuracy"]),
+]
+# Metrics overlaid by `aligntune compare`, one figure each, in this order (when any run logged them).
+COMPARE_METRICS = ["reward", "rewards/*/mean", "kl", "loss", "completions/mean_length", "entropy", "rewards/margins",
+                   "rewards/accuracies", "eval_reward", "eval_loss", "eval_rewards/margins", "eval_rewards/accuracies",
+                   "eval_accuracy"]
+# eval_* keys that are bookkeeping, not metrics (left out of the comparison tables).
+EVAL_SKIP = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: the rest of the file is still worth plotting
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one metric: every row that logged it as a number."""
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(row.get("step"), (int, float)):
+            xs.append(row["step"])
+            ys.append(float(value))
+    return xs, ys
+
+
+def _logged(rows: list[dict]) -> set[str]:
+    return {k for row in rows for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def expand(patterns: list[str], keys: set[str]) -> list[str]:
+    out = []
+    for pattern in patterns:
+        if "*" in pattern:
+            regex = re.compile("^" + re.escape(pattern).replace(r"\*", "[^/]+") + "$")
+            out += sorted(k for k in keys if regex.match(k))
+        elif pattern in keys:
+            out.append(pattern)
+    return out
+
+
+def slug(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
+
+
+def _draw(path: Path, title: str, lines: list[tuple[str, list[float], list[float]]], legend: bool = False) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, xs, ys in lines:
+        component = not legend and label.startswith("rewards/")  # a reward component, under the total
+        ax.plot(xs, ys, marker="o", markersize=10 if len(set(xs)) == 1 else 4,  # one point (a final eval) must show
+                linewidth=1.2 if component else 2.2, linestyle="--" if component else "-", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    if legend or len(lines) > 1:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_run_plots(run_dir: str | Path) -> list[Path]:
+    """One PNG per metric group the run logged, into <run>/plots/. Returns the files written."""
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    out = run_dir / "plots"
+    return [_draw(out / f"{stem}.png", title, [(k, *series(rows, k)) for k in keys])
+            for stem, title, keys in run_figures(rows)]
+
+
+def run_figures(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
+    """(file stem, title, keys) of each figure a run's metrics call for."""
+    logged = _logged(rows)
+    figures = []
+    for stem, title, patterns in RUN_FIGURES:
+        keys = [k for k in expand(patterns, logged) if series(rows, k)[0]]
+        if keys:
+            figures.append((stem, title, keys))
+    return figures
+
+
+def write_compare_plots(runs: dict[str, list[dict]], out_dir: str | Path) -> list[Path]:
+    """Overlay the runs' curves, one figure per metric any of them logged: out_dir/compare_<metric>.png."""
+    keys = set().union(*(_logged(rows) for rows in runs.values())) if runs else set()
+    metrics = expand(COMPARE_METRICS, keys)
+    written = []
+    for key in metrics:
+        lines = [(label, *series(rows, key)) for label, rows in runs.items()]
+        lines = [line for line in lines if line[1]]
+        if lines:
+            written.append(_draw(Path(out_dir) / f"compare_{slug(key)}.png", key, lines, legend=True))
+    return written
