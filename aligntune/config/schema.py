@@ -290,7 +290,7 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     num_mini_batches: int = 1  # mini-batches per pass (shuffled)
     whiten_rewards: bool = False
     reward_clip: Optional[float] = None  # clip scores to [-c, c]
-    early_stop_kl: Optional[float] = None  # stop the epoch's remaining updates when approx-KL exceeds this
+    early_stop_kl: Optional[float] = None  # end a step's remaining PPO updates once a mini-batch's approx-KL exceeds this
 
     def __post_init__(self):
         _positive("algorithm.temperature", self.temperature)

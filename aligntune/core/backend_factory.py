@@ -21,7 +21,9 @@ from aligntune.errors import AligntuneError, ConfigError
 
 BACKENDS: dict[str, dict[str, str]] = {
     "trl": {"grpo": "aligntune.backends.trl.grpo:build", "rloo": "aligntune.backends.trl.rloo:build",
-            "dpo": "aligntune.backends.trl.dpo:build"},
+            "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
+            "sft": "aligntune.backends.trl.sft:build"},
+    "native": {"ppo": "aligntune.backends.native.ppo:build"},
 }
 WHY_NOT = {("trl", "ppo"): "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}
 

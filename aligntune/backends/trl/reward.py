@@ -1,0 +1,99 @@
+"""Reward modelling on TRL: the ONE mapping from RunConfig to `trl.RewardConfig`, and the trainer build.
+
+A pairwise (Bradley-Terry) reward model as in Stiennon et al. 2020 and Ouyang et al. 2022 (InstructGPT,
+arXiv:2203.02155): loss = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)), optionally plus
+`center_rewards_coefficient` x mean((r_chosen + r_rejected)^2) (Eisenstein et al. 2023) to keep scores
+centred at 0. `train.batch_size` counts preference pairs per optimizer step.
+
+The model is the policy checkpoint's `*ForSequenceClassification` twin with one output: the backbone weights of
+`model.name_or_path` and a freshly initialised scalar head (TRL's RewardTrainer does the same through
+`AutoModelForSequenceClassification.from_pretrained(num_labels=1)`; building it from the loaded causal LM lets
+every model source aligntune knows work, shipped presets included). The saved `model/` directory is a full
+sequence-classification checkpoint (a LoRA adapter is merged first), so PPO (`algorithm.value_model=<dir>`) and
+the `reward_model` reward (`rewards.rm.args.model=<dir>`) can load it. Held-out pairwise accuracy (`eval_accuracy`,
+the share of held-out pairs with r_chosen > r_rejected) is logged every `train.eval_steps` and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
+from aligntune.config.schema import RewardModelAlgorithmConfig, RunConfig
+from aligntune.errors import ConfigError
+
+MAPPED_FIELDS = {
+    "algorithm.max_length": "max_length",
+    "algorithm.center_rewards_coefficient": "center_rewards_coefficient",
+    "train.batch_size": "per_device_train_batch_size",  # with gradient_accumulation_steps
+    "train.micro_batch_size": "per_device_train_batch_size",
+    "train.eval_steps": "eval_steps",
+}
+
+
+def reward_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 1) -> dict:
+    """The keyword arguments of `trl.RewardConfig` for `run`. Pure: unit-tested key by key."""
+    algo = run.algorithm
+    if not isinstance(algo, RewardModelAlgorithmConfig):
+        raise TypeError(f"reward_args needs a reward-model config, got {type(algo).__name__}")
+    micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "pairs")
+    periodic_eval = has_eval and run.train.eval_steps is not None
+    args = common_args(run, output_dir)
+    args.update(
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        max_length=algo.max_length,
+        center_rewards_coefficient=algo.center_rewards_coefficient,
+        eval_strategy="steps" if periodic_eval else "no",
+        eval_steps=run.train.eval_steps if periodic_eval else None,
+    )
+    check_trl_args("RewardConfig", _fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
+    args.update(run.backend.trl_args)
+    return args
+
+
+def _fields() -> set[str]:
+    from trl import RewardConfig
+
+    return {f.name for f in dataclasses.fields(RewardConfig)}
+
+
+def to_reward_config(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 1):
+    from trl import RewardConfig
+
+    try:
+        return RewardConfig(**reward_args(run, output_dir, has_eval, world_size))
+    except ValueError as exc:
+        raise ConfigError(f"TRL rejected the reward-model configuration: {exc}", "Adjust the named setting.") from exc
+
+
+def _trainer_class():
+    from trl import RewardTrainer
+
+    class AligntuneRewardTrainer(RewardTrainer):
+        """RewardTrainer whose saved model is always a standalone sequence-classification checkpoint."""
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):  # merge the adapter: consumers load a plain checkpoint
+                self.model.merge_and_unload().save_pretrained(output_dir)
+                return
+            super().save_model(output_dir, _internal_call)
+
+    return AligntuneRewardTrainer
+
+
+def build(run: RunConfig, job) -> object:
+    from aligntune.backends.native.ppo_models import sequence_classifier_from
+
+    train, held_out = job.preference_data()
+    args = to_reward_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    causal_lm, peft_config = job.load_policy()
+    model = sequence_classifier_from(causal_lm, zero_head=False, trust_remote_code=run.model.trust_remote_code)
+    del causal_lm
+    if peft_config is not None:  # the score head must train (and be saved) too: PEFT's SEQ_CLS task does that
+        peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
+    return _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=held_out,
+                            processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
