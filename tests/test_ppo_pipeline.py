@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+
+# SFT -> reward model -> PPO end to end: minutes on this machine, so it is in the slow suite (pytest -m slow).
+pytestmark = pytest.mark.slow
 import torch
 import yaml
 from transformers import AutoModelForCausalLM

@@ -1,0 +1,62 @@
+"""Helpers shared by the benchmark scripts: the results directory, JSON output and the table printer."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+class Interference:
+    """CPU other processes used while a benchmark ran, in cores (0.0 = the machine was ours alone).
+
+    All busy CPU time of the machine (/proc/stat, including time the hypervisor stole) minus this
+    process's and its waited-for children's. Timings taken with more than ~0.1 cores of it are suspect.
+    """
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_s(), _own_s()
+
+    def cores(self) -> float:
+        return ((_busy_s() - self.busy0) - (_own_s() - self.own0)) / (time.perf_counter() - self.t0)
+
+
+def _busy_s() -> float:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def interference_row(what: str, cores: float, limit: float = 0.1) -> dict:
+    return {"name": f"{what}: CPU used by other processes", "value": f"{cores:.2f} cores", "target": f"<= {limit}",
+            "ok": cores <= limit}
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def table(rows: list[dict]) -> str:
+    """rows: {name, value, target, ok}; value and target are strings, ok is True, False or None (information only)."""
+    head = ("benchmark", "measured", "target", "result")
+    cells = [head] + [(r["name"], r["value"], r["target"], {True: "PASS", False: "FAIL", None: ""}[r["ok"]]) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    line = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths)))
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(c) for c in cells[1:]])

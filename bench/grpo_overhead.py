@@ -1,0 +1,149 @@
+"""GRPO overhead: aligntune's training step vs a plain TRL script doing the identical job.
+
+Both sides train the tiny model (`aligntune:tiny`) on the shipped letters data with the
+`letter_match` reward, the same seed and the SAME `trl.GRPOConfig` kwargs (taken from
+`aligntune.backends.trl.grpo.grpo_args` for `experiment=smoke`); the benchmark checks that both
+produce the identical reward trajectory. The aligntune side is
+`create_rl_trainer(experiment="smoke", ...).train()`; the plain side builds `trl.GRPOTrainer` by hand.
+
+Every repetition runs in a fresh process, forked from this one after torch/transformers/TRL are
+imported (so a repetition costs its training, not 8 s of imports), and the sides alternate
+A B A B ... to cancel drift. Per side: the median of TRL's per-step `step_time` (generation, reward,
+loss, backward) over all steps of all repetitions, and the median wall time of `trainer.train()`
+(which also runs the trainer callbacks).
+
+Run: .venv/bin/python bench/grpo_overhead.py [--steps 30] [--reps 10]
+Writes bench/results/grpo_overhead.json. Target: aligntune/plain step time <= 1.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+
+from common import Interference, interference_row, table, write_json
+
+TARGET = 1.02
+SIDES = ("aligntune", "plain")
+
+
+def build_aligntune(steps: int, out_dir: str):
+    from aligntune.core.backend_factory import create_rl_trainer
+
+    job = create_rl_trainer(experiment="smoke", max_steps=steps, output_dir=out_dir)
+    return job.trainer, job.train
+
+
+def build_plain(steps: int, out_dir: str):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from aligntune.backends.trl.grpo import grpo_args
+    from aligntune.config import compose
+    from aligntune.data.sources import SHIPPED_DIR
+    from aligntune.models import tiny
+    from aligntune.rewards.letters import letter_match
+
+    run = compose.load(["experiment=smoke", f"max_steps={steps}"])[0]
+    model_dir = tiny.resolve("aligntune:tiny")
+    dataset = load_dataset("json", data_files=str(SHIPPED_DIR / "letters.jsonl"), split="train").shuffle(seed=run.seed)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=[letter_match],
+                          args=GRPOConfig(**grpo_args(run, out_dir)), train_dataset=dataset,
+                          processing_class=AutoTokenizer.from_pretrained(model_dir))
+    return trainer, lambda: trainer.train()  # looked up at call time, so the timing wrapper below applies
+
+
+def stopwatch(fn, totals: dict, key: str):
+    """`fn`, adding its wall time to totals[key] on every call."""
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        output = fn(*args, **kwargs)
+        totals[key] += time.perf_counter() - t0
+        return output
+
+    return timed
+
+
+def worker(side: str, steps: int) -> dict:
+    """One side, one repetition (in a forked child, its console output discarded)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    totals = collections.defaultdict(float)
+    with tempfile.TemporaryDirectory(prefix="aligntune-bench-") as out_dir:
+        trainer, entry = (build_aligntune if side == "aligntune" else build_plain)(steps, out_dir)
+        # trainer.train() only (aligntune's job.train() also saves the model), and the trainer callbacks within it
+        trainer.train = stopwatch(trainer.train, totals, "train_s")
+        trainer.callback_handler.call_event = stopwatch(trainer.callback_handler.call_event, totals, "callbacks_s")
+        entry()
+    history = trainer.state.log_history
+    return {"side": side, **totals, "step_times": [h["step_time"] for h in history if "step_time" in h],
+            "rewards": [h["reward"] for h in history if "reward" in h]}
+
+
+def measure(steps: int = 30, reps: int = 10) -> dict:
+    import trl  # noqa: F401  # the heavy imports, once; every repetition forks from here
+
+    watch, runs = Interference(), []
+    for _ in range(reps):
+        for side in SIDES:  # A B A B ...
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                runs.append(pool.apply(worker, (side, steps)))
+    sides = {}
+    for side in SIDES:
+        mine = [r for r in runs if r["side"] == side]
+        sides[side] = {"median_step_s": statistics.median(t for r in mine for t in r["step_times"]),
+                       "median_train_s": statistics.median(r["train_s"] for r in mine),
+                       "rep_median_step_s": [round(statistics.median(r["step_times"]), 4) for r in mine],
+                       "median_callbacks_per_step_s": statistics.median(r["callbacks_s"] / len(r["step_times"]) for r in mine),
+                       "train_s": [round(r["train_s"], 3) for r in mine]}
+    a, p = sides["aligntune"], sides["plain"]
+    pair_ratios = sorted(x / y for x, y in zip(a["rep_median_step_s"], p["rep_median_step_s"]))
+    return {"steps": steps, "reps": reps, "target": TARGET, "sides": sides,
+            "step_ratio": a["median_step_s"] / p["median_step_s"],
+            "train_ratio": a["median_train_s"] / p["median_train_s"],
+            "pair_step_ratio_quartiles": statistics.quantiles(pair_ratios, n=4) if reps > 1 else pair_ratios * 3,
+            "same_rewards": all(r["rewards"] == runs[0]["rewards"] for r in runs),
+            "other_cpu_cores": round(watch.cores(), 3), "runs": runs}
+
+
+def rows(result: dict) -> list[dict]:
+    a, p = result["sides"]["aligntune"], result["sides"]["plain"]
+    q1, _, q3 = result["pair_step_ratio_quartiles"]
+    return [
+        {"name": "GRPO step time, aligntune (median)", "value": f"{a['median_step_s'] * 1000:.1f} ms", "target": "", "ok": None},
+        {"name": "GRPO step time, plain TRL (median)", "value": f"{p['median_step_s'] * 1000:.1f} ms", "target": "", "ok": None},
+        {"name": "step time ratio aligntune/plain", "value": f"{result['step_ratio']:.3f}", "target": f"<= {TARGET}",
+         "ok": result["step_ratio"] <= TARGET},
+        {"name": "  noise: per-repetition pair ratios, IQR", "value": f"{q1:.3f} .. {q3:.3f}", "target": "", "ok": None},
+        {"name": "trainer.train() ratio aligntune/plain", "value": f"{result['train_ratio']:.3f} "
+         f"({a['median_train_s']:.2f} / {p['median_train_s']:.2f} s)", "target": f"<= {TARGET}",
+         "ok": result["train_ratio"] <= TARGET},
+        {"name": "trainer callbacks per step, aligntune / plain", "value": f"{a['median_callbacks_per_step_s'] * 1000:.2f} / "
+         f"{p['median_callbacks_per_step_s'] * 1000:.2f} ms", "target": "", "ok": None},
+        {"name": "identical reward trajectory on both sides", "value": str(result["same_rewards"]), "target": "True",
+         "ok": result["same_rewards"]},
+        interference_row("GRPO runs", result["other_cpu_cores"]),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    result = measure(args.steps, args.reps)
+    print(table(rows(result)))
+    print(f"wrote {write_json('grpo_overhead', result)}")
+    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
