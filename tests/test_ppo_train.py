@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
-# Real PPO runs: ~40 s each on a loaded 2-core machine, so the module is in the slow suite (pytest -m slow).
-pytestmark = pytest.mark.slow
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -60,6 +57,7 @@ def test_cli_ppo_run_logs_metrics_and_changes_the_policy(workdir):
     assert changed_params(run_dir / "model"), "training left every parameter unchanged"
 
 
+@pytest.mark.slow
 def test_ppo_options_reach_the_run(workdir):
     """Adaptive KL moves beta; early stopping cuts the updates; k3, whitening, clipping, the EOS penalty, mini- and
     micro-batches and held-out evaluation all run."""
@@ -88,6 +86,7 @@ def test_ppo_options_reach_the_run(workdir):
     assert summary["status"] == "completed" and "eval_reward" in summary
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_gradient_checkpointing(workdir):
     run_dir = workdir / "run"
     assert cli.main(["train", "experiment=ppo_smoke", "max_steps=2", "model.dtype=bf16", "train.gradient_checkpointing=true",
@@ -97,6 +96,7 @@ def test_bf16_autocast_and_gradient_checkpointing(workdir):
     assert json.loads((run_dir / "model" / "config.json").read_text())["use_cache"] is True  # restored for inference
 
 
+@pytest.mark.slow
 def test_lora_ppo_saves_an_adapter_that_changed(workdir):
     from peft import PeftModel
 
@@ -109,6 +109,7 @@ def test_lora_ppo_saves_an_adapter_that_changed(workdir):
     assert any(p.abs().sum() > 0 for n, p in adapted.named_parameters() if "lora_B" in n)
 
 
+@pytest.mark.slow
 def test_value_model_from_a_sequence_classification_checkpoint(workdir):
     from test_ppo import seq_cls_checkpoint
 
@@ -120,6 +121,7 @@ def test_value_model_from_a_sequence_classification_checkpoint(workdir):
     assert first["values/mean"] != 0.0  # a trained-or-random head, not the zero-initialised one of value_model=policy
 
 
+@pytest.mark.slow
 def test_python_api_runs_ppo(workdir):
     from aligntune.core.backend_factory import create_rl_trainer
 
@@ -131,6 +133,7 @@ def test_python_api_runs_ppo(workdir):
     assert changed_params(workdir / "api" / "model")
 
 
+@pytest.mark.slow
 def test_ppo_smoke_experiment_learns(workdir):
     """The acceptance bar of the PPO smoke run: last-20% mean reward >= 2x the first 20%."""
     run_dir = workdir / "run"

@@ -84,7 +84,7 @@ def explain(exc: Exception, shortcuts: dict[str, str]) -> ConfigError:
     inner = cause if isinstance(cause, OmegaConfBaseException) else exc
     while isinstance(inner.__cause__, OmegaConfBaseException):
         inner = inner.__cause__
-    key = getattr(inner, "full_key", None) or ""
+    key = getattr(inner, "full_key", None) or getattr(exc, "full_key", None) or ""
     m = re.search(r"(?:Could not override|Error merging override) '?([\w.+~]+)", msg)
     override_key = m.group(1).lstrip("+~") if m else key
     short = shortcuts.get(override_key) or shortcuts.get(key)
