@@ -2,7 +2,7 @@
 
     aligntune --help                     target <= 0.3 s
     aligntune train --cfg job            target <= 1.5 s
-    aligntune train group_size=1         a config error: must exit 2, and must not import torch
+    aligntune train group_size=1         a config error: must exit 2 (<= 1.5 s) without importing torch
     aligntune train experiment=smoke     target <= 20 s (run in a fresh temporary directory)
 
 Run: .venv/bin/python bench/cli_latency.py [--runs 5]

@@ -1,5 +1,5 @@
 """All aligntune benchmarks in one run: CLI latency (bench/cli_latency.py) and GRPO overhead against
-plain TRL (bench/grpo_overhead.py), then one combined table. Takes about 5 minutes on 2 CPU cores.
+plain TRL (bench/grpo_overhead.py), then one combined table. Takes about 4 minutes on 2 CPU cores.
 
 Run: .venv/bin/python bench/run_all.py [--runs 5] [--steps 30] [--reps 10]
 Writes bench/results/cli_latency.json and bench/results/grpo_overhead.json.
