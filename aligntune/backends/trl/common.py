@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 from aligntune.config.schema import RunConfig
@@ -57,6 +58,32 @@ def _checkpointing_field() -> str:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def held_out_schedule(run: RunConfig, has_eval: bool) -> dict:
+    """eval_strategy/eval_steps: evaluate every train.eval_steps when there are held-out rows."""
+    periodic = has_eval and run.train.eval_steps is not None
+    return {"eval_strategy": "steps" if periodic else "no", "eval_steps": run.train.eval_steps if periodic else None}
+
+
+def with_trl_args(config_name: str, args: dict, run: RunConfig, mapped: set[str]) -> dict:
+    """`args` plus backend.trl_args, each checked against trl.<config_name>'s real fields and refused if
+    aligntune already maps it (`mapped`, or any key in `args`)."""
+    import trl
+
+    fields = {f.name for f in dataclasses.fields(getattr(trl, config_name))}
+    check_trl_args(config_name, fields, run.backend.trl_args, mapped | set(args))
+    return {**args, **run.backend.trl_args}
+
+
+def make_config(config_name: str, args: dict, what: str):
+    """trl.<config_name>(**args), with TRL's own value checks reported as a ConfigError."""
+    import trl
+
+    try:
+        return getattr(trl, config_name)(**args)
+    except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
+        raise ConfigError(f"TRL rejected the {what} configuration: {exc}", "Adjust the named setting.") from exc
 
 
 def check_trl_args(config_name: str, fields: set[str], trl_args: dict, mapped: set[str]) -> None:

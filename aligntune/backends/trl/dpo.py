@@ -12,11 +12,14 @@ instead of running a reference pass. No reference model is loaded.
 
 from __future__ import annotations
 
-import dataclasses
-
-from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
+from aligntune.backends.trl.common import (
+    common_args,
+    held_out_schedule,
+    make_config,
+    micro_batches,
+    with_trl_args,
+)
 from aligntune.config.schema import DPOAlgorithmConfig, RunConfig
-from aligntune.errors import ConfigError
 
 MAPPED_FIELDS = {
     "algorithm.beta": "beta",
@@ -49,27 +52,13 @@ def dpo_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 
         max_length=algo.max_length,
         truncation_mode=algo.truncation_mode,
         precompute_ref_log_probs=algo.precompute_ref_log_probs or algo.reference_free,
-        eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
-        eval_steps=run.train.eval_steps if has_eval and run.train.eval_steps else None,
+        **held_out_schedule(run, has_eval),
     )
-    check_trl_args("DPOConfig", _fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
-    args.update(run.backend.trl_args)
-    return args
-
-
-def _fields() -> set[str]:
-    from trl import DPOConfig
-
-    return {f.name for f in dataclasses.fields(DPOConfig)}
+    return with_trl_args("DPOConfig", args, run, set(MAPPED_FIELDS.values()))
 
 
 def to_dpo_config(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 1):
-    from trl import DPOConfig
-
-    try:
-        return DPOConfig(**dpo_args(run, output_dir, has_eval, world_size))
-    except ValueError as exc:
-        raise ConfigError(f"TRL rejected the DPO configuration: {exc}", "Adjust the named setting.") from exc
+    return make_config("DPOConfig", dpo_args(run, output_dir, has_eval, world_size), "DPO")
 
 
 def _trainer_class(reference_free: bool):

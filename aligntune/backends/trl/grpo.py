@@ -14,10 +14,15 @@ added to the rewards when `algorithm.overlong_buffer` is set) and dynamic sampli
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
-from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
+from aligntune.backends.trl.common import (
+    common_args,
+    held_out_schedule,
+    make_config,
+    micro_batches,
+    with_trl_args,
+)
 from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
 from aligntune.errors import ConfigError
 
@@ -57,12 +62,38 @@ def rollout_batches(run: RunConfig, world_size: int = 1) -> tuple[int, int, int]
     return micro, accumulation, accumulation * algo.num_mini_batches
 
 
+def rollout_args(run: RunConfig, output_dir: str, world_size: int, has_eval: bool) -> dict:
+    """The fields GRPOConfig and RLOOConfig share: common_args, the rollout's batch arithmetic, sampling,
+    the clipped ratio, and the held-out schedule (an eval batch holds whole groups)."""
+    algo = run.algorithm
+    micro, accumulation, steps_per_generation = rollout_batches(run, world_size)
+    args = common_args(run, output_dir)
+    args.update(
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
+        num_generations=algo.group_size,
+        beta=algo.beta,
+        epsilon=algo.cliprange,
+        epsilon_high=algo.cliprange_high,
+        temperature=algo.temperature,
+        top_p=algo.top_p,
+        max_completion_length=algo.max_completion_length,
+        num_iterations=algo.num_iterations,
+        mask_truncated_completions=algo.mask_truncated_completions,
+        shuffle_dataset=run.dataset.shuffle,
+        log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
+        **held_out_schedule(run, has_eval),
+        per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
+    )
+    return args
+
+
 def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False) -> dict:
     """The keyword arguments of `trl.GRPOConfig` for `run`. Pure: unit-tested key by key."""
     algo = run.algorithm
     if not isinstance(algo, GRPOAlgorithmConfig):
         raise TypeError(f"grpo_args needs a GRPO config, got {type(algo).__name__}")
-    micro, accumulation, steps_per_generation = rollout_batches(run, world_size)
     weights = [r.weight for r in run.rewards.values()]
     if algo.overlong_buffer is not None:
         clash = [name for name, r in run.rewards.items() if name == OVERLONG or r.fn == OVERLONG]
@@ -71,50 +102,19 @@ def grpo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bo
                               "one too: it would count twice.",
                               f"Drop one: ~rewards.{clash[0]}, or algorithm.overlong_buffer=null.")
         weights.append(1.0)  # overlong_reward carries overlong_penalty itself, so samples and metrics agree
-    args = common_args(run, output_dir)
+    args = rollout_args(run, output_dir, world_size, has_eval)
     args.update(
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
-        steps_per_generation=steps_per_generation,
-        num_generations=algo.group_size,
-        beta=algo.beta,
         use_bias_correction_kl=algo.kl_estimator == "k3_is",
-        epsilon=algo.cliprange,
-        epsilon_high=algo.cliprange_high,
-        temperature=algo.temperature,
-        top_p=algo.top_p,
-        max_completion_length=algo.max_completion_length,
-        num_iterations=algo.num_iterations,
         loss_type=algo.loss_type,
         scale_rewards=algo.scale_rewards,
         importance_sampling_level=algo.importance_sampling_level,
-        mask_truncated_completions=algo.mask_truncated_completions,
-        shuffle_dataset=run.dataset.shuffle,
         reward_weights=weights,
-        log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
-        # Held-out prompts: generated and scored like training ones (eval_reward); an eval batch holds whole groups.
-        eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
-        eval_steps=run.train.eval_steps if has_eval and run.train.eval_steps else None,
-        per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
     )
-    check_trl_args("GRPOConfig", _grpo_fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
-    args.update(run.backend.trl_args)
-    return args
-
-
-def _grpo_fields() -> set[str]:
-    from trl import GRPOConfig
-
-    return {f.name for f in dataclasses.fields(GRPOConfig)}
+    return with_trl_args("GRPOConfig", args, run, set(MAPPED_FIELDS.values()))
 
 
 def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False):
-    from trl import GRPOConfig
-
-    try:
-        return GRPOConfig(**grpo_args(run, output_dir, world_size, has_eval))
-    except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
-        raise ConfigError(f"TRL rejected the GRPO configuration: {exc}", "Adjust the named setting.") from exc
+    return make_config("GRPOConfig", grpo_args(run, output_dir, world_size, has_eval), "GRPO")
 
 
 def overlong_reward(algo: GRPOAlgorithmConfig) -> Callable:

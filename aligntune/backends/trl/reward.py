@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
+from aligntune.backends.trl.common import (
+    common_args,
+    held_out_schedule,
+    make_config,
+    micro_batches,
+    with_trl_args,
+)
 from aligntune.config.schema import RewardModelAlgorithmConfig, RunConfig
-from aligntune.errors import ConfigError
 
 MAPPED_FIELDS = {
     "algorithm.max_length": "max_length",
@@ -37,7 +42,6 @@ def reward_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int
     if not isinstance(algo, RewardModelAlgorithmConfig):
         raise TypeError(f"reward_args needs a reward-model config, got {type(algo).__name__}")
     micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "pairs")
-    periodic_eval = has_eval and run.train.eval_steps is not None
     args = common_args(run, output_dir)
     args.update(
         per_device_train_batch_size=micro,
@@ -45,27 +49,13 @@ def reward_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int
         gradient_accumulation_steps=accumulation,
         max_length=algo.max_length,
         center_rewards_coefficient=algo.center_rewards_coefficient,
-        eval_strategy="steps" if periodic_eval else "no",
-        eval_steps=run.train.eval_steps if periodic_eval else None,
+        **held_out_schedule(run, has_eval),
     )
-    check_trl_args("RewardConfig", _fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
-    args.update(run.backend.trl_args)
-    return args
-
-
-def _fields() -> set[str]:
-    from trl import RewardConfig
-
-    return {f.name for f in dataclasses.fields(RewardConfig)}
+    return with_trl_args("RewardConfig", args, run, set(MAPPED_FIELDS.values()))
 
 
 def to_reward_config(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 1):
-    from trl import RewardConfig
-
-    try:
-        return RewardConfig(**reward_args(run, output_dir, has_eval, world_size))
-    except ValueError as exc:
-        raise ConfigError(f"TRL rejected the reward-model configuration: {exc}", "Adjust the named setting.") from exc
+    return make_config("RewardConfig", reward_args(run, output_dir, has_eval, world_size), "reward-model")
 
 
 def _trainer_class():

@@ -14,12 +14,9 @@ GRPO's (`grpo.rollout_batches`): `train.batch_size` prompts x `group_size` compl
 
 from __future__ import annotations
 
-import dataclasses
-
-from aligntune.backends.trl.common import check_trl_args, common_args
-from aligntune.backends.trl.grpo import rollout_batches
+from aligntune.backends.trl.common import make_config, with_trl_args
+from aligntune.backends.trl.grpo import rollout_args
 from aligntune.config.schema import RLOOAlgorithmConfig, RunConfig
-from aligntune.errors import ConfigError
 
 # aligntune key -> the RLOOConfig field it sets; trl_args may not set these a second way.
 MAPPED_FIELDS = {
@@ -46,48 +43,17 @@ def rloo_args(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bo
     algo = run.algorithm
     if not isinstance(algo, RLOOAlgorithmConfig):
         raise TypeError(f"rloo_args needs an RLOO config, got {type(algo).__name__}")
-    micro, accumulation, steps_per_generation = rollout_batches(run, world_size)
-    args = common_args(run, output_dir)
+    args = rollout_args(run, output_dir, world_size, has_eval)
     args.update(
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
-        steps_per_generation=steps_per_generation,
-        num_generations=algo.group_size,
-        beta=algo.beta,
-        epsilon=algo.cliprange,
-        epsilon_high=algo.cliprange_high,
-        temperature=algo.temperature,
-        top_p=algo.top_p,
-        max_completion_length=algo.max_completion_length,
-        num_iterations=algo.num_iterations,
         normalize_advantages=algo.normalize_advantages,
         reward_clip_range=(-algo.reward_clip, algo.reward_clip) if algo.reward_clip is not None else None,
-        mask_truncated_completions=algo.mask_truncated_completions,
-        shuffle_dataset=run.dataset.shuffle,
         reward_weights=[r.weight for r in run.rewards.values()],
-        log_completions=False,  # aligntune writes samples.jsonl itself
-        eval_strategy="steps" if has_eval and run.train.eval_steps else "no",
-        eval_steps=run.train.eval_steps if has_eval and run.train.eval_steps else None,
-        per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
     )
-    check_trl_args("RLOOConfig", _rloo_fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
-    args.update(run.backend.trl_args)
-    return args
-
-
-def _rloo_fields() -> set[str]:
-    from trl import RLOOConfig
-
-    return {f.name for f in dataclasses.fields(RLOOConfig)}
+    return with_trl_args("RLOOConfig", args, run, set(MAPPED_FIELDS.values()))
 
 
 def to_rloo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eval: bool = False):
-    from trl import RLOOConfig
-
-    try:
-        return RLOOConfig(**rloo_args(run, output_dir, world_size, has_eval))
-    except ValueError as exc:  # TRL's own checks, e.g. on a trl_args value
-        raise ConfigError(f"TRL rejected the RLOO configuration: {exc}", "Adjust the named setting.") from exc
+    return make_config("RLOOConfig", rloo_args(run, output_dir, world_size, has_eval), "RLOO")
 
 
 def build(run: RunConfig, job) -> object:

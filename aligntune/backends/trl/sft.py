@@ -16,9 +16,13 @@ longer sequences are truncated to max_length.
 
 from __future__ import annotations
 
-import dataclasses
-
-from aligntune.backends.trl.common import check_trl_args, common_args, micro_batches
+from aligntune.backends.trl.common import (
+    common_args,
+    held_out_schedule,
+    make_config,
+    micro_batches,
+    with_trl_args,
+)
 from aligntune.config.schema import RunConfig, SFTAlgorithmConfig
 from aligntune.errors import ConfigError
 
@@ -50,7 +54,6 @@ def sft_args(run: RunConfig, output_dir: str, has_eval: bool, prompt_completion:
                           "Use algorithm.completion_only_loss=true for prompt/completion text (the default), or a "
                           "messages dataset.")
     micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "sequences")
-    periodic_eval = has_eval and run.train.eval_steps is not None
     args = common_args(run, output_dir)
     args.update(
         per_device_train_batch_size=micro,
@@ -61,18 +64,9 @@ def sft_args(run: RunConfig, output_dir: str, has_eval: bool, prompt_completion:
         assistant_only_loss=algo.assistant_only_loss,
         packing=algo.packing,
         shuffle_dataset=run.dataset.shuffle,
-        eval_strategy="steps" if periodic_eval else "no",
-        eval_steps=run.train.eval_steps if periodic_eval else None,
+        **held_out_schedule(run, has_eval),
     )
-    check_trl_args("SFTConfig", _fields(), run.backend.trl_args, set(MAPPED_FIELDS.values()) | set(args))
-    args.update(run.backend.trl_args)
-    return args
-
-
-def _fields() -> set[str]:
-    from trl import SFTConfig
-
-    return {f.name for f in dataclasses.fields(SFTConfig)}
+    return with_trl_args("SFTConfig", args, run, set(MAPPED_FIELDS.values()))
 
 
 def data_shape(dataset) -> tuple[bool, bool]:
@@ -84,12 +78,7 @@ def data_shape(dataset) -> tuple[bool, bool]:
 
 def to_sft_config(run: RunConfig, output_dir: str, has_eval: bool, prompt_completion: bool, conversational: bool,
                   world_size: int = 1):
-    from trl import SFTConfig
-
-    try:
-        return SFTConfig(**sft_args(run, output_dir, has_eval, prompt_completion, conversational, world_size))
-    except ValueError as exc:
-        raise ConfigError(f"TRL rejected the SFT configuration: {exc}", "Adjust the named setting.") from exc
+    return make_config("SFTConfig", sft_args(run, output_dir, has_eval, prompt_completion, conversational, world_size), "SFT")
 
 
 def build(run: RunConfig, job) -> object:
