@@ -18,7 +18,7 @@ the time inside the loop spent in the code where the sides differ (trainer callb
 functions, timed directly), aligntune minus plain, as a share of the step: an estimate of the
 overhead that does not drown in the noise.
 
-Run: .venv/bin/python bench/grpo_overhead.py [--steps 30] [--reps 10]
+Run: .venv/bin/python bench/grpo_overhead.py [--steps 30] [--reps 10] [--threads 1]
 Writes bench/results/grpo_overhead.json. Target: aligntune/plain step time <= 1.02.
 """
 
@@ -66,21 +66,25 @@ def build_plain(steps: int, out_dir: str):
     return trainer, lambda: trainer.train()  # looked up at call time, so the timing wrapper below applies
 
 
-def stopwatch(fn, totals: dict, key: str):
-    """`fn`, adding its wall time to totals[key] on every call."""
+def stopwatch(fn, totals: dict, key: str, clock=time.perf_counter):
+    """`fn`, adding its time on `clock` (wall by default) to totals[key] on every call."""
 
     @functools.wraps(fn)
     def timed(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = clock()
         output = fn(*args, **kwargs)
-        totals[key] += time.perf_counter() - t0
+        totals[key] += clock() - t0
         return output
 
     return timed
 
 
-def worker(side: str, steps: int) -> dict:
+def worker(side: str, steps: int, threads: int | None) -> dict:
     """One side, one repetition (in a forked child, its console output discarded)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -89,7 +93,7 @@ def worker(side: str, steps: int) -> dict:
         trainer, entry = (build_aligntune if side == "aligntune" else build_plain)(steps, out_dir)
         # trainer.train() only (aligntune's job.train() also saves the model); within it, the time spent in the
         # trainer callbacks and the reward functions: the code in the loop where the two sides differ
-        trainer.train = stopwatch(trainer.train, totals, "train_s")
+        trainer.train = stopwatch(stopwatch(trainer.train, totals, "train_s"), totals, "train_cpu_s", time.process_time)
         trainer.callback_handler.call_event = stopwatch(trainer.callback_handler.call_event, totals, "callbacks_s")
         trainer.reward_funcs = [stopwatch(f, totals, "rewards_s") for f in trainer.reward_funcs]
         entry()
@@ -98,19 +102,20 @@ def worker(side: str, steps: int) -> dict:
             "rewards": [h["reward"] for h in history if "reward" in h]}
 
 
-def measure(steps: int = 30, reps: int = 10) -> dict:
+def measure(steps: int = 30, reps: int = 10, threads: int | None = None) -> dict:
     import trl  # noqa: F401  # the heavy imports, once; every repetition forks from here
 
     watch, runs = Interference(), []
     for _ in range(reps):
         for side in SIDES:  # A B A B ...
             with multiprocessing.get_context("fork").Pool(1) as pool:
-                runs.append(pool.apply(worker, (side, steps)))
+                runs.append(pool.apply(worker, (side, steps, threads)))
     sides = {}
     for side in SIDES:
         mine = [r for r in runs if r["side"] == side]
         sides[side] = {"median_step_s": statistics.median(t for r in mine for t in r["step_times"]),
                        "median_train_s": statistics.median(r["train_s"] for r in mine),
+                       "median_train_cpu_s": statistics.median(r["train_cpu_s"] for r in mine),
                        "rep_median_step_s": [round(statistics.median(r["step_times"]), 4) for r in mine],
                        "median_hooks_per_step_s": statistics.median((r["callbacks_s"] + r["rewards_s"]) / len(r["step_times"])
                                                                     for r in mine),
@@ -123,12 +128,28 @@ def measure(steps: int = 30, reps: int = 10) -> dict:
     return {"steps": steps, "reps": reps, "target": TARGET, "sides": sides,
             "step_ratio": a["median_step_s"] / p["median_step_s"],
             "train_ratio": a["median_train_s"] / p["median_train_s"],
+            "train_cpu_ratio": a["median_train_cpu_s"] / p["median_train_cpu_s"], "threads": threads,
             "noise_floor": 1 + max(abs(x - 1) for x in same_side),
             "hooks_extra_fraction": (a["median_hooks_per_step_s"] - p["median_hooks_per_step_s"]) / p["median_step_s"],
+            "paired_train": paired(runs),
             "same_rewards": all(r["rewards"] == runs[0]["rewards"] for r in runs),
             "other_cpu_cores": round(watch.cores(), 3),
             "runs": [{"side": r["side"], "median_step_s": round(statistics.median(r["step_times"]), 4),
-                      **{k: round(r[k], 4) for k in ("train_s", "callbacks_s", "rewards_s")}} for r in runs]}
+                      **{k: round(r[k], 4) for k in ("train_s", "train_cpu_s", "callbacks_s", "rewards_s")}} for r in runs]}
+
+
+def paired(runs: list[dict], key: str = "train_s", draws: int = 10000) -> dict:
+    """Per-pair ratios aligntune/plain of `key` (repetition i of each side ran back to back, so slow drift of the
+    machine cancels within a pair), their median and a 90% bootstrap interval of that median (fixed seed)."""
+    import random
+
+    a = [r[key] for r in runs if r["side"] == "aligntune"]
+    p = [r[key] for r in runs if r["side"] == "plain"]
+    ratios = [x / y for x, y in zip(a, p, strict=True)]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return {"ratios": [round(r, 4) for r in ratios], "median": statistics.median(ratios),
+            "low": boot[int(0.05 * draws)], "high": boot[int(0.95 * draws) - 1]}
 
 
 def rows(result: dict) -> list[dict]:
@@ -143,6 +164,12 @@ def rows(result: dict) -> list[dict]:
          "ok": result["noise_floor"] <= TARGET},
         {"name": "trainer.train() ratio aligntune/plain", "value": f"{result['train_ratio']:.3f} "
          f"({a['median_train_s']:.2f} / {p['median_train_s']:.2f} s)", "target": target, "ok": result["train_ratio"] <= TARGET},
+        {"name": "trainer.train() CPU time ratio aligntune/plain", "value": f"{result['train_cpu_ratio']:.3f} "
+         f"({a['median_train_cpu_s']:.2f} / {p['median_train_cpu_s']:.2f} s)", "target": target,
+         "ok": result["train_cpu_ratio"] <= TARGET},
+        {"name": "paired train() ratio, median [90% CI]", "target": f"CI high {target}",
+         "ok": result["paired_train"]["high"] <= TARGET,
+         "value": "{median:.3f} [{low:.3f}, {high:.3f}]".format(**result["paired_train"])},
         {"name": "aligntune callbacks + reward wrapper, extra", "target": f"<= {TARGET - 1:.0%} of step", "ok": hooks <= TARGET - 1,
          "value": f"{(a['median_hooks_per_step_s'] - p['median_hooks_per_step_s']) * 1000:.2f} ms = {hooks:.2%} of step"},
         {"name": "identical reward trajectory on both sides", "value": str(result["same_rewards"]), "target": "True",
@@ -155,8 +182,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per side (1 removes the 2-thread scheduling jitter; default: torch's)")
     args = parser.parse_args()
-    result = measure(args.steps, args.reps)
+    result = measure(args.steps, args.reps, args.threads)
     print(table(rows(result)))
     print(f"wrote {write_json('grpo_overhead', result)}")
     return 0 if all(r["ok"] is not False for r in rows(result)) else 1
