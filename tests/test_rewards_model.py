@@ -51,7 +51,8 @@ def test_scores_match_a_direct_forward_pass(model_dir):
     model = LlamaForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with torch.no_grad():
-        expected = model(**tokenizer(PROMPTS[0] + COMPLETIONS[0], return_tensors="pt")).logits[0, 0].item()
+        text = PROMPTS[0] + COMPLETIONS[0] + tokenizer.eos_token  # plain text ends with EOS, as TRL trains it
+        expected = model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()
     assert reward_model(COMPLETIONS[:1], prompts=PROMPTS[:1], model=model_dir) == [pytest.approx(expected, abs=1e-5)]
 
 
@@ -63,7 +64,10 @@ def test_conversational_prompts_go_through_the_chat_template(model_dir):
     assert text == "<|user|>Say hi.<|end|><|assistant|>hi<|end|>"
     assert conversation_text(prompt, "hi", tokenizer) == text  # a plain completion is an assistant turn
     chat_score = reward_model([completion], prompts=[prompt], model=model_dir)
-    assert chat_score == pytest.approx(reward_model([""], prompts=[text], model=model_dir), abs=1e-5)
+    model = LlamaForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():  # the templated text as is: no extra EOS, no added special tokens
+        expected = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+    assert chat_score == [pytest.approx(expected, abs=1e-5)]
     assert chat_score != pytest.approx(reward_model(["hi"], prompts=["Say hi."], model=model_dir), abs=1e-5)
 
 
@@ -101,6 +105,14 @@ def test_bad_locations_and_arguments(tmp_path, model_dir):
         reward_model(["x"], prompts=["y"], model=two, label=2)
     model = LlamaForSequenceClassification.from_pretrained(two).eval()
     with torch.no_grad():
-        logits = model(**AutoTokenizer.from_pretrained(two)("yx", return_tensors="pt")).logits[0]
+        tokenizer = AutoTokenizer.from_pretrained(two)
+        logits = model(**tokenizer("yx" + tokenizer.eos_token, return_tensors="pt")).logits[0]
     assert reward_model(["x"], prompts=["y"], model=two, label=1) == [pytest.approx(logits[1].item(), abs=1e-5)]
     assert reward_model(["x"], prompts=["y"], model=two, label=0) == [pytest.approx(logits[0].item(), abs=1e-5)]
+
+
+def test_plain_text_ends_with_eos_like_trls_reward_training(model_dir):
+    _, tokenizer = rm.load(model_dir, "cpu")
+    eos = tokenizer.eos_token
+    assert conversation_text("Say hi.", "hi", tokenizer) == "Say hi.hi" + eos
+    assert conversation_text("Say hi.", "hi" + eos, tokenizer) == "Say hi.hi" + eos  # never twice

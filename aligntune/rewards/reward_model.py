@@ -8,8 +8,9 @@ an `aligntune train algorithm=reward` run.
 
 Text: the reward model's own tokenizer sees the conversation the way it was trained on it. For
 conversational prompts (message lists), prompt + completion messages go through its chat template
-when it has one (else "role: content" lines); for plain-text prompts, prompt + completion are
-concatenated, as TRL does for reward models. The score is the logit of output `label` (default 0;
+when it has one (else "role: content" lines); for plain-text prompts, prompt + completion + the EOS
+token, exactly the text TRL's RewardTrainer trains on (it appends EOS to plain-text pairs, so the
+score head learned to read the final EOS position; scoring without it reads an untrained position). The score is the logit of output `label` (default 0;
 a model with several outputs needs `label` set).
 
 Loading is lazy and happens once per process and (model, device); scoring runs in batches of
@@ -87,7 +88,9 @@ def conversation_text(prompt, completion, tokenizer) -> str:
         if tokenizer.chat_template:
             return tokenizer.apply_chat_template(messages, tokenize=False)
         return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in messages)
-    return ("" if prompt is None else str(prompt)) + completion_text(completion)
+    text = ("" if prompt is None else str(prompt)) + completion_text(completion)
+    eos = tokenizer.eos_token
+    return text if not eos or text.endswith(eos) else text + eos
 
 
 def reward_model(completions: list, prompts: list | None = None, model: str | None = None, batch_size: int = 8,

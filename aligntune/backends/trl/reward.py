@@ -76,7 +76,7 @@ def _trainer_class():
 
 
 def build(run: RunConfig, job) -> object:
-    from aligntune.backends.native.ppo_models import sequence_classifier_from
+    from aligntune.models.heads import sequence_classifier_from
 
     train, held_out = job.preference_data()
     args = to_reward_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
