@@ -12,19 +12,17 @@ import pytest
 import torch
 
 from aligntune import cli
-from aligntune.backends.native.ppo import HANDLED_ELSEWHERE, MAPPED_FIELDS, PPOEngineConfig, ppo_engine_config
+from aligntune.backends.native.ppo import (
+    HANDLED_ELSEWHERE,
+    MAPPED_FIELDS,
+    PPOEngineConfig,
+    ppo_engine_config,
+)
 from aligntune.config import compose, schema
 from aligntune.core import backend_factory
 from aligntune.errors import EXIT_USAGE, ConfigError
 
 OUT = "/nonexistent/aligntune-ppo-output"
-
-
-@pytest.fixture(autouse=True)
-def native_ppo(monkeypatch):
-    """backend=native/ppo in the factory (a no-op once backend_factory.BACKENDS lists it)."""
-    if "ppo" not in backend_factory.BACKENDS.get("native", {}):
-        monkeypatch.setitem(backend_factory.BACKENDS, "native", {"ppo": "aligntune.backends.native.ppo:build"})
 
 
 def make_run(algorithm: dict | None = None, train: dict | None = None, **fields) -> schema.RunConfig:
@@ -222,7 +220,12 @@ def test_critic_from_policy_shares_the_backbone_and_starts_at_zero(workdir):
 def seq_cls_checkpoint(path: Path, other_tokenizer: bool) -> Path:
     """A 1-label LlamaForSequenceClassification: with the tiny model's tokenizer, or with a different vocabulary."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
 
     from aligntune.models import tiny
 

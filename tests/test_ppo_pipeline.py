@@ -20,19 +20,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
-from aligntune.core import backend_factory
 from aligntune.rewards.registry import BUILTIN
-
-
-@pytest.fixture(autouse=True)
-def backends(monkeypatch):
-    """algorithm=sft/reward on trl and ppo on native (no-ops once backend_factory.BACKENDS lists them)."""
-    trl = dict(backend_factory.BACKENDS["trl"])
-    trl.setdefault("sft", "aligntune.backends.trl.sft:build")
-    trl.setdefault("reward", "aligntune.backends.trl.reward:build")
-    monkeypatch.setitem(backend_factory.BACKENDS, "trl", trl)
-    if "ppo" not in backend_factory.BACKENDS.get("native", {}):
-        monkeypatch.setitem(backend_factory.BACKENDS, "native", {"ppo": "aligntune.backends.native.ppo:build"})
 
 
 def stage(run_dir: Path, experiment: str, *overrides: str) -> dict:

@@ -11,20 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
-from aligntune.core import backend_factory
 from aligntune.models import tiny
 
 STEP_KEYS = ("reward", "reward_std", "rewards/letter_match/mean", "score", "non_score_reward", "rlhf_reward", "kl",
              "beta", "entropy", "policy/clipfrac", "value/clipfrac", "policy/approx_kl", "loss", "loss/policy",
              "loss/value", "returns/mean", "values/mean", "explained_variance", "completions/mean_length",
              "completions/clipped_ratio", "step_time", "learning_rate", "ppo/updates", "ppo/early_stopped")
-
-
-@pytest.fixture(autouse=True)
-def native_ppo(monkeypatch):
-    """backend=native/ppo in the factory (a no-op once backend_factory.BACKENDS lists it)."""
-    if "ppo" not in backend_factory.BACKENDS.get("native", {}):
-        monkeypatch.setitem(backend_factory.BACKENDS, "native", {"ppo": "aligntune.backends.native.ppo:build"})
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -11,18 +11,9 @@ import torch
 from aligntune import cli
 from aligntune.backends.trl.reward import MAPPED_FIELDS, reward_args, to_reward_config
 from aligntune.config import schema
-from aligntune.core import backend_factory
 from aligntune.errors import ConfigError
 
 OUT = "/nonexistent/aligntune-rm-output"
-
-
-@pytest.fixture(autouse=True)
-def trl_reward(monkeypatch):
-    """algorithm=reward on backend trl (a no-op once backend_factory.BACKENDS lists it)."""
-    if "reward" not in backend_factory.BACKENDS["trl"]:
-        monkeypatch.setitem(backend_factory.BACKENDS, "trl", {**backend_factory.BACKENDS["trl"],
-                                                              "reward": "aligntune.backends.trl.reward:build"})
 
 
 def make_run(algorithm: dict | None = None, train: dict | None = None, **fields) -> schema.RunConfig:

@@ -9,20 +9,16 @@ import pytest
 import torch
 
 from aligntune import cli
-from aligntune.backends.trl.sft import MAPPED_FIELDS, data_shape, sft_args, to_sft_config
+from aligntune.backends.trl.sft import (
+    MAPPED_FIELDS,
+    data_shape,
+    sft_args,
+    to_sft_config,
+)
 from aligntune.config import schema
-from aligntune.core import backend_factory
 from aligntune.errors import EXIT_USAGE, ConfigError
 
 OUT = "/nonexistent/aligntune-sft-output"
-
-
-@pytest.fixture(autouse=True)
-def trl_sft(monkeypatch):
-    """algorithm=sft on backend trl (a no-op once backend_factory.BACKENDS lists it)."""
-    if "sft" not in backend_factory.BACKENDS["trl"]:
-        monkeypatch.setitem(backend_factory.BACKENDS, "trl", {**backend_factory.BACKENDS["trl"],
-                                                              "sft": "aligntune.backends.trl.sft:build"})
 
 
 def make_run(algorithm: dict | None = None, train: dict | None = None, **fields) -> schema.RunConfig:
