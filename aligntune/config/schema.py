@@ -72,7 +72,7 @@ class ModelConfig:
     """The policy. `name_or_path`: a shipped preset (`aligntune:tiny`), a local directory or a hub id."""
 
     name_or_path: str = MISSING
-    dtype: str = "auto"  # compute precision; master weights stay fp32. auto: bf16 on GPUs that support it, else fp32
+    dtype: str = "auto"  # compute precision (models/precision.py). auto: bf16 where native (bf16 GPUs, AVX512/AMX-BF16 CPUs), else fp32
     trust_remote_code: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 

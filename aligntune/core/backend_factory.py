@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aligntune.config.schema import RunConfig
-from aligntune.errors import AligntuneError, ConfigError
+from aligntune.errors import ConfigError
 
 BACKENDS: dict[str, dict[str, str]] = {
     "trl": {"grpo": "aligntune.backends.trl.grpo:build", "rloo": "aligntune.backends.trl.rloo:build",
@@ -97,7 +97,12 @@ class AlignmentJob:
         self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
         self.progress = RichProgress()
         self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
+        self.master_weights = False  # set by load_policy when the weights are low precision
         self.trainer = build_trainer(run, self)
+        if self.master_weights and hasattr(self.trainer, "create_optimizer"):
+            from aligntune.models.precision import use_master_weights
+
+            use_master_weights(self.trainer)
         if not run.verbose and hasattr(self.trainer, "remove_callback"):
             from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -106,11 +111,19 @@ class AlignmentJob:
 
     # What builders ask the job for. Each loads on demand, so an algorithm pays only for what it uses.
 
-    def load_policy(self):
-        """The policy model (fp32 master weights) and its PEFT config (None without LoRA)."""
-        from aligntune.models.loading import load_model, peft_config
+    def load_policy(self, fp32_weights: bool = False):
+        """The policy model and its PEFT config (None without LoRA). Its weights are in the compute precision's
+        weight dtype (bf16 for bf16, with fp32 master copies kept by the optimizer; see models.precision), or fp32
+        with `fp32_weights` (engines that run autocast themselves)."""
+        import torch
 
-        return load_model(self.config.model), peft_config(self.config.model)
+        from aligntune.models.loading import load_model, peft_config, resolve_device
+        from aligntune.models.precision import resolve_dtype, weight_dtype
+
+        precision = resolve_dtype(self.config.model.dtype, resolve_device(self.config.device))
+        dtype = torch.float32 if fp32_weights else weight_dtype(precision)
+        self.master_weights = dtype != torch.float32
+        return load_model(self.config.model, dtype), peft_config(self.config.model)
 
     def prompt_data(self):
         """Rows with a `prompt` column (plus the columns rewards read), shuffled with the run seed."""
@@ -155,6 +168,10 @@ class AlignmentJob:
             self.progress.close()
             if getattr(self.trainer, "eval_dataset", None) is not None:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
+            if self.master_weights:
+                from aligntune.models.precision import restore_fp32_weights
+
+                restore_fp32_weights(self.trainer)  # save the fp32 master weights, not their bf16 rounding
             self.trainer.save_model(str(self.run_dir.model))
             self.tokenizer.save_pretrained(str(self.run_dir.model))
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):

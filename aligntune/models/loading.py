@@ -2,8 +2,8 @@
 
 `model.name_or_path` is a shipped preset (`aligntune:tiny`), a local Hugging Face directory, or a
 hub id (checked for reachability first, so offline runs fail in seconds, not after retries).
-Weights load in fp32: `model.dtype` is the compute precision (autocast), master weights and
-optimizer state stay fp32 so small updates are not lost.
+`model.dtype` is the compute precision (aligntune.models.precision): for bf16 the weights load in bf16
+and the optimizer keeps fp32 master copies; otherwise they load in fp32 (fp16 runs under autocast).
 """
 
 from __future__ import annotations
@@ -41,17 +41,6 @@ def resolve_source(name: str) -> str:
                       "a shipped preset, or a hub id.", f"Check the path, or use model=tiny ({', '.join(tiny.preset_names())}).")
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """The compute precision for `dtype` on `device` (cpu|cuda): auto -> bf16 on GPUs that support it, else fp32."""
-    if dtype != "auto":
-        return dtype
-    if device == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
 def resolve_device(device: str) -> str:
     import torch
 
@@ -85,14 +74,15 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def load_model(cfg: ModelConfig):
-    """The policy in fp32 on CPU; the trainer places it on the device."""
+def load_model(cfg: ModelConfig, dtype=None):
+    """The policy on CPU with weights in `dtype` (default fp32); the trainer places it on the device."""
     import torch
     from transformers import AutoModelForCausalLM
 
     location = _location(cfg)
     try:
-        return AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+        return AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32,
+                                                    trust_remote_code=cfg.trust_remote_code)
     except ValueError as exc:
         raise ModelError(f"{location} is not a causal language model that transformers can load ({exc}).",
                          "model.name_or_path must name a causal LM (e.g. a *ForCausalLM checkpoint).") from exc

@@ -111,7 +111,8 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
 
     Keys that have no meaning for PPO (backend.trl_args) are refused here rather than ignored.
     """
-    from aligntune.models.loading import resolve_device, resolve_dtype
+    from aligntune.models.loading import resolve_device
+    from aligntune.models.precision import resolve_dtype
 
     algo, t = run.algorithm, run.train
     if not isinstance(algo, PPOAlgorithmConfig):
@@ -197,6 +198,6 @@ def build(run: RunConfig, job) -> object:
     if cfg.value_model != "policy":
         value_source = ppo_models.check_value_model(cfg.value_model, job.tokenizer, cfg.trust_remote_code)
     set_seed(cfg.seed)  # the critic's fresh value head and sampling are reproducible
-    model, peft_config = job.load_policy()
+    model, peft_config = job.load_policy(fp32_weights=True)  # the engine computes in bf16/fp16 under autocast
     models = ppo_models.build_models(model, peft_config, value_source, cfg)
     return PPOTrainer(cfg, models, job.tokenizer, dataset, reward_funcs, job.callbacks, eval_dataset=held_out)

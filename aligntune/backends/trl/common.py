@@ -7,7 +7,8 @@ import difflib
 
 from aligntune.config.schema import RunConfig
 from aligntune.errors import ConfigError
-from aligntune.models.loading import resolve_device, resolve_dtype
+from aligntune.models.loading import resolve_device
+from aligntune.models.precision import resolve_dtype
 
 
 def common_args(run: RunConfig, output_dir: str) -> dict:
@@ -29,8 +30,10 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         max_grad_norm=t.max_grad_norm,
         **{_checkpointing_field(): t.gradient_checkpointing},
         logging_steps=t.logging_steps,
-        # Compute precision: weights are loaded in fp32 (master copy); bf16/fp16 run the forward under autocast.
-        bf16=precision == "bf16",
+        # Compute precision (aligntune.models.precision): bf16 runs on bf16 weights with fp32 master copies in the
+        # optimizer, so no autocast; fp16 runs fp32 weights under autocast with loss scaling. (TRL's bf16 default
+        # is True: it must be set either way.)
+        bf16=False,
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         report_to="none",

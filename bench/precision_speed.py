@@ -1,0 +1,221 @@
+"""SmolLM2-135M training speed: aligntune's `model.dtype=auto` against TRL's defaults, and the roofline.
+
+Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
+
+4. GRPO on SmolLM2-135M-Instruct (the shipped arith task, correctness + format rewards): step time,
+   generated tokens/s and peak RSS of
+   - aligntune (`create_rl_trainer(model=smollm2_135m, dataset=arith, ...)`, `model.dtype=auto`),
+   - plain TRL with its defaults: the same `GRPOConfig` kwargs minus the precision and checkpointing
+     fields, so TRL's own defaults apply (1.16: `bf16=True` autocast whenever fp16 is off, and
+     `gradient_checkpointing=True`),
+   - plain TRL with `bf16=False` (fp32; TRL's default gradient checkpointing kept).
+5. DPO on SmolLM2-135M (the shipped prefs_chat pairs): the same three sides.
+6. Roofline: this machine's matmul GFLOP/s in fp32 and bf16 (1024x1024, median of 5), and the share of the
+   fp32 peak that one aligntune GRPO / DPO step achieves (FLOPs counted as 2 x parameters per generated token
+   and 6 x parameters per trained token).
+
+Every side runs in a fresh process forked after the heavy imports, the sides alternate (A B C A B C), and the
+first step of each run is warm-up (not timed). Step time = median of the timed steps over all repetitions.
+
+Run: .venv/bin/python bench/precision_speed.py [--steps 3] [--reps 2]
+Writes bench/results/precision_speed.json. Target: aligntune >= 1.8x the throughput of TRL's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+from common import Interference, interference_row, table, write_json
+
+TARGET = 1.8
+SIDES = ("aligntune", "trl_default", "trl_fp32")
+JOBS = {
+    "grpo": ["model=smollm2_135m", "dataset=arith", "batch_size=2", "group_size=4",
+             "algorithm.max_completion_length=32", "algorithm.beta=0.01"],
+    "dpo": ["model=smollm2_135m", "dataset=prefs_chat", "algorithm=dpo", "batch_size=4", "algorithm.max_length=256"],
+}
+PRECISION_FIELDS = ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing")
+
+
+class StepClock:
+    """A TrainerCallback recording each optimizer step's wall time and the trainer's token counter."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            def __init__(self):
+                self.times, self.tokens, self.t0 = [], [], None
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.times.append(time.perf_counter() - self.t0)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "num_tokens" in logs:
+                    self.tokens.append(logs["num_tokens"])
+
+        return Clock()
+
+
+def build(algorithm: str, side: str, steps: int, out_dir: str):
+    """The trainer of one side."""
+    from aligntune.config import compose
+
+    run = compose.load([*JOBS[algorithm], f"max_steps={steps}"])[0]
+    if side == "aligntune":
+        from aligntune.core.backend_factory import create_rl_trainer
+
+        job = create_rl_trainer(overrides=[*JOBS[algorithm], f"max_steps={steps}"], output_dir=out_dir)
+        return job.trainer
+    import trl
+
+    from aligntune.backends.trl.dpo import dpo_args
+    from aligntune.backends.trl.grpo import grpo_args
+    from aligntune.data.loading import load
+    from aligntune.models.loading import load_model, load_tokenizer
+    from aligntune.rewards.registry import bind
+
+    # The plain side reads the same rows and rewards (aligntune's loaders) and builds TRL's trainer by hand with the
+    # same config kwargs, minus the precision/checkpointing fields (TRL's defaults apply) or with bf16=False.
+    kwargs = (grpo_args if algorithm == "grpo" else dpo_args)(run, out_dir)
+    for name in PRECISION_FIELDS:
+        kwargs.pop(name, None)
+    if side == "trl_fp32":
+        kwargs["bf16"] = False
+
+    tokenizer, model = load_tokenizer(run.model), load_model(run.model)
+    if algorithm == "grpo":
+        train, _ = load(run.dataset, run.seed, "prompts")
+        rewards = [bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()]
+        return trl.GRPOTrainer(model=model, reward_funcs=rewards, args=trl.GRPOConfig(**kwargs), train_dataset=train,
+                               processing_class=tokenizer)
+    train, _ = load(run.dataset, run.seed, "preferences")
+    return trl.DPOTrainer(model=model, args=trl.DPOConfig(**kwargs), train_dataset=train, processing_class=tokenizer)
+
+
+def worker(algorithm: str, side: str, steps: int) -> dict:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    with tempfile.TemporaryDirectory(prefix="aligntune-bench-") as out_dir:
+        trainer = build(algorithm, side, steps, out_dir)
+        clock = StepClock()
+        trainer.add_callback(clock)
+        trainer.train()
+        history = trainer.state.log_history
+        params = sum(p.numel() for p in {id(p): p for p in trainer.model.parameters()}.values())
+        dtype = str(next(trainer.model.parameters()).dtype)
+    lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
+    return {"side": side, "step_s": clock.times[1:], "num_tokens": clock.tokens, "completion_lengths": lengths,
+            "params": params, "weights": dtype, "bf16_autocast": bool(trainer.args.bf16),
+            "checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def matmul_gflops(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def measure(steps: int = 3, reps: int = 2) -> dict:
+    import trl  # noqa: F401  # the heavy imports, once; every run forks from here
+
+    from aligntune.config import compose
+    from aligntune.models.loading import resolve_device
+    from aligntune.models.precision import resolve_dtype
+
+    watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET}
+    result["auto_resolves_to"] = resolve_dtype("auto", resolve_device("auto"))
+    for algorithm in JOBS:
+        runs = []
+        for _ in range(reps):
+            for side in SIDES:
+                with multiprocessing.get_context("fork").Pool(1) as pool:
+                    runs.append(pool.apply(worker, (algorithm, side, steps)))
+        sides = {}
+        for side in SIDES:
+            mine = [r for r in runs if r["side"] == side]
+            step = statistics.median(t for r in mine for t in r["step_s"])
+            per_step_tokens = statistics.median((r["num_tokens"][-1] - r["num_tokens"][0]) / max(1, len(r["num_tokens"]) - 1)
+                                                for r in mine) if all(len(r["num_tokens"]) > 1 for r in mine) else None
+            info = {"step_s": step, "peak_rss_mb": max(r["peak_rss_mb"] for r in mine), "weights": mine[0]["weights"],
+                    "bf16_autocast": mine[0]["bf16_autocast"], "checkpointing": mine[0]["checkpointing"],
+                    "trained_tokens_per_step": per_step_tokens, "params": mine[0]["params"]}
+            if algorithm == "grpo":
+                run = compose.load(JOBS[algorithm])[0]
+                completions = run.train.batch_size * run.algorithm.group_size
+                generated = completions * statistics.median(x for r in mine for x in r["completion_lengths"])
+                info["generated_tokens_per_step"] = generated
+                info["generated_tokens_per_s"] = generated / step
+            sides[side] = info
+        result[algorithm] = {"sides": sides, "runs": runs,
+                             "speedup_vs_trl_default": sides["trl_default"]["step_s"] / sides["aligntune"]["step_s"],
+                             "speedup_vs_trl_fp32": sides["trl_fp32"]["step_s"] / sides["aligntune"]["step_s"]}
+    result["matmul_gflops"] = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
+    for algorithm in JOBS:
+        a = result[algorithm]["sides"]["aligntune"]
+        flops = 6 * a["params"] * (a["trained_tokens_per_step"] or 0) + 2 * a["params"] * a.get("generated_tokens_per_step", 0)
+        if algorithm == "grpo":  # the reference model's forward for the KL term
+            flops += 2 * a["params"] * (a["trained_tokens_per_step"] or 0)
+        result[algorithm]["achieved_gflops"] = flops / a["step_s"] / 1e9
+        result[algorithm]["fraction_of_fp32_peak"] = result[algorithm]["achieved_gflops"] / result["matmul_gflops"]["float32"]
+    result["other_cpu_cores"] = round(watch.cores(), 3)
+    return result
+
+
+def rows(result: dict) -> list[dict]:
+    out = [{"name": "model.dtype=auto on this machine", "value": result["auto_resolves_to"], "target": "", "ok": None}]
+    for algorithm in JOBS:
+        r = result[algorithm]
+        for side in SIDES:
+            s = r["sides"][side]
+            setting = f"{s['weights'].replace('torch.', '')} weights{', bf16 autocast' if s['bf16_autocast'] else ''}" \
+                      f"{', grad ckpt' if s['checkpointing'] else ''}"
+            extra = f", {s['generated_tokens_per_s']:.0f} gen tok/s" if "generated_tokens_per_s" in s else ""
+            out.append({"name": f"{algorithm.upper()} {side} ({setting})", "target": "", "ok": None,
+                        "value": f"{s['step_s']:.2f} s/step{extra}, {s['peak_rss_mb'] / 1024:.2f} GiB"})
+        out.append({"name": f"{algorithm.upper()} speed-up vs TRL defaults", "value": f"{r['speedup_vs_trl_default']:.2f}x",
+                    "target": f">= {TARGET}x", "ok": r["speedup_vs_trl_default"] >= TARGET})
+        out.append({"name": f"{algorithm.upper()} speed-up vs TRL fp32", "value": f"{r['speedup_vs_trl_fp32']:.2f}x",
+                    "target": "", "ok": None})
+    g = result["matmul_gflops"]
+    out.append({"name": "matmul 1024^2 fp32 / bf16", "value": f"{g['float32']:.0f} / {g['bfloat16']:.0f} GFLOP/s",
+                "target": "", "ok": None})
+    for algorithm in JOBS:
+        out.append({"name": f"{algorithm.upper()} step, share of fp32 matmul peak", "target": "", "ok": None,
+                    "value": f"{result[algorithm]['fraction_of_fp32_peak']:.1%} ({result[algorithm]['achieved_gflops']:.1f} GFLOP/s)"})
+    out.append(interference_row("SmolLM2 runs", result["other_cpu_cores"]))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run (the first is warm-up)")
+    parser.add_argument("--reps", type=int, default=2, help="runs per side (alternating)")
+    args = parser.parse_args()
+    result = measure(args.steps, args.reps)
+    print(table(rows(result)))
+    print(f"wrote {write_json('precision_speed', result)}")
+    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
