@@ -17,7 +17,7 @@ Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
 Every side runs in a fresh process forked after the heavy imports, the sides alternate (A B C A B C), and the
 first step of each run is warm-up (not timed). Step time = median of the timed steps over all repetitions.
 
-Run: .venv/bin/python bench/precision_speed.py [--steps 3] [--reps 2]
+Run: .venv/bin/python bench/precision_speed.py [--steps 3] [--reps 2] [--model smollm2_135m]
 Writes bench/results/precision_speed.json. Target: aligntune >= 1.8x the throughput of TRL's defaults.
 """
 
@@ -36,9 +36,9 @@ from common import Interference, interference_row, table, write_json
 TARGET = 1.8
 SIDES = ("aligntune", "trl_default", "trl_fp32")
 JOBS = {
-    "grpo": ["model=smollm2_135m", "dataset=arith", "batch_size=2", "group_size=4",
+    "grpo": ["dataset=arith", "batch_size=2", "group_size=4",
              "algorithm.max_completion_length=32", "algorithm.beta=0.01"],
-    "dpo": ["model=smollm2_135m", "dataset=prefs_chat", "algorithm=dpo", "batch_size=4", "algorithm.max_length=256"],
+    "dpo": ["dataset=prefs_chat", "algorithm=dpo", "batch_size=4", "algorithm.max_length=256"],
 }
 PRECISION_FIELDS = ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing")
 
@@ -66,15 +66,20 @@ class StepClock:
         return Clock()
 
 
-def build(algorithm: str, side: str, steps: int, out_dir: str):
+def job_overrides(algorithm: str, steps: int, model: str) -> list[str]:
+    return [*JOBS[algorithm], f"max_steps={steps}", f"model={model}"]
+
+
+def build(algorithm: str, side: str, steps: int, out_dir: str, model: str):
     """The trainer of one side."""
     from aligntune.config import compose
 
-    run = compose.load([*JOBS[algorithm], f"max_steps={steps}"])[0]
+    overrides = job_overrides(algorithm, steps, model)
+    run = compose.load(overrides)[0]
     if side == "aligntune":
         from aligntune.core.backend_factory import create_rl_trainer
 
-        job = create_rl_trainer(overrides=[*JOBS[algorithm], f"max_steps={steps}"], output_dir=out_dir)
+        job = create_rl_trainer(overrides=overrides, output_dir=out_dir)
         return job.trainer
     import trl
 
@@ -86,7 +91,7 @@ def build(algorithm: str, side: str, steps: int, out_dir: str):
 
     # The plain side reads the same rows and rewards (aligntune's loaders) and builds TRL's trainer by hand with the
     # same config kwargs, minus the precision/checkpointing fields (TRL's defaults apply) or with bf16=False.
-    kwargs = (grpo_args if algorithm == "grpo" else dpo_args)(run, out_dir)
+    kwargs = (grpo_args if algorithm == "grpo" else dpo_args)(run, out_dir, has_eval=False)
     for name in PRECISION_FIELDS:
         kwargs.pop(name, None)
     if side == "trl_fp32":
@@ -102,12 +107,12 @@ def build(algorithm: str, side: str, steps: int, out_dir: str):
     return trl.DPOTrainer(model=model, args=trl.DPOConfig(**kwargs), train_dataset=train, processing_class=tokenizer)
 
 
-def worker(algorithm: str, side: str, steps: int) -> dict:
+def worker(algorithm: str, side: str, steps: int, model: str) -> dict:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     with tempfile.TemporaryDirectory(prefix="aligntune-bench-") as out_dir:
-        trainer = build(algorithm, side, steps, out_dir)
+        trainer = build(algorithm, side, steps, out_dir, model)
         clock = StepClock()
         trainer.add_callback(clock)
         trainer.train()
@@ -135,21 +140,21 @@ def matmul_gflops(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def measure(steps: int = 3, reps: int = 2) -> dict:
+def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m") -> dict:
     import trl  # noqa: F401  # the heavy imports, once; every run forks from here
 
     from aligntune.config import compose
     from aligntune.models.loading import resolve_device
     from aligntune.models.precision import resolve_dtype
 
-    watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET}
+    watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
     result["auto_resolves_to"] = resolve_dtype("auto", resolve_device("auto"))
     for algorithm in JOBS:
         runs = []
         for _ in range(reps):
             for side in SIDES:
                 with multiprocessing.get_context("fork").Pool(1) as pool:
-                    runs.append(pool.apply(worker, (algorithm, side, steps)))
+                    runs.append(pool.apply(worker, (algorithm, side, steps, model)))
         sides = {}
         for side in SIDES:
             mine = [r for r in runs if r["side"] == side]
@@ -160,7 +165,7 @@ def measure(steps: int = 3, reps: int = 2) -> dict:
                     "bf16_autocast": mine[0]["bf16_autocast"], "checkpointing": mine[0]["checkpointing"],
                     "trained_tokens_per_step": per_step_tokens, "params": mine[0]["params"]}
             if algorithm == "grpo":
-                run = compose.load(JOBS[algorithm])[0]
+                run = compose.load(job_overrides(algorithm, steps, model))[0]
                 completions = run.train.batch_size * run.algorithm.group_size
                 generated = completions * statistics.median(x for r in mine for x in r["completion_lengths"])
                 info["generated_tokens_per_step"] = generated
@@ -202,7 +207,7 @@ def rows(result: dict) -> list[dict]:
     for algorithm in JOBS:
         out.append({"name": f"{algorithm.upper()} step, share of fp32 matmul peak", "target": "", "ok": None,
                     "value": f"{result[algorithm]['fraction_of_fp32_peak']:.1%} ({result[algorithm]['achieved_gflops']:.1f} GFLOP/s)"})
-    out.append(interference_row("SmolLM2 runs", result["other_cpu_cores"]))
+    out.append(interference_row(f"{result['model']} runs", result["other_cpu_cores"]))
     return out
 
 
@@ -210,8 +215,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run (the first is warm-up)")
     parser.add_argument("--reps", type=int, default=2, help="runs per side (alternating)")
+    parser.add_argument("--model", default="smollm2_135m", help="model preset (tiny: a quick check of the script)")
     args = parser.parse_args()
-    result = measure(args.steps, args.reps)
+    result = measure(args.steps, args.reps, args.model)
     print(table(rows(result)))
     print(f"wrote {write_json('precision_speed', result)}")
     return 0 if all(r["ok"] is not False for r in rows(result)) else 1
