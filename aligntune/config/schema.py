@@ -430,11 +430,25 @@ class DistributedConfig:
 
 
 @dataclass
+class VerlConfig:
+    """backend=verl: verl runs in its own virtual environment (it pins its own transformers); aligntune
+    translates the config into verl's Hydra overrides and launches `python -m verl.trainer.main_ppo` there."""
+
+    python: Optional[str] = None  # the verl environment's interpreter, e.g. /opt/verl-venv/bin/python
+    rollout: str = "vllm"  # verl's rollout engine: vllm | sglang
+    project: str = "aligntune"  # trainer.project_name (the run directory's name is the experiment name)
+
+    def __post_init__(self):
+        _one_of("backend.verl.rollout", self.rollout, ("vllm", "sglang"))
+
+
+@dataclass
 class BackendConfig:
     """The engine. `trl_args`: extra `trl.<Algorithm>Config` fields the schema does not model."""
 
     name: str = "trl"
     trl_args: Dict[str, Any] = field(default_factory=dict)
+    verl: VerlConfig = field(default_factory=VerlConfig)  # read only by backend=verl (refused elsewhere)
 
 
 @dataclass

@@ -26,7 +26,7 @@ BACKENDS: dict[str, dict[str, str]] = {
             "sft": "aligntune.backends.trl.sft:build"},
     "native": {"ppo": "aligntune.backends.native.ppo:build"},
     # verl runs in its own environment: these translate the config, export the data and launch verl's trainer.
-    "verl": {"grpo": "aligntune.backends.verl.job:run", "ppo": "aligntune.backends.verl.job:run"},
+    "verl": {"grpo": "aligntune.backends.verl.job:run"},
 }
 # Backends whose engine runs in its own environment: their BACKENDS entry is `run(run, run_dir, overrides)`,
 # not an in-process trainer builder.
@@ -64,7 +64,11 @@ def check_launch(run: RunConfig) -> None:
     """dry_run and the distributed settings apply to launched runs only; refused where they would do nothing."""
     from aligntune.distributed import launch
 
+    from aligntune.config.schema import VerlConfig
+
     backend = resolve_backend(run)
+    if backend != "verl" and run.backend.verl != VerlConfig():
+        raise ConfigError(f"backend.verl.* is set, but the run is on backend={backend}.", "Drop backend.verl.*, or use backend=verl.")
     if backend in LAUNCHED:
         return
     if launch.wanted(run):
