@@ -422,9 +422,6 @@ class DistributedConfig:
         _check(0 <= self.machine_rank < self.num_machines,
                f"distributed.machine_rank={self.machine_rank} is outside [0, {self.num_machines}).",
                "Give each machine its own rank, 0 for the main one.")
-        _check(self.num_machines == 1 or bool(self.main_process_ip),
-               f"distributed.num_machines={self.num_machines}, but distributed.main_process_ip is not set.",
-               "Set distributed.main_process_ip to the address of the machine with machine_rank=0.")
         _check(0 < self.main_process_port < 65536, f"distributed.main_process_port={self.main_process_port} is not a port.",
                "Use a free TCP port such as 29500.")
 

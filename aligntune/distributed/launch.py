@@ -46,6 +46,9 @@ def check_launchable(run: RunConfig, backend: str) -> None:
                           f"TRL trainers under accelerate, and algorithm={run.algorithm.name} runs on backend={backend}, "
                           "which is a single-process engine.",
                           "Drop the distributed settings for this algorithm (or use backend=verl for cluster-scale PPO).")
+    if d.num_machines > 1 and not d.main_process_ip:
+        raise ConfigError(f"distributed.num_machines={d.num_machines}, but distributed.main_process_ip is not set.",
+                          "Set distributed.main_process_ip to the address of the machine with machine_rank=0.")
     if getattr(run.algorithm, "dynamic_sampling", False):
         raise ConfigError("algorithm.dynamic_sampling (DAPO) refills rollouts in one process, and "
                           f"distributed.num_processes={d.num_processes} asks for several.",
@@ -94,11 +97,12 @@ def launch(run: RunConfig, run_dir: str | Path, overrides: list[str]) -> dict:
     from aligntune.run.rundir import RunDir
 
     run_dir = Path(run_dir)
+    if not run.dry_run:
+        check_hardware(run)
     cmd = prepare(run, run_dir, overrides)
     if run.dry_run:
         print(shlex.join(cmd))
         return {"status": "dry_run", "command": cmd}
-    check_hardware(run)
     env = {**os.environ, CHILD_ENV: "1"}
     log = run_dir / LAUNCH_DIR / "launcher.log"
     with log.open("w", encoding="utf-8") as stderr:

@@ -135,13 +135,15 @@ def refuse_untranslatable(run: RunConfig) -> None:
         default = _default(owners[owner], leaf) if key != "device" else "auto"
         if key == "device" and value == "cuda":
             continue
-        if key == "model.lora.dropout" and not run.model.lora.enabled:
-            continue
+        if key == "model.lora.dropout":
+            if not run.model.lora.enabled:
+                continue
+            default = 0.0  # what verl's LoRA does
         if key == "distributed.strategy" and value == "fsdp":
             continue  # verl's own engine is FSDP
         if value != default:
             raise ConfigError(f"{key}={value!r} has no equivalent on backend=verl: {why}.",
-                              f"Drop it (its default is {default!r}) or use backend=trl.")
+                              f"Set it to {default!r} or use backend=trl.")
     algo = run.algorithm
     checks = [("algorithm.loss_type", algo.loss_type, LOSS_AGG), ("algorithm.kl_estimator", algo.kl_estimator, KL_LOSS),
               ("algorithm.scale_rewards", algo.scale_rewards, SCALE), ("train.lr_scheduler", run.train.lr_scheduler, SCHEDULERS)]
