@@ -8,7 +8,6 @@ summation order); GRPO samples differently per process, so only its distribution
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -130,6 +129,7 @@ def _two_processes_vs_one(workdir, experiment: str, steps: int, extra: list[str]
     return metrics(one), metrics(two)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_dpo_like_one_process(workdir):
     """2 processes x 1 pair per step == 1 process x 2 pairs per step (same seed, same global batch)."""
     from transformers import AutoModelForCausalLM
@@ -153,6 +153,6 @@ def test_two_cpu_processes_train_grpo_like_one_process(workdir):
     (the measured seed-to-seed spread of the smoke run's mean reward on one process is about 0.02)."""
     one, two = _two_processes_vs_one(workdir, "smoke", 30, [])
     assert len(one) == len(two) == 30
-    mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)  # noqa: E731
+    mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)
     assert abs(mean(one) - mean(two)) < 0.05, (mean(one), mean(two))
     assert two[0]["reward"] == pytest.approx(one[0]["reward"], abs=0.1)  # step 1: same policy, other samples
