@@ -156,3 +156,35 @@ def test_two_cpu_processes_train_grpo_like_one_process(workdir):
     mean = lambda rows: sum(r["reward"] for r in rows) / len(rows)
     assert abs(mean(one) - mean(two)) < 0.05, (mean(one), mean(two))
     assert two[0]["reward"] == pytest.approx(one[0]["reward"], abs=0.1)  # step 1: same policy, other samples
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_parses_the_generated_json_once_transformers_fills_the_autos(tmp_path, strategy):
+    """DeepSpeed's own config class, where DeepSpeed is installed (an sdist that needs torch at build time:
+    `pip install --no-build-isolation 'aligntune[deepspeed]'`; not part of the test extra)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (optional: aligntune[deepspeed])")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from aligntune.backends.trl.grpo import to_grpo_config
+
+    run = compose.load([f"distributed={strategy}", "batch_size=4", "train.micro_batch_size=2", "train.max_grad_norm=0.5"],
+                       check_sources=False)[0]
+    presets.write(run, tmp_path)
+    hf = HfTrainerDeepSpeedConfig(str(tmp_path / presets.DEEPSPEED_FILE))
+    hf.trainer_config_process(to_grpo_config(run, str(tmp_path / "out"), world_size=2))  # 32 completions / 2 processes
+    ds = DeepSpeedConfig(hf.config)
+    assert ds.zero_optimization_stage == (3 if strategy.endswith("3") else 2)
+    assert (ds.train_micro_batch_size_per_gpu, ds.gradient_accumulation_steps, ds.gradient_clipping) == (2, 8, 0.5)
+    assert ds.zero_config.gather_16bit_weights_on_model_save == (strategy == "deepspeed_zero3")
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_the_workers_comes_back_as_one_paragraph(workdir, capsys):
+    (workdir / "bad.py").write_text("def score(completions, **kw):\n    raise ValueError('boom')\n")
+    code = cli.main(["train", "~rewards", "+rewards.bad.fn=bad.py:score", "distributed.num_processes=2",
+                     "hydra.run.dir=run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "rewards.bad" in err and "boom" in err and "Traceback" not in err
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("RewardError")

@@ -35,6 +35,11 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"The worker of rank {rank} composed a different config from the launcher's "
                               f"(run dir {run_dir}).", "Launch from the directory the command was started in, with the "
                               "same aligntune installation on every machine.")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world != run.distributed.num_processes:
+            raise ConfigError(f"The launcher started {world} processes, and the config asks for "
+                              f"distributed.num_processes={run.distributed.num_processes}.",
+                              "Launch through `aligntune train`, which writes a matching accelerate config.")
         AlignmentJob(run, run_dir, overrides).train()
     except AligntuneError as exc:
         if rank == 0:
