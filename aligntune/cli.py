@@ -253,7 +253,7 @@ def print_train_help(overrides: list[str]) -> int:
     rows = []
     for group in ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards"):
         options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
-        rows.append(f"  {group + ':':<12}{', '.join(options)}")
+        rows.append(f"  {group + ':':<13}{', '.join(options)}")
     shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
     print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
     return 0

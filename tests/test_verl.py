@@ -136,6 +136,7 @@ def test_every_aligntune_key_translates_or_is_refused():
     (["model.lora.enabled=true"], "LoRA has no dropout"),
     (["num_epochs=1.5"], "whole epochs"),
     (["distributed=deepspeed_zero2"], "own FSDP"),
+    (["device=cpu"], "GPUs"),
     (["distributed.num_processes=16", "distributed.num_machines=2", "distributed.main_process_ip=10.0.0.1"], "Ray"),
 ])
 def test_untranslatable_settings_are_refused(overrides, needle, tmp_path):

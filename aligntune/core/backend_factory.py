@@ -62,14 +62,16 @@ def builder_target(run: RunConfig) -> str:
 
 def check_launch(run: RunConfig) -> None:
     """dry_run and the distributed settings apply to launched runs only; refused where they would do nothing."""
-    from aligntune.distributed import launch
-
     from aligntune.config.schema import VerlConfig
+    from aligntune.distributed import launch
 
     backend = resolve_backend(run)
     if backend != "verl" and run.backend.verl != VerlConfig():
         raise ConfigError(f"backend.verl.* is set, but the run is on backend={backend}.", "Drop backend.verl.*, or use backend=verl.")
-    if backend in LAUNCHED:
+    if backend == "verl":
+        from aligntune.backends.verl.job import check
+
+        check(run)
         return
     if launch.wanted(run):
         launch.check_launchable(run, backend)

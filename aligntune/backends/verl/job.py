@@ -47,10 +47,9 @@ def prepare(run: RunConfig, run_dir: str | Path) -> list[str]:
     return cmd
 
 
-def run(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """The BACKENDS entry for backend=verl (see backend_factory.run_job)."""
-    from aligntune.run.console import console
-    from aligntune.run.rundir import RunDir
+def check(run: RunConfig) -> None:
+    """Everything refusable without exporting anything (run before any job of the command starts)."""
+    from aligntune.backends.verl.translate import refuse_untranslatable
 
     if run.device == "cpu":
         raise ConfigError("backend=verl trains on GPUs, and device=cpu was asked for.", "Use device=auto or cuda.")
@@ -61,6 +60,15 @@ def run(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None)
     if run.backend.verl.python and not Path(run.backend.verl.python).expanduser().is_file():
         raise ConfigError(f"backend.verl.python={run.backend.verl.python} does not exist.",
                           "Point it at the python of the virtual environment verl is installed in.")
+    refuse_untranslatable(run)
+
+
+def run(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """The BACKENDS entry for backend=verl (see backend_factory.run_job)."""
+    from aligntune.run.console import console
+    from aligntune.run.rundir import RunDir
+
+    check(run)
     cmd = prepare(run, run_dir)
     console.print(f"[bold]verl[/bold]: {len(cmd) - 3} overrides from {len(TRANSLATED)} aligntune keys; files in "
                   f"{Path(run_dir) / 'verl'}", soft_wrap=True)
