@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from aligntune import cli
 from aligntune.backends.verl import translate
@@ -72,8 +73,6 @@ def compose_verl(config_dir: Path, overrides: list[str]):
 
 
 def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_config_dir, tmp_path):
-    from omegaconf import OmegaConf
-
     run = grpo_run("algorithm=gspo", "group_size=4", "beta=0.02", "algorithm.cliprange_high=5e-4", "temperature=0.9",
                    "algorithm.top_p=0.95", "algorithm.max_completion_length=300", "algorithm.num_iterations=2",
                    "batch_size=64", "train.micro_batch_size=4", "learning_rate=2e-6", "num_epochs=3", "max_steps=50",
@@ -101,6 +100,31 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
     assert cfg.actor_rollout_ref.rollout.response_length == 300
 
 
+def test_ppo_translates_to_gae_with_a_critic_and_the_kl_in_the_reward(verl_config_dir, tmp_path):
+    run = grpo_run("algorithm=ppo", "beta=0.1", "algorithm.kl_estimator=k3", "algorithm.adaptive_kl=true",
+                   "algorithm.target_kl=3.0", "algorithm.kl_horizon=500", "algorithm.gamma=0.99", "algorithm.lam=0.9",
+                   "cliprange=0.1", "algorithm.cliprange_value=0.3", "algorithm.ppo_epochs=2",
+                   "algorithm.num_mini_batches=2", "batch_size=32", "learning_rate=5e-6", "train.micro_batch_size=4",
+                   "distributed.num_processes=4", "algorithm.value_model=/models/rm")
+    ex = exported(tmp_path)
+    ex.value_model_path = "/models/rm"
+    intended = verl_overrides(run, ex)
+    cfg = compose_verl(verl_config_dir, override_strings(intended))
+    for key, value in intended.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == value, f"{key}: verl's config holds {got!r}, aligntune meant {value!r}"
+    assert cfg.algorithm.adv_estimator == "gae" and cfg.actor_rollout_ref.rollout.n == 1
+    assert cfg.algorithm.use_kl_in_reward is True and cfg.actor_rollout_ref.actor.use_kl_loss is False
+    assert (cfg.algorithm.kl_ctrl.type, cfg.algorithm.kl_ctrl.kl_coef, cfg.algorithm.kl_penalty) == ("adaptive", 0.1, "low_var_kl")
+    assert cfg.critic.model.path == "/models/rm" and cfg.critic.optim.lr == 5e-6 and cfg.critic.cliprange_value == 0.3
+    assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 16 and cfg.critic.ppo_mini_batch_size == 16  # 32 / 2
+    with pytest.raises(ConfigError, match="own optimizer"):
+        verl_overrides(grpo_run("algorithm=ppo", "algorithm.vf_coef=0.5"), ex)
+    with pytest.raises(ConfigError, match="KL early stop"):
+        verl_overrides(grpo_run("experiment=ppo_smoke"), ex)
+
+
 def test_defaults_translate_and_compose_too(verl_config_dir, tmp_path):
     intended = verl_overrides(grpo_run(), exported(tmp_path, val=False))
     cfg = compose_verl(verl_config_dir, override_strings(intended))
@@ -119,10 +143,11 @@ def _leaf_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-def test_every_aligntune_key_translates_or_is_refused():
+@pytest.mark.parametrize("algorithm", [schema.GRPOAlgorithmConfig, schema.PPOAlgorithmConfig])
+def test_every_aligntune_key_translates_or_is_refused(algorithm):
     covered = set(translate.TRANSLATED) | set(translate.NOT_TRANSLATED) | set(translate.LAUNCH_KEYS)
     keys = [k for k in _leaf_keys(schema.RunConfig) if k != "algorithm"] + [
-        f"algorithm.{k}" for k in _leaf_keys(schema.GRPOAlgorithmConfig)]
+        f"algorithm.{k}" for k in _leaf_keys(algorithm)]
     missing = [k for k in keys if k not in covered and not k.startswith(("dataset.", "eval."))]
     assert not missing, f"keys neither translated nor refused for verl: {missing}"
 

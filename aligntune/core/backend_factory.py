@@ -26,7 +26,7 @@ BACKENDS: dict[str, dict[str, str]] = {
             "sft": "aligntune.backends.trl.sft:build"},
     "native": {"ppo": "aligntune.backends.native.ppo:build"},
     # verl runs in its own environment: these translate the config, export the data and launch verl's trainer.
-    "verl": {"grpo": "aligntune.backends.verl.job:run"},
+    "verl": {"grpo": "aligntune.backends.verl.job:run", "ppo": "aligntune.backends.verl.job:run"},
 }
 # Backends whose engine runs in its own environment: their BACKENDS entry is `run(run, run_dir, overrides)`,
 # not an in-process trainer builder.

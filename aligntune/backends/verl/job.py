@@ -1,4 +1,4 @@
-"""backend=verl: translate, export, and launch `python -m verl.trainer.main_ppo` in the verl environment.
+"""backend=verl (GRPO and PPO): translate, export, and launch `python -m verl.trainer.main_ppo` in the verl environment.
 
     aligntune train backend=verl dry_run=true          # writes <run dir>/verl/ and prints the command
     aligntune train backend=verl backend.verl.python=/opt/verl/bin/python distributed.num_processes=8
@@ -38,7 +38,9 @@ def prepare(run: RunConfig, run_dir: str | Path) -> list[str]:
     exporter.write_reward_file(run, reward_file, run_dir)
     ex = Exported(train_file=str(train), val_file=str(val) if val else None, reward_file=str(reward_file),
                   train_rows=rows, model_path=_location(run.model), checkpoint_dir=str(run_dir / "checkpoints"),
-                  experiment=run_dir.name)
+                  experiment=run_dir.name,
+                  value_model_path=(str(Path(run.algorithm.value_model).expanduser().resolve())
+                                    if getattr(run.algorithm, "value_model", "policy") != "policy" else None))
     overrides = override_strings(verl_overrides(run, ex))
     python = run.backend.verl.python or "<verl-python>"
     cmd = [python, "-m", ENTRYPOINT, *overrides]
