@@ -251,9 +251,9 @@ def print_train_help(overrides: list[str]) -> int:
             group, _, option = line[2:].partition(":")
             defaults[group.strip()] = option.strip()
     rows = []
-    for group in ("model", "dataset", "algorithm", "backend", "experiment", "debug", "rewards"):
+    for group in ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards"):
         options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
-        rows.append(f"  {group + ':':<12}{', '.join(options)}")
+        rows.append(f"  {group + ':':<13}{', '.join(options)}")
     shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
     print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
     return 0
@@ -320,9 +320,9 @@ def _task(cfg) -> float | None:
     try:
         run = compose.to_run_config(cfg)
         console.show_start(run, run_dir)
-        from aligntune.core.backend_factory import AlignmentJob
+        from aligntune.core.backend_factory import run_job
 
-        summary = AlignmentJob(run, run_dir, list(hc.overrides.task)).train()
+        summary = run_job(run, run_dir, list(hc.overrides.task))
     except AligntuneError as exc:
         if traceback_requested():
             import traceback

@@ -22,7 +22,7 @@ from aligntune.config import compose, schema
 from aligntune.core.backend_factory import BACKENDS
 from aligntune.errors import ConfigError
 
-GROUPS = ("model", "dataset", "algorithm", "backend", "experiment", "debug", "rewards")
+GROUPS = ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards")
 CONFIG_DIR = Path(compose.config_dir())
 
 
@@ -66,6 +66,8 @@ def _overrides(group: str, option: str) -> list[str]:
         # On the recipe-less custom dataset the selected rewards option is the only source of rewards.
         return ["dataset=custom", "dataset.name=letters", f"rewards={option}"]
     ovs = [f"{group}={option}", *MANDATORY.get((group, option), [])]
+    if (group, option) == ("backend", "verl"):
+        ovs.append("dry_run=true")  # launching needs backend.verl.python (the verl environment)
     if group == "dataset" and not _brings_rewards(group, option):
         ovs.append("+rewards.probe.fn=letter_match")  # the default algorithm (GRPO) needs a reward
     return ovs

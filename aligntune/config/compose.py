@@ -168,11 +168,12 @@ def to_run_config(cfg: DictConfig, shortcuts: dict[str, str] | None = None) -> s
 
 def preflight(run: schema.RunConfig) -> None:
     """Checks that need no torch: an engine exists for the algorithm, the model and dataset exist."""
-    from aligntune.core.backend_factory import builder_target
+    from aligntune.core.backend_factory import builder_target, check_launch
     from aligntune.data.sources import resolve as resolve_dataset
     from aligntune.models.loading import resolve_source
 
     builder_target(run)
+    check_launch(run)
     resolve_source(run.model.name_or_path)
     resolve_dataset(run.dataset.name)
     check_rewards_configured(run)

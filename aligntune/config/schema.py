@@ -32,6 +32,7 @@ GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False |
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 
 
 def _check(ok: bool, problem: str, fix: str) -> None:
@@ -396,11 +397,55 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Several processes (and machines) under `accelerate launch`; aligntune/distributed/ writes the launch files.
+
+    `num_processes` counts processes on all machines together (accelerate's meaning). Batch counts stay
+    global: `train.batch_size` per optimizer step whatever the process count, split evenly across them.
+    """
+
+    strategy: str = "ddp"  # ddp | fsdp | deepspeed_zero2 | deepspeed_zero3 (the presets: distributed=<strategy>)
+    num_processes: int = 1  # all processes on all machines; > 1 launches under `accelerate launch`
+    num_machines: int = 1
+    machine_rank: int = 0  # this machine's rank (0 is the main one, which writes the run directory)
+    main_process_ip: Optional[str] = None  # the rank-0 machine's address (needed with num_machines > 1)
+    main_process_port: int = 29500
+
+    def __post_init__(self):
+        _one_of("distributed.strategy", self.strategy, DISTRIBUTED_STRATEGIES)
+        _positive("distributed.num_processes", self.num_processes, "Use 1 for one process, or the total over all machines.")
+        _positive("distributed.num_machines", self.num_machines)
+        _check(self.num_processes % self.num_machines == 0,
+               f"distributed.num_processes={self.num_processes} cannot be spread evenly over "
+               f"distributed.num_machines={self.num_machines} machines.",
+               "num_processes counts all processes on all machines: use a multiple of num_machines.")
+        _check(0 <= self.machine_rank < self.num_machines,
+               f"distributed.machine_rank={self.machine_rank} is outside [0, {self.num_machines}).",
+               "Give each machine its own rank, 0 for the main one.")
+        _check(0 < self.main_process_port < 65536, f"distributed.main_process_port={self.main_process_port} is not a port.",
+               "Use a free TCP port such as 29500.")
+
+
+@dataclass
+class VerlConfig:
+    """backend=verl: verl runs in its own virtual environment (it pins its own transformers); aligntune
+    translates the config into verl's Hydra overrides and launches `python -m verl.trainer.main_ppo` there."""
+
+    python: Optional[str] = None  # the verl environment's interpreter, e.g. /opt/verl-venv/bin/python
+    rollout: str = "vllm"  # verl's rollout engine: vllm | sglang
+    project: str = "aligntune"  # trainer.project_name (the run directory's name is the experiment name)
+
+    def __post_init__(self):
+        _one_of("backend.verl.rollout", self.rollout, ("vllm", "sglang"))
+
+
+@dataclass
 class BackendConfig:
     """The engine. `trl_args`: extra `trl.<Algorithm>Config` fields the schema does not model."""
 
     name: str = "trl"
     trl_args: Dict[str, Any] = field(default_factory=dict)
+    verl: VerlConfig = field(default_factory=VerlConfig)  # read only by backend=verl (refused elsewhere)
 
 
 @dataclass
@@ -447,6 +492,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    dry_run: bool = False  # write the launch files and print the command, train nothing (backend=verl, distributed)
     # name -> RewardConfig. Typed Any so that `+rewards.new.weight=0.2` can create an entry; the entries
     # are checked and converted in __post_init__.
     rewards: Dict[str, Any] = field(default_factory=dict)
@@ -459,10 +506,32 @@ class RunConfig:
                "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")
         if isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)):
             self._check_grpo_batch()
+            if self.distributed.num_processes > 1:
+                self._check_split(self.train.batch_size * self.algorithm.group_size // self.algorithm.num_mini_batches,
+                                  "completions", f"train.batch_size={self.train.batch_size} prompts x algorithm.group_size="
+                                  f"{self.algorithm.group_size}" + (f" / algorithm.num_mini_batches={self.algorithm.num_mini_batches}"
+                                                                    if self.algorithm.num_mini_batches > 1 else ""))
         elif self.train.micro_batch_size is not None:
             b, m = self.train.batch_size, self.train.micro_batch_size
             _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
+        if not isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)) and self.distributed.num_processes > 1:
+            unit = "pairs" if self.algorithm.name in ("dpo", "reward") else "prompts" if self.algorithm.name == "ppo" else "sequences"
+            self._check_split(self.train.batch_size, unit, f"train.batch_size={self.train.batch_size}")
+
+    def _check_split(self, per_step: int, unit: str, origin: str) -> None:
+        """Batch counts are global: one step's `per_step` items are split evenly over the processes."""
+        n, micro = self.distributed.num_processes, self.train.micro_batch_size
+        _check(per_step % n == 0,
+               f"One optimizer step holds {per_step} {unit} ({origin}), which cannot be split evenly across "
+               f"distributed.num_processes={n} processes ({per_step} / {n} = {per_step / n:g}).",
+               f"Make the step a multiple of {n} (e.g. train.batch_size), or use a process count among "
+               f"{[d for d in range(1, per_step + 1) if per_step % d == 0]}.")
+        if micro is not None:
+            _check((per_step // n) % micro == 0,
+                   f"Each of the {n} processes gets {per_step // n} {unit} per step ({per_step} / {n}), which "
+                   f"train.micro_batch_size={micro} does not divide.",
+                   f"Use one of {[d for d in range(1, per_step // n + 1) if (per_step // n) % d == 0]}, or null.")
 
     def _check_grpo_batch(self) -> None:
         rollout = self.train.batch_size * self.algorithm.group_size

@@ -12,6 +12,7 @@ Import paths, not imports: listing backends costs nothing, and torch loads only 
 from __future__ import annotations
 
 import importlib
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ BACKENDS: dict[str, dict[str, str]] = {
             "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
             "sft": "aligntune.backends.trl.sft:build"},
     "native": {"ppo": "aligntune.backends.native.ppo:build"},
+    # verl runs in its own environment: these translate the config, export the data and launch verl's trainer.
+    "verl": {"grpo": "aligntune.backends.verl.job:run", "ppo": "aligntune.backends.verl.job:run"},
 }
+# Backends whose engine runs in its own environment: their BACKENDS entry is `run(run, run_dir, overrides)`,
+# not an in-process trainer builder.
+LAUNCHED = ("verl",)
 WHY_NOT = {("trl", "ppo"): "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}
 
 
@@ -54,6 +60,42 @@ def builder_target(run: RunConfig) -> str:
     return target
 
 
+def check_launch(run: RunConfig) -> None:
+    """dry_run and the distributed settings apply to launched runs only; refused where they would do nothing."""
+    from aligntune.config.schema import VerlConfig
+    from aligntune.distributed import launch
+
+    backend = resolve_backend(run)
+    if backend != "verl" and run.backend.verl != VerlConfig():
+        raise ConfigError(f"backend.verl.* is set, but the run is on backend={backend}.", "Drop backend.verl.*, or use backend=verl.")
+    if backend == "verl":
+        from aligntune.backends.verl.job import check
+
+        check(run)
+        return
+    if launch.wanted(run):
+        launch.check_launchable(run, backend)
+    elif run.dry_run:
+        raise ConfigError("dry_run=true writes the launch files and prints the command of a launched run, and this run "
+                          f"is neither distributed nor on a launched backend (backend={backend}).",
+                          "Add distributed.num_processes=N or backend=verl, or drop dry_run.")
+
+
+def run_job(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """One job as the CLI runs it: in this process, under `accelerate launch`, or on a launched backend."""
+    overrides = list(overrides or [])
+    check_launch(run)
+    backend = resolve_backend(run)
+    if backend in LAUNCHED:
+        module, func = builder_target(run).split(":")
+        return getattr(importlib.import_module(module), func)(run, run_dir, overrides)
+    from aligntune.distributed import launch
+
+    if launch.wanted(run):
+        return launch.launch(run, run_dir, overrides)
+    return AlignmentJob(run, run_dir, overrides).train()
+
+
 def builder_for(run: RunConfig):
     module, func = builder_target(run).split(":")
     return getattr(importlib.import_module(module), func)
@@ -71,10 +113,14 @@ class AlignmentJob:
         from aligntune.run.rundir import RunDir
 
         self.config = run
-        self.run_dir = RunDir(run_dir)
+        # Under `accelerate launch` (aligntune.distributed) every process builds a job; global rank 0 writes.
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.run_dir = RunDir(run_dir, main=self.is_main)
         self.run_dir.start(run, overrides)
         try:
-            logs.setup(self.run_dir.path, run.verbose)
+            if self.is_main:
+                logs.setup(self.run_dir.path, run.verbose)
             self._build()
         except BaseException as exc:
             self.run_dir.fail(exc)
@@ -172,7 +218,9 @@ class AlignmentJob:
                 from aligntune.models.precision import restore_fp32_weights
 
                 restore_fp32_weights(self.trainer)  # save the fp32 master weights, not their bf16 rounding
-            self.trainer.save_model(str(self.run_dir.model))
+            self.trainer.save_model(str(self.run_dir.model))  # every process: sharded engines gather; rank 0 writes
+            if not self.is_main:
+                return {}
             self.tokenizer.save_pretrained(str(self.run_dir.model))
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
                 self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
@@ -240,6 +288,12 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     items += [f"{key}={_override_value(value)}" for key, value in config.items()]
     items += list(overrides or [])
     run, _ = compose.load(items)
+    from aligntune.distributed import launch
+
+    if resolve_backend(run) in LAUNCHED or launch.wanted(run):
+        raise ConfigError(f"backend={resolve_backend(run)} with distributed.num_processes={run.distributed.num_processes} "
+                          "runs as launched processes, which the in-process Python API does not start.",
+                          "Use the command line (aligntune train ...) for launched runs.")
     run_dir = Path(output_dir) if output_dir is not None else compose.default_run_dir()
     return AlignmentJob(run, run_dir, items)
 

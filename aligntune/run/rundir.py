@@ -6,6 +6,7 @@
     summary.json     status (running | completed | failed), final metrics, wall time
 
 summary.json is written atomically and says "completed" only after the final model is saved.
+In a multi-process run only global rank 0 writes (`main=False` elsewhere: every write is skipped).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, main: bool = True):
         self.path = Path(path)
+        self.main = main
         self.metrics = self.path / "metrics.jsonl"
         self.samples = self.path / "samples.jsonl"
         self.summary = self.path / "summary.json"
@@ -38,6 +40,8 @@ class RunDir:
         self.started = time.time()
 
     def start(self, run: RunConfig, overrides: list[str] | None) -> None:
+        if not self.main:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         (self.path / "config.yaml").write_text(yaml.safe_dump(asdict(run), sort_keys=False), encoding="utf-8")
@@ -48,13 +52,18 @@ class RunDir:
 
     def finish(self, metrics: dict) -> dict:
         summary = {"status": "completed", "wall_time_s": round(time.time() - self.started, 3), **metrics}
-        write_json_atomic(self.summary, summary)
+        if self.main:
+            write_json_atomic(self.summary, summary)
         return summary
 
     def fail(self, error: BaseException) -> None:
+        if not self.main:
+            return
         write_json_atomic(self.summary, {"status": "failed", "error": f"{type(error).__name__}: {error}",
                                          "wall_time_s": round(time.time() - self.started, 3)})
 
     def append(self, path: Path, record: dict) -> None:
+        if not self.main:
+            return
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=float) + "\n")

@@ -79,7 +79,7 @@ def _trainer_class(reference_free: bool):
 
 def build(run: RunConfig, job) -> object:
     train, held_out = job.preference_data()
-    args = to_dpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    args = to_dpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
     model, peft_config = job.load_policy()
     trainer_class = _trainer_class(run.algorithm.reference_free)
     return trainer_class(model=model, args=args, train_dataset=train, eval_dataset=held_out,

@@ -140,7 +140,7 @@ def build(run: RunConfig, job) -> object:
 
     algo = run.algorithm
     train, held_out = job.prompt_splits()
-    args = to_grpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    args = to_grpo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
     reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
     if algo.overlong_buffer is not None:
         reward_funcs.append(job.book.wrap(OVERLONG, overlong_reward(algo), 1.0))

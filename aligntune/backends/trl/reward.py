@@ -79,7 +79,7 @@ def build(run: RunConfig, job) -> object:
     from aligntune.models.heads import sequence_classifier_from
 
     train, held_out = job.preference_data()
-    args = to_reward_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    args = to_reward_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
     causal_lm, peft_config = job.load_policy()
     model = sequence_classifier_from(causal_lm, zero_head=False, trust_remote_code=run.model.trust_remote_code)
     del causal_lm

@@ -61,7 +61,7 @@ def build(run: RunConfig, job) -> object:
     from trl import RLOOTrainer
 
     train, held_out = job.prompt_splits()
-    args = to_rloo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None)
+    args = to_rloo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
     reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
     model, peft_config = job.load_policy()
     return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,

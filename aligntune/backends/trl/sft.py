@@ -85,7 +85,7 @@ def build(run: RunConfig, job) -> object:
     from trl import SFTTrainer
 
     train, held_out = job.sft_data()
-    args = to_sft_config(run, str(job.checkpoint_dir), held_out is not None, *data_shape(train))
+    args = to_sft_config(run, str(job.checkpoint_dir), held_out is not None, *data_shape(train), world_size=job.world_size)
     model, peft_config = job.load_policy()
     try:
         return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
