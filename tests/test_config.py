@@ -269,6 +269,7 @@ def _validate_with(cfg, **updates) -> schema.RunConfig:
     ({"train.max_steps": 0}, "train.max_steps=0"),
     ({"device": "tpu"}, "device='tpu'"),
     ({"model.dtype": "fp8"}, "model.dtype='fp8'"),
+    ({"model.lora.save_merged": True}, "model.lora.save_merged=true, but LoRA is off"),
 ])
 def test_invalid_value_is_refused(default_cfg, updates, needle):
     with pytest.raises(ConfigError) as err:

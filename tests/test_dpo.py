@@ -98,7 +98,15 @@ def test_lora_dpo_uses_the_adapter_disabled_base_as_reference(workdir):
     from aligntune.core.backend_factory import create_rl_trainer
 
     job = create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", max_steps=1, output_dir=workdir / "run",
-                            **{"model.lora.enabled": True, "model.lora.r": 4, "train.eval_steps": None})
+                            **{"model.lora.enabled": True, "model.lora.r": 4, "train.eval_steps": None,
+                               "model.lora.save_merged": True})
     assert job.trainer.ref_model is None  # no second copy of the weights
     assert job.train()["status"] == "completed"
     assert (workdir / "run" / "model" / "adapter_config.json").is_file()
+    # model_merged/: a plain checkpoint equal to base + adapter
+    from aligntune.evaluation import load_for_inference
+
+    merged = AutoModelForCausalLM.from_pretrained(workdir / "run" / "model_merged")
+    adapted, tokenizer = load_for_inference(workdir / "run")
+    ids = tokenizer("abc", return_tensors="pt").input_ids
+    torch.testing.assert_close(merged(ids).logits, adapted(ids).logits)

@@ -57,8 +57,12 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    save_merged: bool = False  # also write model_merged/: the adapter merged into the base (algorithm=reward: model/ is)
 
     def __post_init__(self):
+        _check(self.enabled or not self.save_merged, "model.lora.save_merged=true, but LoRA is off "
+               "(model.lora.enabled=false), so there is no adapter to merge: the run's model/ is already full weights.",
+               "Drop model.lora.save_merged, or set model.lora.enabled=true.")
         if self.enabled:
             _positive("model.lora.r", self.r)
             _positive("model.lora.alpha", self.alpha)

@@ -222,6 +222,8 @@ class AlignmentJob:
             if not self.is_main:
                 return {}
             self.tokenizer.save_pretrained(str(self.run_dir.model))
+            if self.config.model.lora.save_merged:
+                self._save_merged()
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
                 self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
             summary = self.run_dir.finish(final_metrics(self.recorder.history))
@@ -234,6 +236,17 @@ class AlignmentJob:
 
         write_run_report_or_warn(self.run_dir.path)  # plots + report.md; a plotting failure only warns
         return summary
+
+    def _save_merged(self) -> None:
+        """model_merged/: the trained adapter merged into the base weights, loadable without PEFT."""
+        from peft import PeftModel
+
+        model = getattr(self.trainer, "model", None) or getattr(getattr(self.trainer, "models", None), "policy", None)
+        if not isinstance(model, PeftModel):  # e.g. the reward trainer already saves merged weights in model/
+            return
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(self.run_dir.path / "model_merged"))
+        self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the trained model beside the starting model's (as `aligntune eval` reports them)."""

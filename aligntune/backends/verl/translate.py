@@ -88,6 +88,7 @@ NOT_TRANSLATED: dict[str, str] = {
     "algorithm.dynamic_sampling": "verl's group filtering lives in its DAPO recipe, not verl.trainer.main_ppo",
     "algorithm.dynamic_sampling_max_retries": "verl's group filtering lives in its DAPO recipe",
     "model.lora.dropout": "verl's LoRA has no dropout setting (set model.lora.dropout=0.0)",
+    "model.lora.save_merged": "verl writes its own checkpoints; merge the adapter from them with verl's model merger",
     "train.logging_steps": "verl logs every step",
     "train.log_samples": "verl does not write aligntune's samples.jsonl",
     "dataset.system_prompt": "the exported prompts carry no system turn (add it to the data)",
