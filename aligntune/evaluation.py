@@ -105,7 +105,7 @@ def score_prompts(model, tokenizer, rows, reward_funcs: dict, weights: dict, sam
             metrics[f"rewards/{name}/pass@{samples}"] = sum(pass_at_k(samples, int(c), samples) for c in correct) / len(rows)
     metrics["reward"] = sum(total) / len(total)
     metrics["completions/mean_length"] = sum(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in flat) / len(flat)
-    metrics["samples"] = [{"prompt": str(p), "completion": c} for p, c in zip(prompts[:3], [g[0] for g in completions[:3]])]
+    metrics["samples"] = [{"prompt": p, "completion": c} for p, c in zip(prompts[:3], [g[0] for g in completions[:3]])]
     return metrics
 
 

@@ -64,3 +64,17 @@ def test_eval_without_held_out_rows_says_how_to_get_them(workdir, capsys):
 def test_generate_refuses_unknown_settings(capsys):
     assert cli.main(["generate", "run=x", "prompt=hi", "tempreature=1"]) == 2
     assert "does not take 'tempreature=1'" in capsys.readouterr().err
+
+
+def test_train_can_end_with_a_before_after_evaluation(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "experiment=smoke", "max_steps=12", "dataset.eval_fraction=0.1", "eval.after_training=true",
+                     "eval.num_prompts=8", "eval.samples=2", f"hydra.run.dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = json.loads((run_dir / "eval.json").read_text())
+    for side in ("base", "trained"):
+        assert result[side]["prompts"] == 8
+        assert summary[f"eval/{side}/reward"] == result[side]["reward"]
+    assert "eval_reward" not in summary  # the engine's own final eval is replaced, not run twice
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "rewards/letter_match/mean" in out

@@ -383,13 +383,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Settings of `aligntune eval` and `AlignmentJob.evaluate()` (training does not read them)."""
+    """Settings of `aligntune eval`, `AlignmentJob.evaluate()` and, with `after_training`, of the side-by-side
+    evaluation at the end of `aligntune train`."""
 
     num_prompts: int = 64  # held-out prompts (or pairs) evaluated
     samples: int = 4  # completions per prompt; pass@k uses k = samples
     temperature: Optional[float] = None  # null: the algorithm's sampling temperature; 0: greedy
     max_new_tokens: Optional[int] = None  # null: algorithm.max_completion_length (or 128)
     compare_base: bool = True  # evaluate the starting model too, side by side
+    after_training: bool = False  # train ends with this evaluation (replaces the engine's own final held-out eval)
 
     def __post_init__(self):
         _positive("eval.num_prompts", self.num_prompts)

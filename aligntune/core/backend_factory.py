@@ -212,7 +212,7 @@ class AlignmentJob:
         try:
             self.trainer.train()
             self.progress.close()
-            if getattr(self.trainer, "eval_dataset", None) is not None:
+            if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             if self.master_weights:
                 from aligntune.models.precision import restore_fp32_weights
@@ -226,16 +226,36 @@ class AlignmentJob:
                 self._save_merged()
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
                 self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
-            summary = self.run_dir.finish(final_metrics(self.recorder.history))
+            final = final_metrics(self.recorder.history)
+            if self.config.eval.after_training:
+                final.update(self._evaluate_after_training())
+            summary = self.run_dir.finish(final)
         except BaseException as exc:
             self.progress.close()
             self.run_dir.fail(exc)
             raise
         console.show_summary(summary, self.run_dir.path, self.recorder.first_samples, self.recorder.last_samples)
+        if self.eval_result is not None:
+            console.show_before_after(self.eval_result)
         from aligntune.run.report import write_run_report_or_warn
 
         write_run_report_or_warn(self.run_dir.path)  # plots + report.md; a plotting failure only warns
         return summary
+
+    eval_result: dict | None = None
+
+    def _evaluate_after_training(self) -> dict[str, float]:
+        """eval.after_training: the trained and the starting model on held-out prompts, side by side (as
+        `aligntune eval`); eval.json in the run directory; the numbers as eval/base/* and eval/trained/*."""
+        import json
+
+        from aligntune.run.logs import quiet_engines
+
+        quiet_engines()
+        self.eval_result = self.evaluate()
+        (self.run_dir.path / "eval.json").write_text(json.dumps(self.eval_result, indent=2, default=str) + "\n")
+        return {f"eval/{side}/{key}": value for side in ("base", "trained") if side in self.eval_result
+                for key, value in self.eval_result[side].items() if isinstance(value, (int, float))}
 
     def _save_merged(self) -> None:
         """model_merged/: the trained adapter merged into the base weights, loadable without PEFT."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -76,6 +77,22 @@ def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list
                 samples.add_row(when, row["prompt"], repr(row["completion"]), f"{row['reward']:.3f}")
         console.print(samples)
     console.print(f"[bold green]done[/bold green]: {run_dir}")
+
+
+def show_before_after(result: dict, count: int = 2) -> None:
+    """The evaluation table, then a few held-out prompts with the starting and the trained model's completion."""
+    console.print(eval_table(result))
+    base, trained = result.get("base", {}).get("samples", []), result.get("trained", {}).get("samples", [])
+    for before, after in list(zip(base, trained))[:count]:
+        console.print(f"[bold]prompt[/bold] {escape(_prompt_text(after['prompt']))}")
+        console.print(f"  [dim]before[/dim] {escape(str(before['completion']))}")
+        console.print(f"  [green]after[/green]  {escape(str(after['completion']))}")
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return " | ".join(f"{m.get('role')}: {m.get('content')}" for m in prompt if m.get("role") != "system")
+    return str(prompt)
 
 
 def eval_table(result: dict) -> Table:
