@@ -145,7 +145,7 @@ def held_out_rows(run: RunConfig, kind: str, limit: int) -> list[dict]:
 
 def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
     """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
-    from aligntune.models.loading import resolve_source, SHIPPED
+    from aligntune.models.loading import SHIPPED, resolve_source
     from aligntune.rewards.registry import bind
 
     e = run.eval
@@ -170,7 +170,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     weights = {name: spec.weight for name, spec in run.rewards.items()}
     temperature = e.temperature if e.temperature is not None else getattr(run.algorithm, "temperature", 0.7)
     max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
-    args = dict(samples=e.samples, temperature=temperature, max_new_tokens=max_new, seed=run.seed)
+    args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
     result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args)
     if base_location:
         base, base_tok = load_for_inference(base_location)
