@@ -167,9 +167,10 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     try:
         if not ours["print_only"]:
             validate(overrides, ours["multirun"])
-        from aligntune.config import compose
+        from aligntune.config import compose, sweeps
 
         compose.new_run_id()
+        sweeps.set_fixed_keys(overrides if ours["multirun"] else [])
         code = _run_hydra(flags + overrides)
     except AligntuneError as exc:
         if traceback_requested():

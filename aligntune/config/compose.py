@@ -51,6 +51,9 @@ def register() -> None:
     for name, node in schema.ALGORITHM_SCHEMAS.items():
         cs.store(group="algorithm", name=f"{name}_schema", node=node)
     OmegaConf.register_new_resolver("aligntune_run_id", lambda: _run_id or new_run_id(), replace=True)
+    from aligntune.config.sweeps import job_dir_name
+
+    OmegaConf.register_new_resolver("aligntune_job_dir", job_dir_name, replace=True)
     _registered = True
 
 
