@@ -176,6 +176,9 @@ def preflight(run: schema.RunConfig) -> None:
     from aligntune.models.loading import resolve_source
 
     builder_target(run)
+    from aligntune.run.trackers import check_installed
+
+    check_installed(run.logger)
     resolve_source(run.model.name_or_path)
     resolve_dataset(run.dataset.name)
     check_rewards_configured(run)
