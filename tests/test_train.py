@@ -5,7 +5,6 @@ Each test asserts that metrics were logged AND that the parameters changed.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -69,27 +68,17 @@ def test_smoke_experiment_learns(workdir):
     assert summary["reward_last_20pct"] >= 2 * summary["reward_first_20pct"], summary
 
 
-def test_two_by_two_sweep_names_its_jobs_by_what_varies_and_compares_them(workdir, capsys):
+def test_multirun_writes_one_directory_per_job(workdir, capsys):
     sweep = workdir / "sweep"
-    code = cli.main(["train", "-m", "group_size=2,4", "beta=0.0,0.01", "experiment=smoke", "max_steps=1",
-                     "algorithm.max_completion_length=8", f"hydra.sweep.dir={sweep}"])
+    code = cli.main(["train", "-m", "group_size=2,4", "experiment=smoke", "max_steps=1", f"hydra.sweep.dir={sweep}"])
     assert code == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    # Shortcut names, only the swept keys (not experiment, max_steps, ...), in launch order.
-    assert [p.name for p in jobs] == ["0_group_size=2,beta=0.0", "1_group_size=2,beta=0.01",
-                                      "2_group_size=4,beta=0.0", "3_group_size=4,beta=0.01"]
-    for job, (group, beta) in zip(jobs, [(2, 0.0), (2, 0.01), (4, 0.0), (4, 0.01)]):
+    assert [p.name for p in jobs] == ["0_group_size=2", "1_group_size=4"]  # what varies; max_steps=1 is every job's
+    for job, group in zip(jobs, (2, 4)):
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
-        config = yaml.safe_load((job / "config.yaml").read_text())
-        assert config["algorithm"]["group_size"] == group and config["algorithm"]["beta"] == beta
-    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
-    assert [r["job"] for r in rows] == [p.name for p in jobs]
-    assert all(r["status"] == "completed" and r["steps"] == "1" and r["reward"] for r in rows)
-    assert "algorithm.beta=0.01" in rows[1]["overrides"]
-    md = (sweep / "comparison.md").read_text()
-    assert "4 jobs, 4 completed" in md and "[3_group_size=4,beta=0.01](3_group_size%3D4%2Cbeta%3D0.01/report.md)" in md
+        assert yaml.safe_load((job / "config.yaml").read_text())["algorithm"]["group_size"] == group
     out = capsys.readouterr().out
-    assert "4 jobs" in out and str(jobs[0]) in out and "sweep sweep" in out  # the printed comparison table
+    assert "2 jobs" in out and str(jobs[0]) in out
 
 
 def test_debug_preset_shrinks_an_experiment(workdir):

@@ -444,6 +444,9 @@ class RunConfig:
     # Experiment trackers: a name or a list of tensorboard | wandb | mlflow | trackio (aligntune/run/trackers.py).
     # Typed Any so that both logger=tensorboard and logger=[tensorboard,wandb] compose; checked in __post_init__.
     logger: Any = field(default_factory=list)
+    # The final metric (a summary.json key) the train task returns, e.g. for Optuna (hparams_search=...) to
+    # optimise; null: `reward`. A run that does not log it fails with the list of the metrics it has.
+    optimized_metric: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     algorithm: Any = MISSING  # the selected option's schema, e.g. GRPOAlgorithmConfig

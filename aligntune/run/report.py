@@ -209,9 +209,11 @@ def write_comparison(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def comparison_table(rows: list[dict], columns: list[str], title: str):
-    """A rich table of a sweep: one row per job."""
+    """A rich table of a sweep: one row per job. The job's name says what varies (aligntune/config/sweeps.py), so
+    the full override list stays in comparison.csv/.md and out of the terminal."""
     from rich.table import Table
 
+    columns = [c for c in columns if c != "overrides"]
     table = Table(title=title)
     for c in columns:
         table.add_column(c, justify="right" if c not in ("job", "overrides", "status", "error") else "left",
