@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-
 from pathlib import Path
 
 from aligntune.config.schema import RunConfig
