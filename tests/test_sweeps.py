@@ -128,3 +128,22 @@ def test_optuna_search_of_three_trials_reports_its_best_trial(workdir, capsys):
     with (sweep / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [float(r["eval_reward"]) for r in rows] == pytest.approx([values[p.name] for p in jobs])
+
+
+@pytest.mark.slow  # about 30-45 s on 2 cores: two tiny GRPO runs in two fresh worker processes (each imports torch)
+def test_joblib_launcher_runs_two_jobs_in_worker_processes(workdir, capsys):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = workdir / "parallel"
+    code = cli.main(["train", "-m", "launcher=joblib", "group_size=2,4", "experiment=smoke", "max_steps=2",
+                     "algorithm.max_completion_length=6", f"hydra.sweep.dir={sweep}"])
+    assert code == 0
+    launched = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["launcher"]
+    assert launched["_target_"].endswith("JoblibLauncher") and launched["n_jobs"] == 2
+    # The names and the sweep directory are the parent's, although the jobs ran in worker processes.
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0_group_size=2", "1_group_size=4"]
+    for job in jobs:
+        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+    with (sweep / "comparison.csv").open() as f:
+        assert [r["job"] for r in csv.DictReader(f)] == jobs  # written by the parent from the jobs' summaries
+    assert "2 jobs" in capsys.readouterr().out
