@@ -267,8 +267,12 @@ examples:
   aligntune train algorithm=grpo group_size=16 learning_rate=1e-5
   aligntune train -m algorithm.beta=0.0,0.01 experiment=smoke
   aligntune train experiment=smoke debug=smoke      # any experiment, shrunk for CI
+  aligntune train -m hparams_search=grpo_optuna experiment=smoke   # Optuna search (pip install 'aligntune[optuna]')
+  aligntune train -m launcher=joblib group_size=4,8 # sweep jobs in parallel processes
+  aligntune train logger=[tensorboard,wandb]        # experiment trackers (tensorboard | wandb | mlflow | trackio)
 
-Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/...) under the current directory.
+Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/<date>/<time>_<id>/<n>_<swept values>/)
+under the current directory.
 """
 
 
@@ -285,9 +289,9 @@ def print_train_help(overrides: list[str]) -> int:
             group, _, option = line[2:].partition(":")
             defaults[group.strip()] = option.strip()
     rows = []
-    for group in ("model", "dataset", "algorithm", "backend", "experiment", "debug", "rewards"):
+    for group in ("model", "dataset", "algorithm", "backend", "experiment", "debug", "rewards", "hparams_search", "launcher"):
         options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
-        rows.append(f"  {group + ':':<12}{', '.join(options)}")
+        rows.append(f"  {group + ':':<16}{', '.join(options)}")
     shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
     print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
     return 0
