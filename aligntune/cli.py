@@ -199,7 +199,7 @@ def _finish_sweep(sweep_dir: str, code: int) -> int:
         for job in jobs:
             console.print(f"  {job}", soft_wrap=True)
     rows = _write_sweep_comparison(sweep_dir) if jobs else []
-    _print_best_trial(sweep_dir, rows)
+    _print_best_trial(sweep_dir)
     failed = [r["job"] for r in rows if r.get("status") != "completed"]
     if code == 0 and failed:
         console.print(f"[bold red]{len(failed)} of {len(rows)} jobs failed[/bold red]:")
@@ -226,22 +226,15 @@ def _write_sweep_comparison(sweep_dir: str) -> list[dict]:
     return rows
 
 
-def _print_best_trial(sweep_dir: str, rows: list[dict]) -> None:
+def _print_best_trial(sweep_dir: str) -> None:
     """A hyper-parameter search (hparams_search=...): Optuna's best trial, from its optimization_results.yaml."""
-    from pathlib import Path
-
-    import yaml
-
+    from aligntune.run import report
     from aligntune.run.console import console
 
-    path = Path(sweep_dir) / "optimization_results.yaml"
-    if not path.is_file():
-        return
-    best = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if "best_params" not in best:
-        return
-    params = ", ".join(f"{k}={v}" for k, v in best["best_params"].items())
-    console.print(f"[bold]best trial[/bold]: {best.get('best_value')} with {params} ({path})", soft_wrap=True)
+    best = report.best_trial(sweep_dir)
+    if best:
+        console.print(f"[bold]best trial[/bold]: {best} ({os.path.join(sweep_dir, 'optimization_results.yaml')})",
+                      soft_wrap=True)
 
 
 TRAIN_HELP = """\

@@ -147,3 +147,25 @@ def test_joblib_launcher_runs_two_jobs_in_worker_processes(workdir, capsys):
     with (sweep / "comparison.csv").open() as f:
         assert [r["job"] for r in csv.DictReader(f)] == jobs  # written by the parent from the jobs' summaries
     assert "2 jobs" in capsys.readouterr().out
+
+
+def test_the_terminal_comparison_fits_its_width_and_keeps_numbers_whole():
+    from rich.console import Console
+
+    from aligntune.run import report
+
+    columns = ["job", "overrides", "status", "steps", "reward", "reward_first_20pct", "reward_last_20pct", "loss", "kl",
+               "entropy", "eval_reward", "wall_time_s"]
+    rows = [{"job": f"{i}_learning_rate=0.0008468,beta=0.09507,group_size={4 * (i + 1)}", "overrides": "x " * 40,
+             "status": "completed", "steps": 3, "reward": 0.123456 + i, "reward_first_20pct": 0.1, "reward_last_20pct": 0.2,
+             "loss": 3.0e-05, "kl": 0.0123, "entropy": 4.5, "eval_reward": 0.17 + i, "wall_time_s": 26.5} for i in range(3)]
+    for width in (80, 200):
+        console = Console(width=width, record=True)
+        console.print(report.comparison_table(rows, columns, "sweep", width=width))
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "1.123" in text and "2.17" in text and "x x" not in text  # reward, eval_reward whole; no overrides
+    assert "wall_time_s" in text and "entropy" not in text  # at 200 columns every key of CONSOLE_KEYS fits, no more
+    narrow = Console(width=80, record=True)
+    narrow.print(report.comparison_table(rows, columns, "sweep", width=80))
+    assert "all columns: comparison.md" in narrow.export_text()
