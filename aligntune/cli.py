@@ -262,7 +262,7 @@ examples:
   aligntune train experiment=smoke debug=smoke      # any experiment, shrunk for CI
   aligntune train -m hparams_search=grpo_optuna experiment=smoke   # Optuna search (pip install 'aligntune[optuna]')
   aligntune train -m launcher=joblib group_size=4,8 # sweep jobs in parallel processes
-  aligntune train logger=[tensorboard,wandb]        # experiment trackers (tensorboard | wandb | mlflow | trackio)
+  aligntune train 'logger=[tensorboard,wandb]'      # experiment trackers (tensorboard | wandb | mlflow | trackio)
 
 Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/<date>/<time>_<id>/<n>_<swept values>/)
 under the current directory.

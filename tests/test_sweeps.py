@@ -16,8 +16,12 @@ from aligntune.errors import EXIT_USAGE
 def test_names_use_shortcuts_and_leave_out_what_every_job_shares():
     cli_overrides = ["algorithm.group_size=4,8", "algorithm.beta=0.0,0.01", "experiment=smoke", "train.max_steps=3"]
     assert sweeps.fixed_keys(cli_overrides) == ["experiment", "train.max_steps"]
-    assert sweeps.fixed_keys_override(cli_overrides) == ("hydra.job.config.override_dirname.exclude_keys=[experiment,debug,"
-                                                         "verbose,hparams_search,launcher,train.max_steps]")
+    assert sweeps.fixed_keys_override(cli_overrides) == ("hydra.job.config.override_dirname.exclude_keys=['experiment','debug',"
+                                                         "'verbose','hparams_search','launcher','train.max_steps']")
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([sweeps.fixed_keys_override(["model@x=tiny", "a.b=1"])])[0]
+    assert parsed.value()[-2:] == ["model@x", "a.b"]
     job = ["algorithm.group_size=8", "algorithm.beta=0.01", "experiment=smoke", "train.max_steps=3"]
     assert sweeps.job_dir_name(3, job, ["experiment", "train.max_steps"]) == "3_group_size=8,beta=0.01"
 

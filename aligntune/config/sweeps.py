@@ -56,7 +56,8 @@ def fixed_keys(overrides: list[str]) -> list[str]:
 def fixed_keys_override(overrides: list[str]) -> str:
     """The Hydra override that leaves the fixed keys (and the presets in EXCLUDED) out of job names."""
     keys = list(dict.fromkeys([*EXCLUDED, *fixed_keys(overrides)]))
-    return "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(keys) + "]"
+    quoted = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in keys)  # any key survives the parser
+    return f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]"
 
 
 def _value(text: str) -> str:
