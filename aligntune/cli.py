@@ -41,9 +41,7 @@ COMMAND_USAGE = {
                "figures go to compare_<metric>.png in the current directory by default)",
 }
 
-_results: list[tuple[str, dict]] = []  # (run dir, summary) of each job the last command ran
 _failures: list[tuple[str, int]] = []  # (run dir, exit code) of each job of a sweep that failed
-_sweep: dict[str, str] = {}  # "dir": the sweep directory of the last multirun
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,21 +113,24 @@ def _is_hydra_override(o: str) -> bool:
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job the command will run (a sweep expands to its grid)."""
+    """The override lists to validate: the one job, or values covering every point of the sweep (its grid, the ends
+    of Optuna intervals, the search space of an hparams_search preset)."""
     plain = [o for o in overrides if not _is_hydra_override(o)]
     if not multirun:
         return [plain]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from aligntune.config import compose, sweeps
 
-    parsed = OverridesParser.create().parse_overrides(plain)
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    jobs = sweeps.validation_jobs(plain)
+    if any(o.startswith("hparams_search=") for o in plain):
+        jobs = sweeps.validation_jobs(plain, compose.sweeper_params(jobs[0]))
+    return jobs
 
 
 def validate(overrides: list[str], multirun: bool) -> int:
-    """Compose and check every job; returns how many there are. Raises ConfigError."""
-    from aligntune.config import compose
+    """Compose and check every job; returns how many were checked. Raises ConfigError."""
+    from aligntune.config import compose, sweeps
 
+    sweeps.check_presets([o for o in overrides if not _is_hydra_override(o)], multirun)
     jobs = _jobs(overrides, multirun)
     for job in jobs:
         compose.load(job)
@@ -161,15 +162,18 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     overrides, _ = aliases.rewrite(overrides)
     if any(f in ("-h", "--help") for f in flags):
         return print_train_help(overrides)
-    _results.clear()
     _failures.clear()
-    _sweep.clear()
+    from aligntune.config.sweeps import SWEEP
+
+    SWEEP.clear()
     try:
         if not ours["print_only"]:
             validate(overrides, ours["multirun"])
-        from aligntune.config import compose
+        from aligntune.config import compose, sweeps
 
         compose.new_run_id()
+        if ours["multirun"] and not ours["print_only"]:
+            overrides = [*overrides, sweeps.fixed_keys_override(overrides)]
         code = _run_hydra(flags + overrides)
     except AligntuneError as exc:
         if traceback_requested():
@@ -178,25 +182,36 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
             traceback.print_exc()
         report(exc)
         return EXIT_USAGE
-    if code == 0 and ours["multirun"] and _results:
-        from aligntune.run.console import console
+    if not ours["multirun"] or not SWEEP.get("dir"):
+        return code
+    return _finish_sweep(SWEEP["dir"], code)
 
-        console.print(f"[bold]{len(_results)} jobs[/bold] written to:")
-        for run_dir, _ in _results:
-            console.print(f"  {run_dir}", soft_wrap=True)
-    if ours["multirun"] and _sweep.get("dir") and (_results or _failures):
-        _write_sweep_comparison(_sweep["dir"])
-    if code == 0 and _failures:
-        from aligntune.run.console import console
 
-        console.print(f"[bold red]{len(_failures)} of {len(_results) + len(_failures)} jobs failed[/bold red]:")
-        for run_dir, _ in _failures:
-            console.print(f"  {run_dir}", soft_wrap=True)
+def _finish_sweep(sweep_dir: str, code: int) -> int:
+    """After a sweep: list its jobs, write and print the comparison (and the best trial of a search). Jobs are
+    read back from their summary.json, so this works whichever launcher ran them (in this process or not)."""
+    from aligntune.run import report
+    from aligntune.run.console import console
+
+    _, jobs = report.find_runs(sweep_dir)
+    if code == 0 and jobs:
+        console.print(f"[bold]{len(jobs)} jobs[/bold] written to:")
+        for job in jobs:
+            console.print(f"  {job}", soft_wrap=True)
+    rows = _write_sweep_comparison(sweep_dir) if jobs else []
+    _print_best_trial(sweep_dir)
+    failed = [r["job"] for r in rows if r.get("status") != "completed"]
+    if code == 0 and failed:
+        console.print(f"[bold red]{len(failed)} of {len(rows)} jobs failed[/bold red]:")
+        for job in failed:
+            console.print(f"  {os.path.join(sweep_dir, job)}", soft_wrap=True)
+        return _failures[0][1] if _failures else EXIT_FAILURE
+    if code == 0 and _failures:  # e.g. a job whose optimized_metric was missing: it completed, but the sweep did not
         return _failures[0][1]
     return code
 
 
-def _write_sweep_comparison(sweep_dir: str) -> None:
+def _write_sweep_comparison(sweep_dir: str) -> list[dict]:
     """<sweep>/comparison.csv and .md, printed as a table. A sweep's results stand without it: a failure warns."""
     from aligntune.run import report
     from aligntune.run.console import console
@@ -205,9 +220,21 @@ def _write_sweep_comparison(sweep_dir: str) -> None:
         rows, columns = report.write_comparison(sweep_dir)
     except Exception as exc:  # noqa: BLE001 - the jobs are done and saved; the comparison is a convenience
         print(f"warning: could not write the sweep comparison in {sweep_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return
+        return []
     console.print(report.comparison_table(rows, columns, f"sweep {os.path.basename(os.path.normpath(sweep_dir))}"))
     console.print(f"comparison written to {os.path.join(sweep_dir, 'comparison.csv')} and comparison.md", soft_wrap=True)
+    return rows
+
+
+def _print_best_trial(sweep_dir: str) -> None:
+    """A hyper-parameter search (hparams_search=...): Optuna's best trial, from its optimization_results.yaml."""
+    from aligntune.run import report
+    from aligntune.run.console import console
+
+    best = report.best_trial(sweep_dir)
+    if best:
+        console.print(f"[bold]best trial[/bold]: {best} ({os.path.join(sweep_dir, 'optimization_results.yaml')})",
+                      soft_wrap=True)
 
 
 TRAIN_HELP = """\
@@ -233,8 +260,12 @@ examples:
   aligntune train algorithm=grpo group_size=16 learning_rate=1e-5
   aligntune train -m algorithm.beta=0.0,0.01 experiment=smoke
   aligntune train experiment=smoke debug=smoke      # any experiment, shrunk for CI
+  aligntune train -m hparams_search=grpo_optuna experiment=smoke   # Optuna search (pip install 'aligntune[optuna]')
+  aligntune train -m launcher=joblib group_size=4,8 # sweep jobs in parallel processes
+  aligntune train 'logger=[tensorboard,wandb]'      # experiment trackers (tensorboard | wandb | mlflow | trackio)
 
-Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/...) under the current directory.
+Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/<date>/<time>_<id>/<n>_<swept values>/)
+under the current directory.
 """
 
 
@@ -251,9 +282,9 @@ def print_train_help(overrides: list[str]) -> int:
             group, _, option = line[2:].partition(":")
             defaults[group.strip()] = option.strip()
     rows = []
-    for group in ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards"):
+    for group in ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards", "hparams_search", "launcher"):
         options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
-        rows.append(f"  {group + ':':<13}{', '.join(options)}")
+        rows.append(f"  {group + ':':<16}{', '.join(options)}")
     shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
     print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
     return 0
@@ -315,8 +346,6 @@ def _task(cfg) -> float | None:
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:
-        _sweep["dir"] = str(hc.sweep.dir)
     try:
         run = compose.to_run_config(cfg)
         console.show_start(run, run_dir)
@@ -345,9 +374,28 @@ def _task(cfg) -> float | None:
               "(or run again with --traceback).", file=sys.stderr)
         _job_failed(run_dir, exc, EXIT_FAILURE, multirun)
         return None
-    _results.append((run_dir, summary))
-    reward = summary.get("reward")
-    return float(reward) if isinstance(reward, (int, float)) else None
+    return _objective(run, summary, run_dir, multirun)
+
+
+def _objective(run, summary: dict, run_dir: str, multirun: bool) -> float | None:
+    """What the task returns (Optuna optimises it): summary[optimized_metric], or the final reward by default. A
+    named metric the run did not log is an error: the run stays complete, the command exits 2."""
+    from aligntune.errors import ConfigError
+
+    key = run.optimized_metric or "reward"
+    value = summary.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if run.optimized_metric is None:
+        return None
+    have = sorted(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    held_out = " eval_* metrics need held-out rows (dataset.eval_fraction or dataset.eval_split)." if key.startswith("eval_") else ""
+    report(ConfigError(f"optimized_metric={key} is not among the final metrics of {run_dir}.{held_out}",
+                       f"Use one of: {', '.join(have)}."))
+    if not multirun:
+        raise SystemExit(EXIT_USAGE)
+    _failures.append((run_dir, EXIT_USAGE))
+    return None
 
 
 if __name__ == "__main__":

@@ -137,6 +137,9 @@ def report_command(args: list[str]) -> int:
         rows, columns = report.write_comparison(path)
         console.print(report.comparison_table(rows, columns, f"sweep {path.name}"))
         console.print(f"written {path / 'comparison.csv'} and {path / 'comparison.md'}", soft_wrap=True)
+        best = report.best_trial(path)
+        if best:
+            console.print(f"best trial: {best}", soft_wrap=True)
     return 0
 
 

@@ -147,7 +147,9 @@ def test_a_sweep_writes_a_comparison_of_its_jobs(sweep_dir):
     sweep, code, out = sweep_dir
     assert code == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(jobs) == 4
+    # Readable job names: the swept values under their shortcut names; what every job shares is left out.
+    assert [p.name for p in jobs] == ["0_group_size=2,beta=0.0", "1_group_size=2,beta=0.01",
+                                      "2_group_size=4,beta=0.0", "3_group_size=4,beta=0.01"]
     with (sweep / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["job"] for r in rows] == [j.name for j in sorted(jobs, key=lambda p: int(p.name.split("_")[0]))]

@@ -50,7 +50,11 @@ def register() -> None:
     cs.store(name="run_schema", node=schema.RunConfig)
     for name, node in schema.ALGORITHM_SCHEMAS.items():
         cs.store(group="algorithm", name=f"{name}_schema", node=node)
-    OmegaConf.register_new_resolver("aligntune_run_id", lambda: _run_id or new_run_id(), replace=True)
+    # Cached: a launcher's worker processes get the parent's value (Hydra copies the resolver cache to each job).
+    OmegaConf.register_new_resolver("aligntune_run_id", lambda: _run_id or new_run_id(), replace=True, use_cache=True)
+    from aligntune.config.sweeps import job_dir_name
+
+    OmegaConf.register_new_resolver("aligntune_job_dir", job_dir_name, replace=True)
     _registered = True
 
 
@@ -125,6 +129,24 @@ def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> Di
         raise explain(exc, shortcuts or {}) from exc
 
 
+def sweeper_params(overrides: list[str]) -> dict[str, str]:
+    """The search space of the sweeper the overrides select (hydra.sweeper.params, e.g. an hparams_search preset)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    rewritten, used = aliases.rewrite(list(overrides))
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=rewritten, return_hydra_config=True)
+    except Exception as exc:  # the same composition errors compose() explains
+        raise explain(exc, used) from exc
+    params = OmegaConf.select(cfg, "hydra.sweeper.params")
+    return {str(k): str(v) for k, v in (params or {}).items()}
+
+
 def _unknown_keys(node, prefix: str = "") -> list[str]:
     """Keys Hydra's `+key=value` added to a schema node (Hydra allows it; the schema does not)."""
     unknown = []
@@ -174,6 +196,9 @@ def preflight(run: schema.RunConfig) -> None:
 
     builder_target(run)
     check_launch(run)
+    from aligntune.run.trackers import check_installed
+
+    check_installed(run.logger)
     resolve_source(run.model.name_or_path)
     resolve_dataset(run.dataset.name)
     check_rewards_configured(run)

@@ -492,6 +492,12 @@ class RunConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     verbose: bool = False  # full engine logs (transformers, TRL) on the console
+    # Experiment trackers: a name or a list of tensorboard | wandb | mlflow | trackio (aligntune/run/trackers.py).
+    # Typed Any so that both logger=tensorboard and logger=[tensorboard,wandb] compose; checked in __post_init__.
+    logger: Any = field(default_factory=list)
+    # The final metric (a summary.json key) the train task returns, e.g. for Optuna (hparams_search=...) to
+    # optimise; null: `reward`. A run that does not log it fails with the list of the metrics it has.
+    optimized_metric: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     algorithm: Any = MISSING  # the selected option's schema, e.g. GRPOAlgorithmConfig
@@ -506,6 +512,9 @@ class RunConfig:
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
+        from aligntune.run.trackers import normalize
+
+        self.logger = normalize(self.logger)
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",

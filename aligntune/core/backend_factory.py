@@ -149,6 +149,10 @@ class AlignmentJob:
             from aligntune.models.precision import use_master_weights
 
             use_master_weights(self.trainer)
+        from aligntune.run.trackers import place
+
+        handler = getattr(self.trainer, "callback_handler", None)  # transformers' Trainer; the native engine: .callbacks
+        place(handler.callbacks if handler is not None else getattr(self.trainer, "callbacks", []), self.run_dir.path)
         if not run.verbose and hasattr(self.trainer, "remove_callback"):
             from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -207,7 +211,7 @@ class AlignmentJob:
         return [self.book.wrap(name, fn, self.config.rewards[name].weight) for name, fn in bound.items()]
 
     def train(self) -> dict[str, Any]:
-        from aligntune.run import console
+        from aligntune.run import console, trackers
 
         try:
             self.trainer.train()
@@ -233,7 +237,9 @@ class AlignmentJob:
         except BaseException as exc:
             self.progress.close()
             self.run_dir.fail(exc)
+            trackers.finish(self.config.logger, failed=True)
             raise
+        trackers.finish(self.config.logger)
         console.show_summary(summary, self.run_dir.path, self.recorder.first_samples, self.recorder.last_samples)
         if self.eval_result is not None:
             console.show_before_after(self.eval_result)

@@ -24,6 +24,10 @@ from aligntune.run.plots import EVAL_SKIP, read_jsonl, write_run_plots
 COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_last_20pct", "loss", "kl", "entropy",
                 "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_reward", "eval_loss", "eval_preference_accuracy", "eval_margin", "eval_kl"]
+# The terminal's sweep table: these columns when present, dropped from the end of this list when the terminal is
+# too narrow (comparison.csv and .md have every column).
+CONSOLE_KEYS = ["job", "status", "error", "reward", "eval_reward", "eval_preference_accuracy", "rewards/accuracies",
+                "reward_last_20pct", "steps", "kl", "loss", "wall_time_s"]
 LINKED_FILES = ["summary.json", "config.yaml", "overrides.yaml", "metrics.jsonl", "samples.jsonl", "train.log"]
 
 
@@ -204,22 +208,50 @@ def write_comparison(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
                 text = f"[{text}]({quote(row['job'])}/report.md)"
             cells.append(text)
         md.append("| " + " | ".join(cells) + " |")
+    best = best_trial(sweep_dir)
+    if best:
+        md += ["", f"Best trial (Optuna, optimization_results.yaml): {best}"]
     (sweep_dir / "comparison.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return rows, columns
 
 
-def comparison_table(rows: list[dict], columns: list[str], title: str):
-    """A rich table of a sweep: one row per job."""
+def best_trial(sweep_dir: str | Path) -> str | None:
+    """"<value> with key=value, ..." from a hyper-parameter search's optimization_results.yaml (Hydra's Optuna
+    sweeper writes it in the sweep directory), or None."""
+    path = Path(sweep_dir) / "optimization_results.yaml"
+    try:
+        best = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(best, dict) or "best_params" not in best:
+        return None
+    return f"{best.get('best_value')} with " + ", ".join(f"{k}={v}" for k, v in best["best_params"].items())
+
+
+def comparison_table(rows: list[dict], columns: list[str], title: str, width: int | None = None):
+    """A rich table of a sweep: one row per job, fitted to the terminal (`width`, default the console's). The job's
+    name says what varies (aligntune/config/sweeps.py); the overrides and every metric stay in comparison.csv/.md."""
     from rich.table import Table
 
-    table = Table(title=title)
+    from aligntune.run.console import console
+
+    width = width or console.width
+    widths = {c: max([len(_fmt(row.get(c))) for row in rows] + [len(c)]) for c in columns}  # rich keeps headers whole
+    widths["job"] = min(widths.get("job", 4), 36)  # a longer job name folds onto a second line
+    shown = [c for c in CONSOLE_KEYS if c in columns]
+    while len(shown) > 2 and sum(widths[c] + 3 for c in shown) + 1 > width:
+        shown.pop()  # the least important column that is left
+    table = Table(title=title, caption=None if len(shown) == len(columns) else "all columns: comparison.md")
     for c in columns:
-        table.add_column(c, justify="right" if c not in ("job", "overrides", "status", "error") else "left",
-                         overflow="fold")
+        if c not in shown:
+            continue
+        # Every column keeps room for its widest value (numbers never break); headers and long job names fold.
+        table.add_column(c, justify="right" if c not in ("job", "status", "error") else "left", overflow="fold",
+                         min_width=widths[c])
     for row in rows:
-        cells = [_fmt(row.get(c)) for c in columns]
+        cells = [_fmt(row.get(c)) for c in columns if c in shown]
         if row["status"] == "failed":
-            cells[columns.index("status")] = "[bold red]failed[/bold red]"
+            cells[[c for c in columns if c in shown].index("status")] = "[bold red]failed[/bold red]"
         table.add_row(*cells)
     return table
 

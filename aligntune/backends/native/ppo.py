@@ -43,7 +43,7 @@ MAPPED_FIELDS = {
     "algorithm.gamma": "gamma", "algorithm.lam": "lam", "algorithm.cliprange": "cliprange",
     "algorithm.cliprange_value": "cliprange_value", "algorithm.vf_coef": "vf_coef", "algorithm.ppo_epochs": "ppo_epochs",
     "algorithm.early_stop_kl": "early_stop_kl", "algorithm.value_model": "value_model",
-    "train.eval_steps": "eval_steps",
+    "train.eval_steps": "eval_steps", "logger": "report_to",
 }
 # Keys that reach PPO another way, or are refused by the mapping because PPO has no use for them.
 HANDLED_ELSEWHERE = {
@@ -78,6 +78,7 @@ class PPOEngineConfig:
     gradient_checkpointing: bool
     logging_steps: int
     eval_steps: int | None  # evaluate on held-out prompts every N steps (and at the end, through the job)
+    report_to: tuple[str, ...]  # experiment trackers, as transformers' TrainingArguments.report_to
     # rollouts
     temperature: float
     top_p: float
@@ -151,6 +152,7 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
         gradient_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         eval_steps=t.eval_steps,
+        report_to=tuple(run.logger),
         temperature=algo.temperature,
         top_p=algo.top_p,
         max_completion_length=algo.max_completion_length,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from transformers import TrainerControl, TrainerState
 from aligntune.backends.native import ppo_math as pm
 from aligntune.backends.native.ppo_models import PPOModels, values_of
 from aligntune.errors import RewardError
+from aligntune.run.trackers import integration_callbacks, report_args
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,9 +73,12 @@ class PPOTrainer:
                                        num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        # output_dir is <run dir>/checkpoints: trackers name their run after the run directory.
         self.args = TrainingArguments(output_dir=cfg.output_dir, seed=cfg.seed, learning_rate=cfg.learning_rate,
-                                      max_steps=self.total_steps, logging_steps=cfg.logging_steps, report_to="none",
+                                      max_steps=self.total_steps, logging_steps=cfg.logging_steps,
+                                      **report_args(list(cfg.report_to), Path(cfg.output_dir).parent.name),
                                       save_strategy="no", use_cpu=self.device.type == "cpu", disable_tqdm=True)
+        self.callbacks += integration_callbacks(self.args)  # trackers, as transformers' Trainer adds them
         self.state = TrainerState(max_steps=self.total_steps, logging_steps=cfg.logging_steps,
                                   train_batch_size=cfg.batch_size, num_train_epochs=math.ceil(cfg.num_epochs))
         self.control = TrainerControl()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import Path
 
 from aligntune.config.schema import RunConfig
 from aligntune.errors import ConfigError
 from aligntune.models.loading import resolve_device
 from aligntune.models.precision import resolve_dtype
+from aligntune.run.trackers import report_args
 
 
 def common_args(run: RunConfig, output_dir: str) -> dict:
@@ -36,7 +38,8 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         bf16=False,
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        report_to="none",
+        # Trackers (logger=...) through the Trainer's own report_to; output_dir is <run dir>/checkpoints.
+        **report_args(run.logger, Path(output_dir).parent.name),
         disable_tqdm=not run.verbose,  # aligntune draws its own progress bar
         save_strategy="no",  # the final model is saved into the run directory by aligntune
         log_level="info" if run.verbose else "warning",
