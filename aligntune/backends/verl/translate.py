@@ -77,7 +77,8 @@ TRANSLATED: dict[str, tuple[str, ...]] = {
     "algorithm.ppo_epochs": (f"{A}.ppo_epochs", f"{C}.ppo_epochs"),
     "backend.verl.rollout": (f"{R}.name",),
     "backend.verl.project": ("trainer.project_name",),
-    "(run directory)": ("trainer.experiment_name", "trainer.default_local_dir", "trainer.save_freq", "trainer.logger"),
+    "(run directory)": ("trainer.experiment_name", "trainer.default_local_dir", "trainer.save_freq"),
+    "logger": ("trainer.logger",),  # verl's Tracking supports the same four trackers, plus its console
 }
 
 # aligntune key -> why verl cannot take it. Refused when set away from the schema default.
@@ -107,7 +108,8 @@ NOT_TRANSLATED: dict[str, str] = {
 # Keys that shape the launch or the record, not verl's training config.
 LAUNCH_KEYS = {"backend.name": "selects this backend", "backend.verl.python": "the interpreter that runs verl",
                "algorithm.variant": "a record of the preset", "verbose": "aligntune's console",
-               "dry_run": "print instead of launching", "eval": "aligntune eval's settings (training does not read them)"}
+               "dry_run": "print instead of launching", "eval": "aligntune eval's settings (training does not read them)",
+               "optimized_metric": "what a hyper-parameter search reads from summary.json"}
 
 LOSS_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
 KL_LOSS = {"k3": "low_var_kl"}
@@ -257,7 +259,7 @@ def verl_overrides(run: RunConfig, ex: Exported) -> dict[str, object]:
         "trainer.experiment_name": ex.experiment,
         "trainer.default_local_dir": ex.checkpoint_dir,
         "trainer.save_freq": total_steps(run, ex.train_rows),  # one checkpoint, at the last step
-        "trainer.logger": ["console"],
+        "trainer.logger": ["console", *run.logger],
     })
     if run.model.dtype in DTYPES:
         out[f"{R}.dtype"] = DTYPES[run.model.dtype]
