@@ -137,8 +137,6 @@ def validate(overrides: list[str], multirun: bool) -> int:
 
 
 def train_command(args: list[str]) -> int:
-    from aligntune.config import aliases
-
     flags, overrides, ours = split_args(args)
     saved_env = {k: os.environ.get(k) for k in ("ALIGNTUNE_TRACEBACK", "HYDRA_FULL_ERROR")}
     if ours["traceback"]:
@@ -158,6 +156,7 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     if ours["verbose"]:
         overrides.append("verbose=true")
+    typed = list(overrides)  # validated as typed, so an error can say which shortcut it came from
     overrides, _ = aliases.rewrite(overrides)
     if any(f in ("-h", "--help") for f in flags):
         return print_train_help(overrides)
@@ -166,7 +165,7 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     _sweep.clear()
     try:
         if not ours["print_only"]:
-            validate(overrides, ours["multirun"])
+            validate(typed, ours["multirun"])
         from aligntune.config import compose
 
         compose.new_run_id()
