@@ -15,7 +15,8 @@ import os
 import sys
 
 from aligntune import __version__
-from aligntune.errors import EXIT_FAILURE, EXIT_USAGE, AligntuneError, report, traceback_requested
+from aligntune.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AligntuneError, RunInterrupted, report,
+                              traceback_requested)
 
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
@@ -164,6 +165,10 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     _failures.clear()
     _sweep.clear()
     try:
+        from aligntune.run import resume
+
+        if resume.requested(overrides) and not ours["print_only"]:
+            typed = overrides = resume.plan(overrides, ours["multirun"])
         if not ours["print_only"]:
             validate(typed, ours["multirun"])
         from aligntune.config import compose
@@ -330,9 +335,13 @@ def _task(cfg) -> float | None:
         report(exc)
         _job_failed(run_dir, exc, EXIT_USAGE, multirun)
         return None
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
-        print(f"interrupted: the run directory {run_dir} is marked failed.", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"interrupted at once: the run directory {run_dir} is marked interrupted (no checkpoint was written "
+              "for the step in progress).", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         import logging
         import traceback

@@ -72,13 +72,36 @@ class AlignmentJob:
 
         self.config = run
         self.run_dir = RunDir(run_dir)
-        self.run_dir.start(run, overrides)
+        self.resume_from = self._resume_checkpoint(run)
+        history = []
+        if self.resume_from is not None:
+            from aligntune.run.checkpoints import step_of
+
+            history = self.run_dir.resume(run, overrides, step_of(self.resume_from))
+        else:
+            self.run_dir.start(run, overrides)
         try:
             logs.setup(self.run_dir.path, run.verbose)
             self._build()
+            self.recorder.history[:0] = history  # a resumed run's summary covers the steps before the checkpoint too
         except BaseException as exc:
             self.run_dir.fail(exc)
             raise
+
+    def _resume_checkpoint(self, run: RunConfig) -> Path | None:
+        """The checkpoint to continue from when `run.resume` names this run directory (the CLI resolves it)."""
+        from aligntune.run.checkpoints import latest
+
+        if run.resume is None:
+            return None
+        if Path(run.resume).expanduser().resolve() != self.run_dir.path.resolve():
+            raise ConfigError(f"resume={run.resume} names another directory than this run's ({self.run_dir.path}).",
+                              "A run resumes in its own directory: `aligntune train resume=<run dir>`, or in Python "
+                              "create_rl_trainer(..., output_dir=<run dir>, resume=<run dir>) with the run's config.")
+        checkpoint = latest(self.run_dir.checkpoints)
+        if checkpoint is None:
+            raise ConfigError(f"resume={run.resume}: the run has no checkpoint.", "Start it again instead.")
+        return checkpoint
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -93,16 +116,37 @@ class AlignmentJob:
         build_trainer = builder_for(run)
         self.tokenizer = load_tokenizer(run.model)
         self.book = SampleBook()
+        from aligntune.run.guards import NonFiniteGuard
+
+        self.nonfinite = NonFiniteGuard(run.train.on_nonfinite)
         weights = {name: spec.weight for name, spec in run.rewards.items()}
         self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
         self.progress = RichProgress()
         self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
         self.trainer = build_trainer(run, self)
+        self._add_guards()
         if not run.verbose and hasattr(self.trainer, "remove_callback"):
             from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
             self.trainer.remove_callback(PrinterCallback)
             self.trainer.remove_callback(ProgressCallback)
+
+    def _add_guards(self) -> None:
+        """Clean interruption, atomic checkpoints (transformers trainers) and the divergence guards."""
+        from aligntune.run.checkpoints import InterruptGuard, make_atomic
+        from aligntune.run.guards import TrainingWarnings
+
+        can_checkpoint = hasattr(self.trainer, "_save_checkpoint")
+        if can_checkpoint:
+            make_atomic(self.trainer, self.run_dir.path / "config.yaml")
+        self.interrupt = InterruptGuard(can_checkpoint)
+        self.book.check = self.nonfinite.check_rewards
+        extra = [self.interrupt, self.nonfinite, TrainingWarnings(self.config)]
+        if hasattr(self.trainer, "add_callback"):
+            for cb in extra:
+                self.trainer.add_callback(cb)
+        else:  # the native engine's list
+            self.trainer.callbacks += extra
 
     # What builders ask the job for. Each loads on demand, so an algorithm pays only for what it uses.
 
@@ -148,11 +192,24 @@ class AlignmentJob:
         return [self.book.wrap(name, fn, self.config.rewards[name].weight) for name, fn in bound.items()]
 
     def train(self) -> dict[str, Any]:
+        from aligntune.errors import RunInterrupted, TrainingDiverged
         from aligntune.run import console
+        from aligntune.run.guards import NonFinite
 
         try:
-            self.trainer.train()
+            with self.interrupt:
+                try:
+                    if self.resume_from is not None:
+                        self.trainer.train(resume_from_checkpoint=str(self.resume_from))
+                    else:
+                        self.trainer.train()
+                except NonFinite:
+                    pass  # self.nonfinite.diverged says what and where; handled below
             self.progress.close()
+            if self.interrupt.interrupted:
+                raise RunInterrupted(self._interrupted(self.interrupt.signal_name))
+            if self.nonfinite.diverged is not None:
+                raise self._diverged()
             if getattr(self.trainer, "eval_dataset", None) is not None:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             self.trainer.save_model(str(self.run_dir.model))
@@ -160,6 +217,12 @@ class AlignmentJob:
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
                 self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
             summary = self.run_dir.finish(final_metrics(self.recorder.history))
+        except (RunInterrupted, TrainingDiverged):
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: out at once, no checkpoint of the step in progress
+            self.progress.close()
+            self.run_dir.interrupt(self._step(), "SIGINT (twice)", None)
+            raise
         except BaseException as exc:
             self.progress.close()
             self.run_dir.fail(exc)
@@ -169,6 +232,46 @@ class AlignmentJob:
 
         write_run_report_or_warn(self.run_dir.path)  # plots + report.md; a plotting failure only warns
         return summary
+
+    def _step(self) -> int:
+        return int(getattr(getattr(self.trainer, "state", None), "global_step", 0) or 0)
+
+    def _interrupted(self, signal_name: str) -> str:
+        """Mark the run interrupted; the message that says how to resume."""
+        from aligntune.run.checkpoints import latest, step_of
+
+        checkpoint = latest(self.run_dir.checkpoints) if self.interrupt.can_checkpoint else None
+        if checkpoint is not None and step_of(checkpoint) != self._step():
+            checkpoint = None  # an older periodic one: say what is true
+        self.run_dir.interrupt(self._step(), signal_name, checkpoint)
+        if checkpoint is None:
+            return (f"interrupted ({signal_name}) at step {self._step()}: {self.run_dir.path} is marked interrupted. "
+                    f"algorithm={self.config.algorithm.name} does not checkpoint, so it cannot be resumed; start it again.")
+        return (f"interrupted ({signal_name}) at step {self._step()}: checkpoint written to {checkpoint}; "
+                f"{self.run_dir.path} is marked interrupted. Resume with:\n  aligntune train resume={self.run_dir.path}")
+
+    def _diverged(self):
+        """Checkpoint the last good state (the bad step was not applied), mark the run failed, and say where."""
+        from aligntune.errors import TrainingDiverged
+
+        found = self.nonfinite.diverged
+        what, step = found.what, found.step
+        checkpoint = None
+        if self.interrupt.can_checkpoint and not found.applied:
+            self.trainer._save_checkpoint(self.trainer.model, trial=None)
+            from aligntune.run.checkpoints import latest
+
+            checkpoint = latest(self.run_dir.checkpoints)
+        err = TrainingDiverged(
+            f"Training diverged at step {step}: the {what} is NaN or infinite. "
+            + ("The step was applied (the native engine checks after the update)" if found.applied else
+               "The step was not applied")
+            + (f"; the last good state (step {step - 1}) is checkpointed in {checkpoint}." if checkpoint else "."),
+            "Lower train.learning_rate or train.max_grad_norm, check the rewards for NaN/inf, or set "
+            "train.on_nonfinite=skip to skip such steps" + (f" (resume with: aligntune train resume={self.run_dir.path} "
+                                                               "train.on_nonfinite=skip)." if checkpoint else "."))
+        self.run_dir.fail(err)
+        return err
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the trained model beside the starting model's (as `aligntune eval` reports them)."""
