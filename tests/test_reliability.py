@@ -273,3 +273,88 @@ def test_ppo_refuses_checkpoints_and_skip_clearly(workdir, capsys):
     assert cli.main(["train", "experiment=ppo_smoke", "train.on_nonfinite=skip"]) == EXIT_USAGE
     assert "train.on_nonfinite=skip is not available for algorithm=ppo" in " ".join(capsys.readouterr().err.split())
     assert not (workdir / "outputs").exists()
+
+
+# --- memory preflight ------------------------------------------------------------------------------------
+
+def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps():
+    from aligntune.config import compose
+    from aligntune.core.backend_factory import AlignmentJob  # noqa: F401 - the job calls memory.check
+    from aligntune.models.loading import load_model
+    from aligntune.run import memory
+
+    run, _ = compose.load(["model=tiny"])
+    est = memory.estimate(run)
+    assert est["parameters"] == sum(p.numel() for p in load_model(run.model).parameters())
+    assert est["weights"] == est["reference"] == 4 * est["parameters"] and est["optimizer"] == 8 * est["parameters"]
+    assert est["total"] == sum(v for k, v in est.items() if k not in ("total", "parameters"))
+    no_kl = memory.estimate(compose.load(["beta=0.0"])[0])
+    assert no_kl["reference"] == 0
+    lora = memory.estimate(compose.load(["model.lora.enabled=true"])[0])
+    assert lora["reference"] == 0 and 0 < lora["optimizer"] < est["optimizer"] / 2
+    longer = memory.estimate(compose.load(["algorithm.max_completion_length=512"])[0])
+    assert longer["activations"] > est["activations"]
+    ckpt = memory.estimate(compose.load(["train.gradient_checkpointing=true"])[0])
+    assert ckpt["activations"] < est["activations"]
+    assert memory.estimate(compose.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
+
+
+def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_small(workdir, capsys, monkeypatch):
+    from aligntune.models import loading
+    from aligntune.run import memory
+
+    order = []
+    monkeypatch.setattr(memory, "available", lambda device: (order.append("estimate") or 1000, "available RAM"))
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda cfg: (order.append("load"), real_load(cfg))[1])
+    assert cli.main(["train", *SMOKE, "train.max_steps=1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: this run needs about" in err and "more than the 0.0 MB of available RAM" in err
+    assert "train.gradient_checkpointing" in err and "weights" in err and "activations" in err
+    assert order[0] == "estimate" and "load" in order
+
+
+def test_no_memory_warning_when_it_fits(workdir, capsys):
+    from aligntune.config import compose
+    from aligntune.run import memory
+
+    memory.check(compose.load(["model=tiny"])[0])
+    assert "warning" not in capsys.readouterr().err
+
+
+# --- GRPO failure signs ------------------------------------------------------------------------------------
+
+class _State:
+    is_world_process_zero = True
+
+    def __init__(self, step):
+        self.global_step = step
+
+
+def test_grpo_failure_signs_are_warned_once_with_the_numbers(capsys):
+    from aligntune.config import compose
+    from aligntune.run.guards import TrainingWarnings
+
+    warn = TrainingWarnings(compose.load([])[0])
+    logs = [{"frac_reward_zero_std": 0.25, "entropy": 2.0, "completions/clipped_ratio": 1.0},
+            {"frac_reward_zero_std": 0.75, "entropy": 1.0, "completions/clipped_ratio": 1.0},
+            {"frac_reward_zero_std": 0.9, "entropy": 0.1, "completions/clipped_ratio": 0.97},
+            {"frac_reward_zero_std": 1.0, "entropy": 0.05, "completions/clipped_ratio": 1.0}]
+    for step, entry in enumerate(logs, 1):
+        warn.on_log(None, _State(step), None, logs=entry)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning:") == 3
+    assert "step 2: 75% of the groups had the same reward" in err
+    assert "step 3: entropy collapsed to 0.1 from 2" in err
+    assert "step 3: 97% or more of the completions hit algorithm.max_completion_length=12 in each of the last 3" in err
+
+
+def test_healthy_grpo_logs_warn_nothing(capsys):
+    from aligntune.config import compose
+    from aligntune.run.guards import TrainingWarnings
+
+    warn = TrainingWarnings(compose.load([])[0])
+    for step in range(1, 6):
+        warn.on_log(None, _State(step), None, logs={"frac_reward_zero_std": 0.3, "entropy": 1.5 - 0.1 * step,
+                                                     "completions/clipped_ratio": 0.5 if step % 2 else 1.0})
+    assert "warning" not in capsys.readouterr().err

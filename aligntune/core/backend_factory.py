@@ -84,6 +84,9 @@ class AlignmentJob:
             logs.setup(self.run_dir.path, run.verbose)
             self._build()
             self.recorder.history[:0] = history  # a resumed run's summary covers the steps before the checkpoint too
+        except KeyboardInterrupt:
+            self.run_dir.interrupt(0, "SIGINT", None)
+            raise
         except BaseException as exc:
             self.run_dir.fail(exc)
             raise
@@ -112,9 +115,12 @@ class AlignmentJob:
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
 
+        from aligntune.run import memory
+
         run = self.config
         build_trainer = builder_for(run)
         self.tokenizer = load_tokenizer(run.model)
+        self.memory_estimate = memory.check(run)  # before any weights are loaded
         self.book = SampleBook()
         from aligntune.run.guards import NonFiniteGuard
 
