@@ -484,6 +484,11 @@ class RunConfig:
             _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
 
+    def rollout_steps(self) -> int:
+        """Optimizer steps one rollout is learned in (GRPO/RLOO); checkpoints fall on rollout boundaries."""
+        algo = self.algorithm
+        return algo.num_mini_batches * algo.num_iterations if isinstance(algo, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)) else 1
+
     def _check_grpo_batch(self) -> None:
         rollout = self.train.batch_size * self.algorithm.group_size
         minis = self.algorithm.num_mini_batches
@@ -492,6 +497,12 @@ class RunConfig:
                f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}).",
                f"Use one of {[d for d in range(1, rollout + 1) if rollout % d == 0]}.")
         per_step = rollout // minis
+        steps = self.rollout_steps()
+        if self.train.save_steps is not None and self.train.save_steps % steps:
+            _check(False, f"train.save_steps={self.train.save_steps} would checkpoint in the middle of a rollout: one "
+                   f"rollout takes {steps} optimizer steps (algorithm.num_mini_batches={minis} x "
+                   f"algorithm.num_iterations={self.algorithm.num_iterations}), and a resume must start a new one.",
+                   f"Use a multiple of {steps}.")
         micro = self.train.micro_batch_size
         if micro is not None:
             divisors = [d for d in range(1, per_step + 1) if per_step % d == 0]

@@ -115,9 +115,12 @@ class AlignmentJob:
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
 
+        from transformers import set_seed
+
         from aligntune.run import memory
 
         run = self.config
+        set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
         build_trainer = builder_for(run)
         self.tokenizer = load_tokenizer(run.model)
         self.memory_estimate = memory.check(run)  # before any weights are loaded
@@ -145,7 +148,7 @@ class AlignmentJob:
         can_checkpoint = hasattr(self.trainer, "_save_checkpoint")
         if can_checkpoint:
             make_atomic(self.trainer, self.run_dir.path / "config.yaml")
-        self.interrupt = InterruptGuard(can_checkpoint)
+        self.interrupt = InterruptGuard(can_checkpoint, self.config.rollout_steps())
         self.book.check = self.nonfinite.check_rewards
         extra = [self.interrupt, self.nonfinite, TrainingWarnings(self.config)]
         if hasattr(self.trainer, "add_callback"):
@@ -206,6 +209,7 @@ class AlignmentJob:
             with self.interrupt:
                 try:
                     if self.resume_from is not None:
+                        self._restore_token_count()
                         self.trainer.train(resume_from_checkpoint=str(self.resume_from))
                     else:
                         self.trainer.train()
@@ -238,6 +242,13 @@ class AlignmentJob:
 
         write_run_report_or_warn(self.run_dir.path)  # plots + report.md; a plotting failure only warns
         return summary
+
+    def _restore_token_count(self) -> None:
+        """TRL's DPO/SFT/reward trainers count `num_tokens` in `_total_train_tokens`, which no checkpoint holds (GRPO
+        uses the trainer state's count, which transformers restores); continue it from the last logged value."""
+        counted = [h["num_tokens"] for h in self.recorder.history if isinstance(h.get("num_tokens"), (int, float))]
+        if counted and hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = type(self.trainer._total_train_tokens)(counted[-1])
 
     def _step(self) -> int:
         return int(getattr(getattr(self.trainer, "state", None), "global_step", 0) or 0)

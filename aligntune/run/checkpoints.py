@@ -68,14 +68,16 @@ def make_atomic(trainer, config_file: Path) -> None:
 
 
 class InterruptGuard(TrainerCallback):
-    """Ctrl-C / SIGTERM: finish the current step, write a checkpoint, stop. A second Ctrl-C exits at once.
+    """Ctrl-C / SIGTERM: finish the current step (GRPO/RLOO: rollout), write a checkpoint, stop. A second Ctrl-C
+    exits at once.
 
     Installed for the duration of `train()` (`with guard:`); signal handlers only work in the main thread,
     elsewhere the guard does nothing and the default behaviour stays.
     """
 
-    def __init__(self, can_checkpoint: bool):
+    def __init__(self, can_checkpoint: bool, rollout_steps: int = 1):
         self.can_checkpoint = can_checkpoint
+        self.rollout_steps = rollout_steps  # GRPO/RLOO learn one rollout in several steps: stop between rollouts
         self.signal_name: str | None = None
         self._previous: dict = {}
 
@@ -96,7 +98,8 @@ class InterruptGuard(TrainerCallback):
     def _first(self, signum, frame):
         self.signal_name = signal.Signals(signum).name
         what = "saving a checkpoint" if self.can_checkpoint else "stopping"
-        print(f"\n{self.signal_name} received: finishing the current step, then {what}. "
+        current = "step" if self.rollout_steps == 1 else f"rollout ({self.rollout_steps} optimizer steps each)"
+        print(f"\n{self.signal_name} received: finishing the current {current}, then {what}. "
               "Press Ctrl-C again to exit at once.", file=sys.stderr, flush=True)
         for sig in self._previous:
             signal.signal(sig, self._second)
@@ -109,7 +112,7 @@ class InterruptGuard(TrainerCallback):
         return self.signal_name is not None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.interrupted:
+        if self.interrupted and (state.global_step % self.rollout_steps == 0 or state.global_step >= state.max_steps):
             control.should_training_stop = True
             control.should_save = self.can_checkpoint
         return control

@@ -47,9 +47,9 @@ def _lora_params(model, run: RunConfig) -> int:
     targets = run.model.lora.target_modules
     total = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
-            if targets == ["all-linear"] or any(name.split(".")[-1] == t for t in targets):
-                total += run.model.lora.r * (module.in_features + module.out_features)
+        targeted = targets == ["all-linear"] or any(name.split(".")[-1] == t for t in targets)
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in name and targeted:
+            total += run.model.lora.r * (module.in_features + module.out_features)
     return total
 
 
