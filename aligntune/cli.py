@@ -239,6 +239,7 @@ examples:
   aligntune train experiment=smoke debug=smoke      # any experiment, shrunk for CI
 
 Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/...) under the current directory.
+Checkpoint with train.save_steps=N; continue an interrupted run with resume=<run dir> (or resume=latest).
 """
 
 

@@ -139,6 +139,13 @@ def test_resume_with_a_changed_config_lists_the_differences_unless_forced(workdi
     assert "algorithm.group_size: 4 -> 2" in err and "train.learning_rate:" in err and "-> 0.5" in err
     assert "resume_force=true" in err
     assert _summary(run)["status"] == "interrupted"
+    # the Python API checks the same
+    from aligntune.core.backend_factory import create_rl_trainer
+    from aligntune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.01 -> 0\.5"):
+        create_rl_trainer(output_dir=run, resume=str(run), overrides=[*SMOKE, "train.max_steps=3", "learning_rate=0.5"])
+    assert _summary(run)["status"] == "interrupted"
     # settings that do not change the optimisation may differ; `latest` finds the run
     assert cli.main(["train", "resume=latest", "train.log_samples=0"]) == 0
     assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 3

@@ -101,23 +101,22 @@ class AlignmentJob:
             raise ConfigError(f"resume={run.resume} names another directory than this run's ({self.run_dir.path}).",
                               "A run resumes in its own directory: `aligntune train resume=<run dir>`, or in Python "
                               "create_rl_trainer(..., output_dir=<run dir>, resume=<run dir>) with the run's config.")
-        checkpoint = latest(self.run_dir.checkpoints)
-        if checkpoint is None:
-            raise ConfigError(f"resume={run.resume}: the run has no checkpoint.", "Start it again instead.")
-        return checkpoint
+        from aligntune.run import resume
+
+        resume.check_resumable(self.run_dir.path, run)  # also for the Python API, where no CLI planned the resume
+        return latest(self.run_dir.checkpoints)
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir.checkpoints
 
     def _build(self) -> None:
-        from aligntune.models.loading import load_tokenizer
-        from aligntune.run.callbacks import RichProgress, RunRecorder
-        from aligntune.run.samples import SampleBook
-
         from transformers import set_seed
 
+        from aligntune.models.loading import load_tokenizer
         from aligntune.run import memory
+        from aligntune.run.callbacks import RichProgress, RunRecorder
+        from aligntune.run.samples import SampleBook
 
         run = self.config
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed

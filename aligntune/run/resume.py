@@ -84,13 +84,29 @@ def differences(saved: dict, new: dict) -> list[str]:
 def plan(overrides: list[str], multirun: bool) -> list[str]:
     """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot."""
     from aligntune.config import compose
-    from aligntune.run.checkpoints import latest, step_of
+    from aligntune.run.checkpoints import step_of
 
     if multirun:
         raise ConfigError("resume= continues one run and cannot be part of a sweep (-m).", "Drop -m, or resume each run.")
     ref = _value(overrides, "resume")
     force = (_value(overrides, "resume_force") or "false").lower() == "true"
     run_dir = find_run(ref)
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = [o for o in (yaml.safe_load(saved_file.read_text()) or []) if not o.startswith(_OWN_KEYS)] \
+        if saved_file.is_file() else []
+    new = [o for o in overrides if not o.startswith(_OWN_KEYS)]
+    run, _ = compose.load(saved + new + [f"resume_force={str(force).lower()}"])
+    checkpoint, changed = check_resumable(run_dir, run)
+    print(f"resuming {run_dir} from {checkpoint.name} (step {step_of(checkpoint)})"
+          + (f", with changes: {'; '.join(changed)}" if changed else ""), flush=True)
+    return saved + new + [f"resume='{run_dir}'", f"resume_force={str(force).lower()}", f"hydra.run.dir='{run_dir}'"]
+
+
+def check_resumable(run_dir: Path, run) -> tuple[Path, list[str]]:
+    """(the checkpoint to continue from, the allowed differences); ConfigError when the run is complete, has no
+    checkpoint, or `run` differs from the config it ran in a way that changes it (unless run.resume_force)."""
+    from aligntune.run.checkpoints import latest
+
     summary = _status(run_dir)
     if summary.get("status") == "completed":
         raise ConfigError(f"The run {run_dir} already completed ({summary.get('steps', '?')} steps); resuming it would "
@@ -101,17 +117,10 @@ def plan(overrides: list[str], multirun: bool) -> list[str]:
         raise ConfigError(f"The run {run_dir} has no checkpoint to resume from (status: {summary.get('status', '?')}); "
                           "it stopped before writing one.", "Start it again; set train.save_steps=N to checkpoint "
                           "every N steps (an interrupted run always writes one).")
-    saved_file = run_dir / ".hydra" / "overrides.yaml"
-    saved = [o for o in (yaml.safe_load(saved_file.read_text()) or []) if not o.startswith(_OWN_KEYS)] \
-        if saved_file.is_file() else []
-    new = [o for o in overrides if not o.startswith(_OWN_KEYS)]
-    run, _ = compose.load(saved + new)
     ran = yaml.safe_load((run_dir / "config.yaml").read_text())
     changed = differences(ran, asdict(run))
-    if changed and not force:
+    if changed and not run.resume_force:
         raise ConfigError(f"Resuming {run_dir} with a config that differs from the one it ran would change the run: "
                           + "; ".join(changed) + ".",
                           "Drop those overrides to continue the same run, or add resume_force=true to resume anyway.")
-    print(f"resuming {run_dir} from {checkpoint.name} (step {step_of(checkpoint)})"
-          + (f", with changes: {'; '.join(changed)}" if changed else ""), flush=True)
-    return saved + new + [f"resume='{run_dir}'", f"resume_force={str(force).lower()}", f"hydra.run.dir='{run_dir}'"]
+    return checkpoint, changed
