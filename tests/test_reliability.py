@@ -29,8 +29,12 @@ TIMING = {"time_s", "step_time", "epoch", "train_runtime", "train_samples_per_se
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
+    from aligntune.run import report
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALIGNTUNE_TRACEBACK", "0")
+    # plots and report.md (tests/test_report.py covers them) cost seconds per run and prove nothing here
+    monkeypatch.setattr(report, "write_run_report_or_warn", lambda run_dir: None)
     return tmp_path
 
 
@@ -53,9 +57,16 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+ON_STEP_END = InterruptGuard.on_step_end
+
+
+def _stop_interrupting(monkeypatch) -> None:
+    monkeypatch.setattr(InterruptGuard, "on_step_end", ON_STEP_END)
+
+
 def _interrupt_at(monkeypatch, step: int, signum=signal.SIGINT, times: int = 1) -> None:
     """Deliver `signum` to this process (`times` times) at the end of training step `step`."""
-    original = InterruptGuard.on_step_end
+    original = ON_STEP_END
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == step:
@@ -85,8 +96,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(workdir, monke
     assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 3
     assert not (run / "model").exists()
 
-    monkeypatch.undo()
-    monkeypatch.chdir(workdir)
+    _stop_interrupting(monkeypatch)
     assert cli.main(["train", f"resume={run}"]) == 0
     assert _runs(workdir) == sorted([straight, run]), "a resumed run continues in its own directory"
     assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 5
@@ -125,8 +135,7 @@ def test_resuming_a_completed_run_says_so_and_trains_nothing(workdir, capsys):
 def _interrupted_run(workdir, monkeypatch, capsys, *extra) -> Path:
     _interrupt_at(monkeypatch, 1)
     assert cli.main(["train", *SMOKE, "train.max_steps=3", *extra]) == EXIT_INTERRUPTED
-    monkeypatch.undo()
-    monkeypatch.chdir(workdir)
+    _stop_interrupting(monkeypatch)
     capsys.readouterr()
     (run,) = _runs(workdir)
     return run
@@ -165,8 +174,7 @@ def test_sigterm_also_checkpoints_and_a_second_ctrl_c_exits_at_once(workdir, mon
     assert cli.main(["train", *SMOKE, "train.max_steps=3"]) == EXIT_INTERRUPTED
     (first,) = _runs(workdir)
     assert _summary(first)["signal"] == "SIGTERM" and (first / "checkpoints" / "checkpoint-1").is_dir()
-    monkeypatch.undo()
-    monkeypatch.chdir(workdir)
+    _stop_interrupting(monkeypatch)
     _interrupt_at(monkeypatch, 1, times=2)
     assert cli.main(["train", *SMOKE, "train.max_steps=3"]) == EXIT_INTERRUPTED
     second = next(r for r in _runs(workdir) if r != first)
@@ -177,11 +185,11 @@ def test_sigterm_also_checkpoints_and_a_second_ctrl_c_exits_at_once(workdir, mon
 
 
 def test_checkpoints_are_written_atomically_and_rotated(workdir):
-    assert cli.main(["train", *SMOKE, "train.max_steps=4", "train.save_steps=1",
+    assert cli.main(["train", *SMOKE, "train.max_steps=3", "train.save_steps=1",
                      "train.save_total_limit=2"]) == 0
     (run,) = _runs(workdir)
     names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
-    assert names == ["checkpoint-3", "checkpoint-4"], "keep-last-2, and no staging directory left behind"
+    assert names == ["checkpoint-2", "checkpoint-3"], "keep-last-2, and no staging directory left behind"
 
 
 def test_a_checkpoint_interrupted_mid_write_never_looks_valid(tmp_path):
@@ -391,8 +399,7 @@ def test_every_trl_algorithm_resumes_exactly(workdir, monkeypatch, capsys, name)
     run = next(r for r in _runs(workdir) if r != straight)
     stopped = 2 if "mini-batches" in name else 1
     assert _summary(run)["step"] == stopped and (run / "checkpoints" / f"checkpoint-{stopped}").is_dir()
-    monkeypatch.undo()
-    monkeypatch.chdir(workdir)
+    _stop_interrupting(monkeypatch)
     assert cli.main(["train", f"resume={run}"]) == 0
     a, b = _params(straight), _params(run)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
