@@ -36,9 +36,17 @@ def _meta_model(run: RunConfig):
 
     from aligntune.models.loading import _location
 
-    config = AutoConfig.from_pretrained(_location(run.model), trust_remote_code=run.model.trust_remote_code)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code), config
+    from aligntune.errors import ModelError
+
+    location = _location(run.model)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=run.model.trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code), config
+    except ValueError as exc:  # as models.loading.load_model reports it
+        first_line = str(exc).strip().splitlines()[0]  # the rest lists every causal-LM config class transformers has
+        raise ModelError(f"{location} is not a causal language model that transformers can load ({first_line}).",
+                         "model.name_or_path must name a causal LM (e.g. a *ForCausalLM checkpoint).") from exc
 
 
 def _lora_params(model, run: RunConfig) -> int:
@@ -125,7 +133,15 @@ def check(run: RunConfig) -> dict[str, int]:
     """Estimate, log it, and warn (once, with the breakdown) when it exceeds the device's memory."""
     from aligntune.models.loading import resolve_device
 
-    est = estimate(run)
+    from aligntune.errors import AligntuneError
+
+    try:
+        est = estimate(run)
+    except AligntuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; an architecture it cannot size must still train
+        log.warning("memory estimate unavailable: %s: %s", type(exc).__name__, exc)
+        return {}
     have, what = available(resolve_device(run.device))
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in est.items() if k not in ("total", "parameters") and v)
     log.info("memory estimate: %s for %s parameters (%s); %s: %s", _gb(est["total"]), est["parameters"], parts, what,
