@@ -34,9 +34,8 @@ def _meta_model(run: RunConfig):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from aligntune.models.loading import _location
-
     from aligntune.errors import ModelError
+    from aligntune.models.loading import _location
 
     location = _location(run.model)
     try:
@@ -131,9 +130,8 @@ def _gb(n: int) -> str:
 
 def check(run: RunConfig) -> dict[str, int]:
     """Estimate, log it, and warn (once, with the breakdown) when it exceeds the device's memory."""
-    from aligntune.models.loading import resolve_device
-
     from aligntune.errors import AligntuneError
+    from aligntune.models.loading import resolve_device
 
     try:
         est = estimate(run)
