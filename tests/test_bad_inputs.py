@@ -121,6 +121,13 @@ CASES = [
      ["reference_free", "precompute_ref_log_probs"]),
     (C, ["algorithm=ppo", "backend=trl"], ["algorithm=ppo", "backend=native"]),
     (C, ["~rewards"], ["needs at least one reward", "+rewards.mine.fn"]),
+    # config: checkpoints and resume
+    (C, ["train.save_steps=0"], ["train.save_steps=0", "null"]),
+    (C, ["train.on_nonfinite=ignore"], ["train.on_nonfinite='ignore'", "stop, skip"]),
+    (C, ["algorithm.num_mini_batches=2", "train.save_steps=3"], ["middle of a rollout", "multiple of 2"]),
+    (C, ["experiment=ppo_smoke", "train.save_steps=2"], ["does not write checkpoints", "grpo"]),
+    (C, ["resume=latest"], ["resume=latest found no unfinished run", "resume=outputs/"]),
+    (C, ["resume=/nope"], ["resume=/nope is not a run directory", "resume=latest"]),
     # data
     (C, ["dataset_name=does/not/exist.jsonl", "+rewards.letter_match.weight=1"], ["does/not/exist.jsonl", "does not exist"]),
     (C, ["dataset=hh_rlhf"], ["Anthropic/hh-rlhf", "dataset=letters"]),

@@ -421,3 +421,32 @@ def test_an_interrupted_ppo_run_stops_cleanly_and_says_it_cannot_resume(workdir,
     (run,) = _runs(workdir)
     assert _summary(run)["status"] == "interrupted" and _summary(run)["step"] == 1 and _summary(run)["resume"] is None
     assert "does not checkpoint, so it cannot be resumed" in err
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_on_the_aligntune_command_then_resume(workdir):
+    """The installed command in its own process: SIGINT once metrics flow, exit 130, then resume=latest completes."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("aligntune", path=str(Path(sys.executable).parent))
+    args = [exe, "train", *SMOKE, "train.max_steps=40"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.stat().st_size for p in workdir.glob("outputs/*/*/metrics.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    (run,) = _runs(workdir)
+    summary = _summary(run)
+    assert summary["status"] == "interrupted" and 0 < summary["step"] < 40
+    assert "Resume with:" in err and "Traceback" not in err
+    done = subprocess.run([exe, "train", "resume=latest"], check=False, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 40
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 41))
