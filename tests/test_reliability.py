@@ -100,6 +100,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(workdir, monke
     assert cli.main(["train", f"resume={run}"]) == 0
     assert _runs(workdir) == sorted([straight, run]), "a resumed run continues in its own directory"
     assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 5
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    # steps 4 (save_steps=2) and 5 (transformers saves at the last step too); 3 rotated out by save_total_limit=2
+    assert names == ["checkpoint-4", "checkpoint-5"], "keep-last-2 and no staging directory left"
 
     a, b = _params(straight), _params(run)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -184,6 +187,7 @@ def test_sigterm_also_checkpoints_and_a_second_ctrl_c_exits_at_once(workdir, mon
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handlers are restored"
 
 
+@pytest.mark.slow  # ~3 s idle; the default suite's time budget is tight
 def test_checkpoints_are_written_atomically_and_rotated(workdir):
     assert cli.main(["train", *SMOKE, "train.max_steps=3", "train.save_steps=1",
                      "train.save_total_limit=2"]) == 0
@@ -264,6 +268,7 @@ def test_nan_gradient_stops_before_the_update(workdir, capsys, monkeypatch):
         "the checkpoint holds the state before the bad step"
 
 
+@pytest.mark.slow  # ~3 s idle; the default suite's time budget is tight
 def test_on_nonfinite_skip_skips_the_step_and_trains_on(workdir, capsys, monkeypatch):
     from aligntune.run.guards import NonFiniteGuard
 
@@ -414,6 +419,7 @@ def test_save_steps_must_fall_on_rollout_boundaries(workdir, capsys):
     assert "train.save_steps=3 would checkpoint in the middle of a rollout" in err and "multiple of 2" in err
 
 
+@pytest.mark.slow  # ~3 s idle; the default suite's time budget is tight
 def test_an_interrupted_ppo_run_stops_cleanly_and_says_it_cannot_resume(workdir, monkeypatch, capsys):
     _interrupt_at(monkeypatch, 1)
     assert cli.main(["train", "experiment=ppo_smoke", "train.max_steps=3"]) == EXIT_INTERRUPTED
