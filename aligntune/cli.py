@@ -15,7 +15,8 @@ import os
 import sys
 
 from aligntune import __version__
-from aligntune.errors import EXIT_FAILURE, EXIT_USAGE, AligntuneError, report, traceback_requested
+from aligntune.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AligntuneError, RunInterrupted, report,
+                              traceback_requested)
 
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
@@ -138,8 +139,6 @@ def validate(overrides: list[str], multirun: bool) -> int:
 
 
 def train_command(args: list[str]) -> int:
-    from aligntune.config import aliases
-
     flags, overrides, ours = split_args(args)
     saved_env = {k: os.environ.get(k) for k in ("ALIGNTUNE_TRACEBACK", "HYDRA_FULL_ERROR")}
     if ours["traceback"]:
@@ -159,6 +158,7 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     if ours["verbose"]:
         overrides.append("verbose=true")
+    typed = list(overrides)  # validated as typed, so an error can say which shortcut it came from
     overrides, _ = aliases.rewrite(overrides)
     if any(f in ("-h", "--help") for f in flags):
         return print_train_help(overrides)
@@ -167,8 +167,12 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     SWEEP.clear()
     try:
+        from aligntune.run import resume
+
+        if resume.requested(overrides) and not ours["print_only"]:
+            typed = overrides = resume.plan(overrides, ours["multirun"])
         if not ours["print_only"]:
-            validate(overrides, ours["multirun"])
+            validate(typed, ours["multirun"])
         from aligntune.config import compose, sweeps
 
         compose.new_run_id()
@@ -265,7 +269,8 @@ examples:
   aligntune train 'logger=[tensorboard,wandb]'      # experiment trackers (tensorboard | wandb | mlflow | trackio)
 
 Runs go to outputs/<date>/<time>_<id>/ (sweeps: outputs/multirun/<date>/<time>_<id>/<n>_<swept values>/)
-under the current directory.
+under the current directory. Checkpoint with train.save_steps=N; continue an interrupted run with
+resume=<run dir> (or resume=latest).
 """
 
 
@@ -360,9 +365,13 @@ def _task(cfg) -> float | None:
         report(exc)
         _job_failed(run_dir, exc, EXIT_USAGE, multirun)
         return None
+    except RunInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except KeyboardInterrupt:
-        print(f"interrupted: the run directory {run_dir} is marked failed.", file=sys.stderr)
-        raise SystemExit(130) from None
+        print(f"interrupted at once: the run directory {run_dir} is marked interrupted (no checkpoint was written "
+              "for the step in progress).", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         import logging
         import traceback

@@ -13,6 +13,7 @@ import textwrap
 
 EXIT_USAGE = 2  # bad config, data, model or reward: the user's to fix
 EXIT_FAILURE = 1  # the run itself failed
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM (128 + SIGINT, the shell's convention)
 
 
 class AligntuneError(Exception):
@@ -42,6 +43,14 @@ class ModelError(AligntuneError):
 
 class RewardError(AligntuneError):
     """A reward function cannot be found or does not behave."""
+
+
+class RunInterrupted(Exception):
+    """The run stopped on Ctrl-C / SIGTERM after checkpointing; the message says how to resume."""
+
+
+class TrainingDiverged(AligntuneError):
+    """A NaN/inf loss, gradient or reward stopped the run (after checkpointing the last good state)."""
 
 
 def traceback_requested() -> bool:

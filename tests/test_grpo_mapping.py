@@ -292,11 +292,14 @@ TRAIN_VARIATIONS = {
     "gradient_checkpointing": (True, "<checkpointing field>"),  # resolved in the test (transformers version)
     "logging_steps": (5, "logging_steps"),
     "eval_steps": (10, "eval_steps"),
+    "save_steps": (10, "save_strategy"),
+    "save_total_limit": (5, "save_total_limit"),
 }
 # Fields that legitimately do not reach GRPOConfig, with where they are used instead.
 NOT_MAPPED = {
     ("algorithm", "name"): "selects the schema and the engine (backend_factory.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
+    ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/test_reliability.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",
     ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/test_grpo_variants.py)",
     ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/test_grpo_variants.py)",

@@ -33,6 +33,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def _check(ok: bool, problem: str, fix: str) -> None:
@@ -361,6 +362,9 @@ class TrainConfig:
     logging_steps: int = 1  # optimizer steps between metric lines (metrics.jsonl, progress bar)
     eval_steps: Optional[int] = None  # evaluate on the held-out split every N steps (null: only at the end)
     log_samples: int = 4  # completions written to samples.jsonl at each logging step
+    save_steps: Optional[int] = None  # checkpoint every N optimizer steps (null: only when interrupted or diverging)
+    save_total_limit: Optional[int] = 2  # keep the last N checkpoints (null: all); each holds model + optimizer state
+    on_nonfinite: str = "stop"  # NaN/inf loss, gradient or reward: stop (after checkpointing the last good state) | skip the step
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.", "It counts prompts per optimizer step.")
@@ -379,6 +383,11 @@ class TrainConfig:
         if self.eval_steps is not None:
             _positive("train.eval_steps", self.eval_steps, "Or null to evaluate only at the end.")
         _check(self.log_samples >= 0, f"train.log_samples={self.log_samples} is negative.", "Use 0 to log no samples.")
+        if self.save_steps is not None:
+            _positive("train.save_steps", self.save_steps, "Or null to checkpoint only when interrupted.")
+        if self.save_total_limit is not None:
+            _positive("train.save_total_limit", self.save_total_limit, "Keep at least 1 checkpoint, or null to keep all.")
+        _one_of("train.on_nonfinite", self.on_nonfinite, NONFINITE_POLICIES)
 
 
 @dataclass
@@ -509,12 +518,23 @@ class RunConfig:
     # name -> RewardConfig. Typed Any so that `+rewards.new.weight=0.2` can create an entry; the entries
     # are checked and converted in __post_init__.
     rewards: Dict[str, Any] = field(default_factory=dict)
+    # Continue an interrupted run: its directory, or "latest" (`aligntune train resume=...` resolves it).
+    resume: Optional[str] = None
+    resume_force: bool = False  # resume even though the config differs from the run's (the differences are listed)
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
         from aligntune.run.trackers import normalize
 
         self.logger = normalize(self.logger)
+        if isinstance(self.algorithm, PPOAlgorithmConfig):
+            _check(self.train.on_nonfinite == "stop", "train.on_nonfinite=skip is not available for algorithm=ppo: the "
+                   "native engine cannot undo a step, only stop before the next one.", "Use train.on_nonfinite=stop.")
+            _check(self.train.save_steps is None and self.resume is None,
+                   "algorithm=ppo runs on aligntune's native engine, which does not write checkpoints, so "
+                   f"{'train.save_steps' if self.train.save_steps is not None else 'resume'} cannot take effect.",
+                   "Drop it (an interrupted PPO run stops cleanly but starts again from the beginning); the TRL "
+                   "algorithms (grpo, rloo, dpo, reward, sft) checkpoint and resume.")
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
@@ -548,6 +568,11 @@ class RunConfig:
                    f"train.micro_batch_size={micro} does not divide.",
                    f"Use one of {[d for d in range(1, per_step // n + 1) if (per_step // n) % d == 0]}, or null.")
 
+    def rollout_steps(self) -> int:
+        """Optimizer steps one rollout is learned in (GRPO/RLOO); checkpoints fall on rollout boundaries."""
+        algo = self.algorithm
+        return algo.num_mini_batches * algo.num_iterations if isinstance(algo, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)) else 1
+
     def _check_grpo_batch(self) -> None:
         rollout = self.train.batch_size * self.algorithm.group_size
         minis = self.algorithm.num_mini_batches
@@ -556,6 +581,12 @@ class RunConfig:
                f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}).",
                f"Use one of {[d for d in range(1, rollout + 1) if rollout % d == 0]}.")
         per_step = rollout // minis
+        steps = self.rollout_steps()
+        if self.train.save_steps is not None and self.train.save_steps % steps:
+            _check(False, f"train.save_steps={self.train.save_steps} would checkpoint in the middle of a rollout: one "
+                   f"rollout takes {steps} optimizer steps (algorithm.num_mini_batches={minis} x "
+                   f"algorithm.num_iterations={self.algorithm.num_iterations}), and a resume must start a new one.",
+                   f"Use a multiple of {steps}.")
         micro = self.train.micro_batch_size
         if micro is not None:
             divisors = [d for d in range(1, per_step + 1) if per_step % d == 0]

@@ -117,28 +117,62 @@ class AlignmentJob:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.run_dir = RunDir(run_dir, main=self.is_main)
-        self.run_dir.start(run, overrides)
+        self.resume_from = self._resume_checkpoint(run)
+        history = []
+        if self.resume_from is not None:
+            from aligntune.run.checkpoints import step_of
+
+            history = self.run_dir.resume(run, overrides, step_of(self.resume_from))
+        else:
+            self.run_dir.start(run, overrides)
         try:
             if self.is_main:
                 logs.setup(self.run_dir.path, run.verbose)
             self._build()
+            self.recorder.history[:0] = history  # a resumed run's summary covers the steps before the checkpoint too
+        except KeyboardInterrupt:
+            self.run_dir.interrupt(0, "SIGINT", None)
+            raise
         except BaseException as exc:
             self.run_dir.fail(exc)
             raise
+
+    def _resume_checkpoint(self, run: RunConfig) -> Path | None:
+        """The checkpoint to continue from when `run.resume` names this run directory (the CLI resolves it)."""
+        from aligntune.run.checkpoints import latest
+
+        if run.resume is None:
+            return None
+        if Path(run.resume).expanduser().resolve() != self.run_dir.path.resolve():
+            raise ConfigError(f"resume={run.resume} names another directory than this run's ({self.run_dir.path}).",
+                              "A run resumes in its own directory: `aligntune train resume=<run dir>`, or in Python "
+                              "create_rl_trainer(..., output_dir=<run dir>, resume=<run dir>) with the run's config.")
+        from aligntune.run import resume
+
+        resume.check_resumable(self.run_dir.path, run)  # also for the Python API, where no CLI planned the resume
+        return latest(self.run_dir.checkpoints)
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.run_dir.checkpoints
 
     def _build(self) -> None:
+        from transformers import set_seed
+
         from aligntune.models.loading import load_tokenizer
+        from aligntune.run import memory
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
 
         run = self.config
+        set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
         build_trainer = builder_for(run)
         self.tokenizer = load_tokenizer(run.model)
+        self.memory_estimate = memory.check(run)  # before any weights are loaded
         self.book = SampleBook()
+        from aligntune.run.guards import NonFiniteGuard
+
+        self.nonfinite = NonFiniteGuard(run.train.on_nonfinite)
         weights = {name: spec.weight for name, spec in run.rewards.items()}
         self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
         self.progress = RichProgress()
@@ -153,11 +187,29 @@ class AlignmentJob:
 
         handler = getattr(self.trainer, "callback_handler", None)  # transformers' Trainer; the native engine: .callbacks
         place(handler.callbacks if handler is not None else getattr(self.trainer, "callbacks", []), self.run_dir.path)
+        self._add_guards()
         if not run.verbose and hasattr(self.trainer, "remove_callback"):
             from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
             self.trainer.remove_callback(PrinterCallback)
             self.trainer.remove_callback(ProgressCallback)
+
+    def _add_guards(self) -> None:
+        """Clean interruption, atomic checkpoints (transformers trainers) and the divergence guards."""
+        from aligntune.run.checkpoints import InterruptGuard, make_atomic
+        from aligntune.run.guards import TrainingWarnings
+
+        can_checkpoint = hasattr(self.trainer, "_save_checkpoint")
+        if can_checkpoint:
+            make_atomic(self.trainer, self.run_dir.path / "config.yaml")
+        self.interrupt = InterruptGuard(can_checkpoint, self.config.rollout_steps())
+        self.book.check = self.nonfinite.check_rewards
+        extra = [self.interrupt, self.nonfinite, TrainingWarnings(self.config)]
+        if hasattr(self.trainer, "add_callback"):
+            for cb in extra:
+                self.trainer.add_callback(cb)
+        else:  # the native engine's list
+            self.trainer.callbacks += extra
 
     # What builders ask the job for. Each loads on demand, so an algorithm pays only for what it uses.
 
@@ -211,11 +263,25 @@ class AlignmentJob:
         return [self.book.wrap(name, fn, self.config.rewards[name].weight) for name, fn in bound.items()]
 
     def train(self) -> dict[str, Any]:
+        from aligntune.errors import RunInterrupted, TrainingDiverged
         from aligntune.run import console, trackers
+        from aligntune.run.guards import NonFinite
 
         try:
-            self.trainer.train()
+            with self.interrupt:
+                try:
+                    if self.resume_from is not None:
+                        self._restore_token_count()
+                        self.trainer.train(resume_from_checkpoint=str(self.resume_from))
+                    else:
+                        self.trainer.train()
+                except NonFinite:
+                    pass  # self.nonfinite.diverged says what and where; handled below
             self.progress.close()
+            if self.interrupt.interrupted:
+                raise RunInterrupted(self._interrupted(self.interrupt.signal_name))
+            if self.nonfinite.diverged is not None:
+                raise self._diverged()
             if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             if self.master_weights:
@@ -234,6 +300,12 @@ class AlignmentJob:
             if self.config.eval.after_training:
                 final.update(self._evaluate_after_training())
             summary = self.run_dir.finish(final)
+        except (RunInterrupted, TrainingDiverged):
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: out at once, no checkpoint of the step in progress
+            self.progress.close()
+            self.run_dir.interrupt(self._step(), "SIGINT (twice)", None)
+            raise
         except BaseException as exc:
             self.progress.close()
             self.run_dir.fail(exc)
@@ -273,6 +345,53 @@ class AlignmentJob:
         merged = model.merge_and_unload()
         merged.save_pretrained(str(self.run_dir.path / "model_merged"))
         self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
+
+    def _restore_token_count(self) -> None:
+        """TRL's DPO/SFT/reward trainers count `num_tokens` in `_total_train_tokens`, which no checkpoint holds (GRPO
+        uses the trainer state's count, which transformers restores); continue it from the last logged value."""
+        counted = [h["num_tokens"] for h in self.recorder.history if isinstance(h.get("num_tokens"), (int, float))]
+        if counted and hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = type(self.trainer._total_train_tokens)(counted[-1])
+
+    def _step(self) -> int:
+        return int(getattr(getattr(self.trainer, "state", None), "global_step", 0) or 0)
+
+    def _interrupted(self, signal_name: str) -> str:
+        """Mark the run interrupted; the message that says how to resume."""
+        from aligntune.run.checkpoints import latest, step_of
+
+        checkpoint = latest(self.run_dir.checkpoints) if self.interrupt.can_checkpoint else None
+        if checkpoint is not None and step_of(checkpoint) != self._step():
+            checkpoint = None  # an older periodic one: say what is true
+        self.run_dir.interrupt(self._step(), signal_name, checkpoint)
+        if checkpoint is None:
+            return (f"interrupted ({signal_name}) at step {self._step()}: {self.run_dir.path} is marked interrupted. "
+                    f"algorithm={self.config.algorithm.name} does not checkpoint, so it cannot be resumed; start it again.")
+        return (f"interrupted ({signal_name}) at step {self._step()}: checkpoint written to {checkpoint}; "
+                f"{self.run_dir.path} is marked interrupted. Resume with:\n  aligntune train resume={self.run_dir.path}")
+
+    def _diverged(self):
+        """Checkpoint the last good state (the bad step was not applied), mark the run failed, and say where."""
+        from aligntune.errors import TrainingDiverged
+
+        found = self.nonfinite.diverged
+        what, step = found.what, found.step
+        checkpoint = None
+        if self.interrupt.can_checkpoint and not found.applied:
+            self.trainer._save_checkpoint(self.trainer.model, trial=None)
+            from aligntune.run.checkpoints import latest
+
+            checkpoint = latest(self.run_dir.checkpoints)
+        err = TrainingDiverged(
+            f"Training diverged at step {step}: the {what} is NaN or infinite. "
+            + ("The step was applied (the native engine checks after the update)" if found.applied else
+               "The step was not applied")
+            + (f"; the last good state (step {step - 1}) is checkpointed in {checkpoint}." if checkpoint else "."),
+            "Lower train.learning_rate or train.max_grad_norm, check the rewards for NaN/inf, or set "
+            "train.on_nonfinite=skip to skip such steps" + (f" (resume with: aligntune train resume={self.run_dir.path} "
+                                                               "train.on_nonfinite=skip)." if checkpoint else "."))
+        self.run_dir.fail(err)
+        return err
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics of the trained model beside the starting model's (as `aligntune eval` reports them)."""

@@ -34,16 +34,39 @@ def _read(src: Source, cfg: DatasetConfig, split: str):
                 raise ConfigError(f"dataset split {split!r} was asked for, but {src.location} is a single file, which "
                                   "holds only the 'train' split.", "Use dataset.eval_fraction to hold out rows of it, or "
                                   "point dataset.name at a directory or hub dataset with splits.")
+            _check_utf8(Path(src.location))
             return datasets.load_dataset(FILE_BUILDERS[Path(src.location).suffix], data_files=src.location, split="train")
         return datasets.load_dataset(src.location, cfg.subset, split=split)
-    except ConfigError:
+    except (ConfigError, DataError):
         raise
     except ValueError as exc:
         if "split" in str(exc).lower():
             raise DataError(f"Dataset {cfg.name!r} has no split {split!r} ({exc}).", "Use one of its splits.") from exc
         raise DataError(f"Cannot read dataset {src.location}: {exc}.", _FILE_HINT) from exc
     except Exception as exc:  # datasets raises many types for malformed files
-        raise DataError(f"Cannot read dataset {src.location}: {type(exc).__name__}: {exc}.", _FILE_HINT) from exc
+        root = exc
+        while root.__cause__ is not None:  # DatasetGenerationError wraps the parser's own message
+            root = root.__cause__
+        detail = f"{type(exc).__name__}: {exc}" if root is exc else f"{type(root).__name__}: {root}"
+        raise DataError(f"Cannot read dataset {src.location}: {detail}.", _FILE_HINT) from exc
+
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def _check_utf8(path: Path) -> None:
+    """Text files must be UTF-8: pyarrow reads other encodings without complaint and fails later, on access."""
+    if path.suffix not in TEXT_SUFFIXES:
+        return
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"Dataset {path} is not UTF-8: line {number} has the byte 0x{line[exc.start]:02x} at "
+                                f"column {exc.start + 1}, which is not valid UTF-8.",
+                                f"Re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > "
+                                f"{path.stem}.utf8{path.suffix}).") from exc
 
 
 _FILE_HINT = ("Check that the file is valid for its extension (.jsonl: one JSON object per line; .json: a list of "

@@ -28,6 +28,10 @@ def setup(run_dir: Path, verbose: bool) -> None:
     transformers.utils.logging.enable_propagation()
     transformers.utils.logging.set_verbosity_info()
     datasets.utils.logging.set_verbosity_warning()
+    engine_logger = logging.getLogger("datasets")  # its errors go to train.log; aligntune reports them itself
+    for h in [h for h in engine_logger.handlers if type(h) is logging.StreamHandler]:
+        engine_logger.removeHandler(h)
+    datasets.utils.logging.enable_propagation()
     datasets.disable_progress_bars()
     if verbose:
         console = logging.StreamHandler()

@@ -3,10 +3,13 @@
     config.yaml      the resolved config (real keys, after shortcuts)   overrides.yaml  what the user typed
     train.log        everything logged                                  metrics.jsonl   one line per logging step
     samples.jsonl    sample completions with their rewards              model/          final model + tokenizer (HF format)
-    summary.json     status (running | completed | failed), final metrics, wall time
+    summary.json     status (running | completed | interrupted | failed), final metrics, wall time
+    checkpoints/     checkpoint-<step>/ (aligntune.run.checkpoints), when written
 
 summary.json is written atomically and says "completed" only after the final model is saved.
 In a multi-process run only global rank 0 writes (`main=False` elsewhere: every write is skipped).
+A resumed run keeps its directory: metrics and samples after the checkpoint's step are dropped, then
+appended to again.
 """
 
 from __future__ import annotations
@@ -49,6 +52,36 @@ class RunDir:
         for f in (self.metrics, self.samples):
             f.write_text("", encoding="utf-8")
         write_json_atomic(self.summary, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def resume(self, run: RunConfig, overrides: list[str] | None, step: int) -> list[dict]:
+        """Continue in this directory from a checkpoint at `step`: lines logged after it are dropped (the resumed
+        run logs them again). Returns the metric records kept, for the run's final summary."""
+        self.started = time.time()
+        kept: list[dict] = []
+        for f in (self.metrics, self.samples):
+            lines = f.read_text(encoding="utf-8").splitlines() if f.is_file() else []
+            records = [json.loads(line) for line in lines if line.strip()]
+            records = [r for r in records if r.get("step", 0) <= step]
+            if f == self.metrics:
+                kept = records
+            if not self.main:  # other processes of a distributed run only read
+                continue
+            f.write_text("".join(json.dumps(r, default=float) + "\n" for r in records), encoding="utf-8")
+        if not self.main:
+            return kept
+        (self.path / "config.yaml").write_text(yaml.safe_dump(asdict(run), sort_keys=False), encoding="utf-8")
+        write_json_atomic(self.summary, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         "resumed_from_step": step})
+        return kept
+
+    def interrupt(self, step: int, signal_name: str, checkpoint: Path | None) -> dict:
+        summary = {"status": "interrupted", "signal": signal_name, "step": step,
+                   "checkpoint": str(checkpoint) if checkpoint else None,
+                   "resume": f"aligntune train resume={self.path}" if checkpoint else None,
+                   "wall_time_s": round(time.time() - self.started, 3)}
+        if self.main:
+            write_json_atomic(self.summary, summary)
+        return summary
 
     def finish(self, metrics: dict) -> dict:
         summary = {"status": "completed", "wall_time_s": round(time.time() - self.started, 3), **metrics}

@@ -15,12 +15,15 @@ class SampleBook:
         self.prompts: list = []
         self.completions: list = []
         self.scores: dict[str, list] = {}
+        self.check = None  # (name, scores) -> scores: the divergence guard's look at every score (run/guards.py)
 
     def wrap(self, name: str, fn: Callable, weight: float) -> Callable:
         book = self
 
         def reward(prompts=None, completions=None, **kwargs):
             scores = fn(prompts=prompts, completions=completions, **kwargs)
+            if book.check is not None:
+                scores = book.check(name, scores)
             if completions is not book.completions:
                 book.prompts, book.completions, book.scores = prompts, completions, {}
             book.scores[name] = list(scores)

@@ -51,6 +51,9 @@ HANDLED_ELSEWHERE = {
     "dataset.eval_split": "the job's held-out prompts (PPOTrainer.evaluate: reward of sampled completions)",
     "dataset.eval_fraction": "the job's held-out prompts (PPOTrainer.evaluate: reward of sampled completions)",
     "backend.trl_args": "refused: the native engine is not TRL",
+    "train.save_steps": "refused by RunConfig: the native engine writes no checkpoints (nor resumes)",
+    "train.save_total_limit": "only bounds checkpoints, which the native engine does not write",
+    "train.on_nonfinite": "NonFiniteGuard on the logged loss/rewards (stop); skip is refused by RunConfig",
 }
 
 

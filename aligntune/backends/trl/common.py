@@ -41,7 +41,11 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         # Trackers (logger=...) through the Trainer's own report_to; output_dir is <run dir>/checkpoints.
         **report_args(run.logger, Path(output_dir).parent.name),
         disable_tqdm=not run.verbose,  # aligntune draws its own progress bar
-        save_strategy="no",  # the final model is saved into the run directory by aligntune
+        # Periodic checkpoints into <run dir>/checkpoints (written atomically: aligntune.run.checkpoints); with
+        # save_strategy "no" a checkpoint is still written when the run is interrupted or diverges.
+        save_strategy="steps" if t.save_steps is not None else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         log_level="info" if run.verbose else "warning",
     )
 

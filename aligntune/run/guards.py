@@ -1,0 +1,136 @@
+"""Divergence guards and the classic GRPO failure signs, as trainer callbacks.
+
+NonFiniteGuard (train.on_nonfinite):
+  * rewards: every score a reward returns is checked as it is computed (SampleBook calls `check_rewards`);
+  * gradients (which a NaN/inf loss makes non-finite too): checked in `on_pre_optimizer_step`, i.e. after
+    backward and before the optimizer applies them;
+  * the logged loss: checked in `on_log` (the native PPO engine has no pre-optimizer hook).
+  `stop` raises NonFinite before the bad step is applied (for rewards and gradients); the job then writes a
+  checkpoint of that last good state and reports the step and the quantity. `skip` drops the step instead
+  (gradients set to None, so the optimizer leaves every parameter and its moments alone) or, for rewards,
+  the non-finite scores (None: TRL leaves that reward out for those completions), and says so once.
+
+TrainingWarnings: warns once each, with the numbers, when most GRPO groups have zero reward variance
+(no learning signal), when the entropy collapses, and when completions are (nearly) always truncated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+from transformers import TrainerCallback
+
+log = logging.getLogger("aligntune")
+
+
+class NonFinite(Exception):
+    def __init__(self, what: str, step: int, applied: bool):
+        self.what, self.step, self.applied = what, step, applied
+        super().__init__(f"non-finite {what} at step {step}")
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+    log.warning(text)
+
+
+def _bad(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isfinite(x)
+
+
+class NonFiniteGuard(TrainerCallback):
+    def __init__(self, policy: str):
+        self.policy = policy  # stop | skip
+        self.step = 1  # the step being computed (1-based, as global_step will be after it)
+        self.diverged: NonFinite | None = None
+        self.skipped: list[tuple[int, str]] = []
+
+    def _found(self, what: str, applied: bool = False) -> None:
+        self.diverged = NonFinite(what, self.step, applied)
+        raise self.diverged
+
+    def check_rewards(self, name: str, scores: list) -> list:
+        bad = [i for i, s in enumerate(scores) if _bad(s)]
+        if not bad:
+            return scores
+        if self.policy == "stop":
+            self._found(f"reward '{name}' ({len(bad)} of {len(scores)} scores, e.g. {scores[bad[0]]})")
+        if not any(what.startswith(f"reward '{name}'") for _, what in self.skipped):
+            _warn(f"step {self.step}: reward '{name}' returned {len(bad)} non-finite score(s) of {len(scores)}; they are "
+                  "skipped (train.on_nonfinite=skip): that reward does not count for those completions.")
+        self.skipped.append((self.step, f"reward '{name}'"))
+        return [None if i in bad else s for i, s in enumerate(scores)]
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step + 1
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        what = "gradient (so also the loss, or a reward, of this step)"
+        if self.policy == "stop":
+            self._found(what)
+        for p in model.parameters():
+            p.grad = None  # AdamW skips parameters without a gradient: no update, moments untouched
+        self.skipped.append((self.step, "gradient"))
+        _warn(f"step {self.step}: non-finite gradient, the update is skipped (train.on_nonfinite=skip; "
+              f"{sum(w == 'gradient' for _, w in self.skipped)} step(s) skipped so far).")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "reward"):
+            if logs and _bad(logs.get(key)) and self.policy == "stop" and self.diverged is None:
+                self.step = state.global_step
+                self._found(key, applied=True)
+
+
+class TrainingWarnings(TrainerCallback):
+    """GRPO/RLOO failure signs, each warned once with the numbers (TRL's logged metrics)."""
+
+    ZERO_STD = 0.5  # fraction of groups whose rewards are all equal
+    ENTROPY_DROP = 0.1  # entropy below this fraction of its first logged value
+    TRUNCATED = 0.95  # fraction of completions cut at max_completion_length ...
+    TRUNCATED_LOGS = 3  # ... over this many consecutive logged steps
+
+    def __init__(self, run):
+        self.online = run.algorithm.name in ("grpo", "rloo")
+        self.max_len = getattr(run.algorithm, "max_completion_length", None)
+        self.warned: set[str] = set()
+        self.first_entropy: float | None = None
+        self.truncated: list[float] = []
+
+    def _once(self, key: str, text: str) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            _warn(text)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.online or not logs or not state.is_world_process_zero:
+            return
+        step = state.global_step
+        zero = logs.get("frac_reward_zero_std")
+        if isinstance(zero, (int, float)) and zero > self.ZERO_STD:
+            self._once("zero_std", f"step {step}: {zero:.0%} of the groups had the same reward for every completion, so "
+                       "they give no learning signal (advantage 0). Raise algorithm.group_size or "
+                       "algorithm.temperature, or make the reward finer-grained.")
+        entropy = logs.get("entropy")
+        if isinstance(entropy, (int, float)) and math.isfinite(entropy):
+            if self.first_entropy is None:
+                self.first_entropy = entropy
+            elif self.first_entropy > 0 and entropy < self.ENTROPY_DROP * self.first_entropy:
+                self._once("entropy", f"step {step}: entropy collapsed to {entropy:.4g} from {self.first_entropy:.4g} "
+                           "at the start: the policy has nearly stopped exploring. Lower train.learning_rate, raise "
+                           "algorithm.beta or algorithm.temperature.")
+        clipped = logs.get("completions/clipped_ratio")
+        if isinstance(clipped, (int, float)):
+            self.truncated.append(clipped)
+            last = self.truncated[-self.TRUNCATED_LOGS:]
+            if len(last) == self.TRUNCATED_LOGS and min(last) >= self.TRUNCATED:
+                self._once("truncated", f"step {step}: {min(last):.0%} or more of the completions hit "
+                           f"algorithm.max_completion_length={self.max_len} in each of the last {self.TRUNCATED_LOGS} "
+                           "logged steps: rewards judge cut-off text. Raise max_completion_length, or shape length "
+                           "(DAPO's algorithm.overlong_buffer, or mask_truncated_completions=true).")

@@ -1,0 +1,154 @@
+"""Preflight memory estimate, before any weights are loaded: warn when the run will not fit the machine.
+
+The model is built from its config on the `meta` device (no memory, no weights read), which gives the exact
+parameter count and shapes. Bytes, with fp32 master weights as aligntune loads them (models/loading.py):
+
+  weights     4 x parameters (policy)
+  gradients   4 x trainable parameters (all, or LoRA's adapters)
+  optimizer   8 x trainable parameters (AdamW: two fp32 moments)
+  reference   4 x parameters when the algorithm keeps a frozen copy (GRPO/RLOO with beta > 0, DPO unless
+              reference-free or precomputed, PPO); none with LoRA (the reference is the adapter-disabled base)
+  critic      PPO: a second policy-sized model with its gradients and optimizer state
+  activations per micro-batch of sequences: layers x tokens x hidden x 34 bytes (Korthikanti et al. 2022,
+              "Reducing Activation Recomputation", 16-bit; doubled for fp32; attention scores only with eager
+              attention, SDPA keeps none) plus the
+              logits (tokens x vocab x 4 x 2); with gradient checkpointing only each layer's input is kept.
+
+An estimate, not a measurement: allocator overhead, CUDA context and generation's KV cache are left out,
+so a warning is issued only when the estimate alone exceeds the memory available.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from aligntune.config.schema import RunConfig
+
+log = logging.getLogger("aligntune")
+PROMPT_TOKENS = 256  # assumed prompt length of online algorithms (their prompts are not truncated)
+
+
+def _meta_model(run: RunConfig):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from aligntune.errors import ModelError
+    from aligntune.models.loading import _location
+
+    location = _location(run.model)
+    try:
+        config = AutoConfig.from_pretrained(location, trust_remote_code=run.model.trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code), config
+    except ValueError as exc:  # as models.loading.load_model reports it
+        first_line = str(exc).strip().splitlines()[0]  # the rest lists every causal-LM config class transformers has
+        raise ModelError(f"{location} is not a causal language model that transformers can load ({first_line}).",
+                         "model.name_or_path must name a causal LM (e.g. a *ForCausalLM checkpoint).") from exc
+
+
+def _lora_params(model, run: RunConfig) -> int:
+    import torch
+
+    targets = run.model.lora.target_modules
+    total = 0
+    for name, module in model.named_modules():
+        targeted = targets == ["all-linear"] or any(name.split(".")[-1] == t for t in targets)
+        if isinstance(module, torch.nn.Linear) and "lm_head" not in name and targeted:
+            total += run.model.lora.r * (module.in_features + module.out_features)
+    return total
+
+
+def _shape(run: RunConfig) -> tuple[int, int]:
+    """(sequences per forward/backward, tokens per sequence)."""
+    algo, t = run.algorithm, run.train
+    if algo.name in ("grpo", "rloo"):
+        per_step = t.batch_size * algo.group_size // algo.num_mini_batches
+        return t.micro_batch_size or per_step, PROMPT_TOKENS + algo.max_completion_length
+    if algo.name == "ppo":
+        return t.micro_batch_size or t.batch_size, PROMPT_TOKENS + algo.max_completion_length
+    pairs = 2 if algo.name in ("dpo", "reward") else 1  # chosen and rejected go through together
+    return (t.micro_batch_size or t.batch_size) * pairs, algo.max_length
+
+
+def _needs_reference(run: RunConfig) -> bool:
+    algo = run.algorithm
+    if run.model.lora.enabled:
+        return False
+    if algo.name in ("grpo", "rloo"):
+        return algo.beta > 0
+    if algo.name == "dpo":
+        return not (algo.reference_free or algo.precompute_ref_log_probs)
+    return algo.name == "ppo"
+
+
+def estimate(run: RunConfig) -> dict[str, int]:
+    """Bytes per component (see the module docstring) and their `total`."""
+    model, config = _meta_model(run)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = _lora_params(model, run) if run.model.lora.enabled else params
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    vocab = getattr(config, "vocab_size", 0)
+    seqs, tokens = _shape(run)
+    if run.train.gradient_checkpointing:
+        per_layer = seqs * tokens * hidden * 4
+        activations = layers * per_layer + seqs * tokens * hidden * 34 * 2
+    else:
+        activations = layers * seqs * tokens * hidden * 34 * 2
+        if getattr(config, "_attn_implementation", None) == "eager":  # SDPA/flash keep no attention matrix
+            activations += layers * 5 * heads * tokens * tokens * seqs * 2
+    activations += seqs * tokens * vocab * 4 * 2
+    out = {"weights": 4 * params, "gradients": 4 * trainable, "optimizer": 8 * trainable,
+           "reference": 4 * params if _needs_reference(run) else 0,
+           "critic": 16 * params if run.algorithm.name == "ppo" else 0, "activations": activations}
+    out["total"] = sum(out.values())
+    out["parameters"] = params
+    return out
+
+
+def available(device: str) -> tuple[int, str]:
+    """(bytes, what they are) of the device the run trains on."""
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return free, "free GPU memory"
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return info["MemAvailable"], "available RAM"
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
+
+
+def check(run: RunConfig) -> dict[str, int]:
+    """Estimate, log it, and warn (once, with the breakdown) when it exceeds the device's memory."""
+    from aligntune.errors import AligntuneError
+    from aligntune.models.loading import resolve_device
+
+    try:
+        est = estimate(run)
+    except AligntuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice; an architecture it cannot size must still train
+        log.warning("memory estimate unavailable: %s: %s", type(exc).__name__, exc)
+        return {}
+    have, what = available(resolve_device(run.device))
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in est.items() if k not in ("total", "parameters") and v)
+    log.info("memory estimate: %s for %s parameters (%s); %s: %s", _gb(est["total"]), est["parameters"], parts, what,
+             _gb(have))
+    if est["total"] > have:
+        seqs, tokens = _shape(run)
+        text = (f"warning: this run needs about {_gb(est['total'])} ({parts}; {seqs} sequences of up to {tokens} tokens "
+                f"per forward/backward), more than the {_gb(have)} of {what}. Lower train.micro_batch_size or the "
+                "lengths, enable train.gradient_checkpointing or model.lora.enabled, or use a smaller model.")
+        print(text, file=sys.stderr, flush=True)
+        log.warning(text)
+    return est

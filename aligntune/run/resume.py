@@ -1,0 +1,126 @@
+"""`aligntune train resume=<run dir>|latest [resume_force=true] [KEY=VALUE ...]`: continue a run in its own directory.
+
+The run's config is recomposed from what it was started with (<run dir>/.hydra/overrides.yaml) plus the new
+overrides, and compared with the config it ran (<run dir>/config.yaml). A difference that would change the
+run (model, data, algorithm, batch arithmetic, optimiser, seed, ...) is refused with the list of differences
+unless resume_force=true; only settings that do not touch the optimisation may change (RESUMABLE_CHANGES).
+A completed run is refused too: it has nothing left to train, and resuming it must not look like success.
+No torch is imported here: this runs before Hydra launches anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from aligntune.errors import ConfigError
+
+# Keys that may differ on resume without changing the optimisation (prefixes end with a dot).
+RESUMABLE_CHANGES = ("resume", "resume_force", "verbose", "train.save_steps", "train.save_total_limit",
+                     "train.log_samples", "train.on_nonfinite", "eval.")
+_OWN_KEYS = ("resume=", "resume_force=")
+
+
+def requested(overrides: list[str]) -> bool:
+    return any(o.startswith("resume=") for o in overrides)
+
+
+def _value(overrides: list[str], key: str) -> str | None:
+    found = [o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")]
+    return found[-1].strip("'\"") if found else None
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def find_run(ref: str, outputs: Path = Path("outputs")) -> Path:
+    """A run directory from `ref`: a path, or `latest` (the newest unfinished run with a checkpoint under outputs/)."""
+    from aligntune.run.checkpoints import latest
+
+    if ref == "latest":
+        runs = sorted((p.parent for p in outputs.glob("*/*/summary.json")), key=lambda p: (p.parent.name, p.name))
+        candidates = [r for r in runs if _status(r).get("status") != "completed" and latest(r / "checkpoints")]
+        if not candidates:
+            raise ConfigError(f"resume=latest found no unfinished run with a checkpoint under {outputs.resolve()}.",
+                              "Give the run directory (resume=outputs/<date>/<time>_<id>), or run from the directory "
+                              "that holds outputs/.")
+        return candidates[-1].resolve()
+    path = Path(ref).expanduser()
+    if not (path / "summary.json").is_file():
+        raise ConfigError(f"resume={ref} is not a run directory (no summary.json in it).",
+                          "Give the directory of the run to continue (outputs/<date>/<time>_<id>), or resume=latest.")
+    return path.resolve()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(saved: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every key whose value differs, except the ones a resume may change."""
+    a, b = flatten(saved), flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+            continue
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            out.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")
+    return out
+
+
+def plan(overrides: list[str], multirun: bool) -> list[str]:
+    """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot."""
+    from aligntune.config import compose
+    from aligntune.run.checkpoints import step_of
+
+    if multirun:
+        raise ConfigError("resume= continues one run and cannot be part of a sweep (-m).", "Drop -m, or resume each run.")
+    ref = _value(overrides, "resume")
+    force = (_value(overrides, "resume_force") or "false").lower() == "true"
+    run_dir = find_run(ref)
+    saved_file = run_dir / ".hydra" / "overrides.yaml"
+    saved = [o for o in (yaml.safe_load(saved_file.read_text()) or []) if not o.startswith(_OWN_KEYS)] \
+        if saved_file.is_file() else []
+    new = [o for o in overrides if not o.startswith(_OWN_KEYS)]
+    run, _ = compose.load(saved + new + [f"resume_force={str(force).lower()}"])
+    checkpoint, changed = check_resumable(run_dir, run)
+    print(f"resuming {run_dir} from {checkpoint.name} (step {step_of(checkpoint)})"
+          + (f", with changes: {'; '.join(changed)}" if changed else ""), flush=True)
+    return saved + new + [f"resume='{run_dir}'", f"resume_force={str(force).lower()}", f"hydra.run.dir='{run_dir}'"]
+
+
+def check_resumable(run_dir: Path, run) -> tuple[Path, list[str]]:
+    """(the checkpoint to continue from, the allowed differences); ConfigError when the run is complete, has no
+    checkpoint, or `run` differs from the config it ran in a way that changes it (unless run.resume_force)."""
+    from aligntune.run.checkpoints import latest
+
+    summary = _status(run_dir)
+    if summary.get("status") == "completed":
+        raise ConfigError(f"The run {run_dir} already completed ({summary.get('steps', '?')} steps); resuming it would "
+                          "train nothing.", f"To train further, start a new run from its model: "
+                          f"model.name_or_path={run_dir / 'model'} (with the steps you want).")
+    checkpoint = latest(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise ConfigError(f"The run {run_dir} has no checkpoint to resume from (status: {summary.get('status', '?')}); "
+                          "it stopped before writing one.", "Start it again; set train.save_steps=N to checkpoint "
+                          "every N steps (an interrupted run always writes one).")
+    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    changed = differences(ran, asdict(run))
+    if changed and not run.resume_force:
+        raise ConfigError(f"Resuming {run_dir} with a config that differs from the one it ran would change the run: "
+                          + "; ".join(changed) + ".",
+                          "Drop those overrides to continue the same run, or add resume_force=true to resume anyway.")
+    return checkpoint, changed
