@@ -29,8 +29,9 @@ VERL_VERSION = "0.9.1"  # the version the translation was checked against
 
 
 @pytest.fixture(scope="session")
-def verl_config_dir(request) -> Path:
-    cache = Path(request.config.cache.mkdir("verl-wheel"))
+def verl_config_dir(request, tmp_path_factory) -> Path:
+    store = getattr(request.config, "cache", None)  # pytest's cache dir (absent with -p no:cacheprovider)
+    cache = Path(store.mkdir("verl-wheel")) if store is not None else tmp_path_factory.mktemp("verl-wheel")
     tree = cache / f"verl-{VERL_VERSION}" / "verl" / "trainer" / "config"
     if not (tree / "ppo_trainer.yaml").is_file():
         wheels = list(cache.glob(f"verl-{VERL_VERSION}-*.whl"))
@@ -81,7 +82,8 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
                    "dataset.eval_fraction=0.1", "model.dtype=bf16", "model.lora.enabled=true", "model.lora.r=8",
                    "model.lora.alpha=16", "model.lora.dropout=0.0", "model.lora.target_modules=[q_proj,v_proj]",
                    "seed=7", "distributed.num_processes=16", "distributed.num_machines=2",
-                   "backend.verl.rollout=sglang", "backend.verl.project=p", "logger=[tensorboard,wandb]")
+                   "backend.verl.rollout=sglang", "backend.verl.project=p", "logger=[tensorboard,wandb]",
+                   "train.save_steps=5", "train.save_total_limit=3")
     intended = verl_overrides(run, exported(tmp_path))
     cfg = compose_verl(verl_config_dir, override_strings(intended))
     for key, value in intended.items():
@@ -97,6 +99,7 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
     assert cfg.actor_rollout_ref.model.lora_rank == 8 and list(cfg.actor_rollout_ref.model.target_modules) == ["q_proj", "v_proj"]
     assert cfg.trainer.nnodes == 2 and cfg.trainer.n_gpus_per_node == 8 and cfg.trainer.test_freq == 10
     assert list(cfg.trainer.logger) == ["console", "tensorboard", "wandb"]
+    assert cfg.trainer.save_freq == 5 and cfg.trainer.max_actor_ckpt_to_keep == 3
     # Interpolations in verl's tree follow: the rollout's response length is data.max_response_length.
     assert cfg.actor_rollout_ref.rollout.response_length == 300
 

@@ -78,7 +78,9 @@ TRANSLATED: dict[str, tuple[str, ...]] = {
     "backend.verl.rollout": (f"{R}.name",),
     "backend.verl.project": ("trainer.project_name",),
     "(run directory)": ("trainer.experiment_name", "trainer.default_local_dir", "trainer.save_freq"),
-    "logger": ("trainer.logger",),  # verl's Tracking supports the same four trackers, plus its console
+    "logger": ("trainer.logger",),
+    "train.save_steps": ("trainer.save_freq",),
+    "train.save_total_limit": ("trainer.max_actor_ckpt_to_keep", "trainer.max_critic_ckpt_to_keep"),  # verl's Tracking supports the same four trackers, plus its console
 }
 
 # aligntune key -> why verl cannot take it. Refused when set away from the schema default.
@@ -89,6 +91,9 @@ NOT_TRANSLATED: dict[str, str] = {
     "algorithm.dynamic_sampling": "verl's group filtering lives in its DAPO recipe, not verl.trainer.main_ppo",
     "algorithm.dynamic_sampling_max_retries": "verl's group filtering lives in its DAPO recipe",
     "model.lora.dropout": "verl's LoRA has no dropout setting (set model.lora.dropout=0.0)",
+    "train.on_nonfinite": "verl has no skip-the-step switch for NaN/inf (keep the default, stop)",
+    "resume": "verl resumes through its own trainer.resume_mode from its checkpoints, not aligntune's",
+    "resume_force": "verl resumes through its own trainer.resume_mode",
     "model.lora.save_merged": "verl writes its own checkpoints; merge the adapter from them with verl's model merger",
     "train.logging_steps": "verl logs every step",
     "train.log_samples": "verl does not write aligntune's samples.jsonl",
@@ -258,7 +263,10 @@ def verl_overrides(run: RunConfig, ex: Exported) -> dict[str, object]:
         "trainer.project_name": run.backend.verl.project,
         "trainer.experiment_name": ex.experiment,
         "trainer.default_local_dir": ex.checkpoint_dir,
-        "trainer.save_freq": total_steps(run, ex.train_rows),  # one checkpoint, at the last step
+        # every train.save_steps steps, else one checkpoint at the last step
+        "trainer.save_freq": t.save_steps if t.save_steps is not None else total_steps(run, ex.train_rows),
+        "trainer.max_actor_ckpt_to_keep": t.save_total_limit,
+        "trainer.max_critic_ckpt_to_keep": t.save_total_limit,
         "trainer.logger": ["console", *run.logger],
     })
     if run.model.dtype in DTYPES:
