@@ -326,7 +326,7 @@ def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_s
     order = []
     monkeypatch.setattr(memory, "available", lambda device: (order.append("estimate") or 1000, "available RAM"))
     real_load = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda cfg: (order.append("load"), real_load(cfg))[1])
+    monkeypatch.setattr(loading, "load_model", lambda *args: (order.append("load"), real_load(*args))[1])
     assert cli.main(["train", *SMOKE, "train.max_steps=1"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: this run needs about" in err and "more than the 0.0 MB of available RAM" in err
