@@ -153,7 +153,8 @@ def run_side(algorithm: str, side: str, steps: int, model: str, timeout: float) 
         pool.terminate()
 
 
-def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout: float = 240) -> dict:
+def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout: float = 240,
+            sides: tuple[str, ...] = SIDES, algorithms: tuple[str, ...] = tuple(JOBS)) -> dict:
     import trl  # noqa: F401  # the heavy imports, once; every run forks from here
 
     from aligntune.config import compose
@@ -162,13 +163,15 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
 
     watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
     result["auto_resolves_to"] = resolve_dtype("auto", resolve_device("auto"))
-    for algorithm in JOBS:
+    result["sides_run"], result["algorithms"] = list(sides), list(algorithms)
+    chosen = sides
+    for algorithm in algorithms:
         runs = []
         for _ in range(reps):
-            for side in SIDES:
+            for side in chosen:
                 runs.append(run_side(algorithm, side, steps, model, timeout))
         sides = {}
-        for side in SIDES:
+        for side in chosen:
             mine = [r for r in runs if r["side"] == side and "timed_out" not in r]
             if not mine:  # no run finished: a lower bound, (timeout - aligntune's set-up time) / steps per step
                 setup = max(r.get("setup_s", 0) for r in runs if r["side"] == "aligntune")
@@ -188,10 +191,10 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
                 info["generated_tokens_per_s"] = generated / step
             sides[side] = info
         result[algorithm] = {"sides": sides, "runs": runs,
-                             "speedup_vs_trl_default": sides["trl_default"]["step_s"] / sides["aligntune"]["step_s"],
-                             "speedup_vs_trl_fp32": sides["trl_fp32"]["step_s"] / sides["aligntune"]["step_s"]}
+                             **{f"speedup_vs_{s}": sides[s]["step_s"] / sides["aligntune"]["step_s"]
+                                for s in ("trl_default", "trl_fp32") if s in sides and "aligntune" in sides}}
     result["matmul_gflops"] = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
-    for algorithm in JOBS:
+    for algorithm in algorithms:
         a = result[algorithm]["sides"]["aligntune"]
         flops = 6 * a["params"] * (a["trained_tokens_per_step"] or 0) + 2 * a["params"] * a.get("generated_tokens_per_step", 0)
         if algorithm == "grpo":  # the reference model's forward for the KL term
@@ -204,9 +207,9 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
 
 def rows(result: dict) -> list[dict]:
     out = [{"name": "model.dtype=auto on this machine", "value": result["auto_resolves_to"], "target": "", "ok": None}]
-    for algorithm in JOBS:
+    for algorithm in result["algorithms"]:
         r = result[algorithm]
-        for side in SIDES:
+        for side in result["sides_run"]:
             s = r["sides"][side]
             if s.get("lower_bound"):
                 out.append({"name": f"{algorithm.upper()} {side}", "target": "", "ok": None,
@@ -217,16 +220,17 @@ def rows(result: dict) -> list[dict]:
             extra = f", {s['generated_tokens_per_s']:.0f} gen tok/s" if "generated_tokens_per_s" in s else ""
             out.append({"name": f"{algorithm.upper()} {side} ({setting})", "target": "", "ok": None,
                         "value": f"{s['step_s']:.2f} s/step{extra}, {s['peak_rss_mb'] / 1024:.2f} GiB"})
-        bound = ">= " if r["sides"]["trl_default"].get("lower_bound") else ""
-        out.append({"name": f"{algorithm.upper()} speed-up vs TRL defaults", "value": f"{bound}{r['speedup_vs_trl_default']:.2f}x",
-                    "target": f">= {TARGET}x", "ok": r["speedup_vs_trl_default"] >= TARGET})
-        bound = ">= " if r["sides"]["trl_fp32"].get("lower_bound") else ""
-        out.append({"name": f"{algorithm.upper()} speed-up vs TRL fp32", "value": f"{bound}{r['speedup_vs_trl_fp32']:.2f}x",
-                    "target": "", "ok": None})
+        for other, label, target in (("trl_default", "TRL defaults", TARGET), ("trl_fp32", "TRL fp32", None)):
+            if f"speedup_vs_{other}" not in r:
+                continue
+            bound = ">= " if r["sides"][other].get("lower_bound") else ""
+            ratio = r[f"speedup_vs_{other}"]
+            out.append({"name": f"{algorithm.upper()} speed-up vs {label}", "value": f"{bound}{ratio:.2f}x",
+                        "target": f">= {target}x" if target else "", "ok": ratio >= target if target else None})
     g = result["matmul_gflops"]
     out.append({"name": "matmul 1024^2 fp32 / bf16", "value": f"{g['float32']:.0f} / {g['bfloat16']:.0f} GFLOP/s",
                 "target": "", "ok": None})
-    for algorithm in JOBS:
+    for algorithm in result["algorithms"]:
         out.append({"name": f"{algorithm.upper()} step, share of fp32 matmul peak", "target": "", "ok": None,
                     "value": f"{result[algorithm]['fraction_of_fp32_peak']:.1%} ({result[algorithm]['achieved_gflops']:.1f} GFLOP/s)"})
     out.append(interference_row(f"{result['model']} runs", result["other_cpu_cores"]))
@@ -239,8 +243,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2, help="runs per side (alternating)")
     parser.add_argument("--model", default="smollm2_135m", help="model preset (tiny: a quick check of the script)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds per run before it is stopped")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
+    parser.add_argument("--algorithms", default=",".join(JOBS), help="comma-separated subset of " + ",".join(JOBS))
     args = parser.parse_args()
-    result = measure(args.steps, args.reps, args.model, args.timeout)
+    result = measure(args.steps, args.reps, args.model, args.timeout, tuple(args.sides.split(",")),
+                     tuple(args.algorithms.split(",")))
     print(table(rows(result)))
     print(f"wrote {write_json('precision_speed', result)}")
     return 0 if all(r["ok"] is not False for r in rows(result)) else 1
