@@ -15,8 +15,15 @@ import os
 import sys
 
 from aligntune import __version__
-from aligntune.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, AligntuneError, RunInterrupted, report,
-                              traceback_requested)
+from aligntune.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    AligntuneError,
+    RunInterrupted,
+    report,
+    traceback_requested,
+)
 
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
@@ -222,7 +229,7 @@ def _write_sweep_comparison(sweep_dir: str) -> list[dict]:
 
     try:
         rows, columns = report.write_comparison(sweep_dir)
-    except Exception as exc:  # noqa: BLE001 - the jobs are done and saved; the comparison is a convenience
+    except Exception as exc:
         print(f"warning: could not write the sweep comparison in {sweep_dir}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return []
     console.print(report.comparison_table(rows, columns, f"sweep {os.path.basename(os.path.normpath(sweep_dir))}"))

@@ -139,7 +139,7 @@ def render(result: dict) -> str:
     cells = [head] + [(r["reward"], str(r["batch"]), f"{r['seconds'] * 1e3:.1f}", f"{r['us_per_completion']:.1f}",
                        f"{r['ratio_to_generation']:.4f}") for r in result["rows"]]
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    line = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths)))  # noqa: E731
+    line = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths)))
     return "\n".join([line(head), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
 
 

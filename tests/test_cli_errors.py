@@ -13,7 +13,7 @@ import pytest
 
 from aligntune import __version__, cli
 from aligntune.config import compose
-from aligntune.errors import AligntuneError, EXIT_USAGE, ConfigError
+from aligntune.errors import EXIT_USAGE, AligntuneError
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_train_help_lists_groups_and_shortcuts_and_runs_nothing(in_empty_dir, ca
     out = capsys.readouterr().out
     for group in ("model", "dataset", "algorithm", "backend", "experiment", "debug"):
         options = compose.group_options(group)
-        assert re.search(rf"^\s+{group}:\s", out, re.M), group
+        assert re.search(rf"^\s+{group}:\s", out, re.MULTILINE), group
         for option in options:
             assert option in out, f"{group}={option} missing from train --help"
     assert "group_size -> algorithm.group_size" in out

@@ -20,7 +20,8 @@ import yaml
 from aligntune import cli
 from aligntune.backends.trl import dynamic_sampling as ds
 from aligntune.backends.trl.grpo import grpo_args, overlong_reward, to_grpo_config
-from aligntune.backends.trl.rloo import MAPPED_FIELDS as RLOO_MAPPED, rloo_args, to_rloo_config
+from aligntune.backends.trl.rloo import MAPPED_FIELDS as RLOO_MAPPED
+from aligntune.backends.trl.rloo import rloo_args, to_rloo_config
 from aligntune.config import compose, schema
 from aligntune.errors import ConfigError
 

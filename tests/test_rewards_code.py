@@ -13,7 +13,12 @@ import pytest
 
 from aligntune.errors import RewardError
 from aligntune.rewards import sandbox
-from aligntune.rewards.code import code_execution, extract_code, parse_tests, strict_snippet
+from aligntune.rewards.code import (
+    code_execution,
+    extract_code,
+    parse_tests,
+    strict_snippet,
+)
 
 ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(10, 32) == 42"]
 

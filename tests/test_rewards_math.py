@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from aligntune.rewards.math import correctness, extract_answer, plain_number, reference_answer
+from aligntune.rewards.math import (
+    correctness,
+    extract_answer,
+    plain_number,
+    reference_answer,
+)
 
 
 def chat(text: str) -> list[dict]:

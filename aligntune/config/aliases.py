@@ -27,7 +27,7 @@ SHORTCUTS: dict[str, str] = {
 PRESET_SHORTCUTS = {"model_name": ("model", "name_or_path"), "dataset_name": ("dataset", "name")}
 _SWEEP = re.compile(r"[,*]|^\w+\(")
 
-_OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_]\w*)(?P<rest>=.*)?$", re.S)
+_OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_]\w*)(?P<rest>=.*)?$", re.DOTALL)
 
 
 def rewrite(overrides: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -148,7 +148,7 @@ def parse_tests(value) -> tuple[list[str], list[dict]]:
 
 
 def _same_output(actual: str, expected: str) -> bool:
-    norm = lambda s: "\n".join(line.rstrip() for line in s.strip("\n").splitlines()).rstrip()  # noqa: E731
+    norm = lambda s: "\n".join(line.rstrip() for line in s.strip("\n").splitlines()).rstrip()
     return norm(actual) == norm(expected)
 
 

@@ -137,7 +137,7 @@ def check(run: RunConfig) -> dict[str, int]:
         est = estimate(run)
     except AligntuneError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an estimate is advice; an architecture it cannot size must still train
+    except Exception as exc:
         log.warning("memory estimate unavailable: %s: %s", type(exc).__name__, exc)
         return {}
     have, what = available(resolve_device(run.device))

@@ -158,7 +158,7 @@ def write_run_report_or_warn(run_dir: str | Path) -> Path | None:
 
     try:
         return write_run_report(run_dir)
-    except Exception as exc:  # noqa: BLE001 - plotting must never fail a completed run
+    except Exception as exc:
         logging.getLogger("aligntune").warning("could not write the plots and report.md of %s: %s: %s",
                                                run_dir, type(exc).__name__, exc, exc_info=exc)
         return None
