@@ -50,6 +50,14 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
     )
 
 
+def step_batches(run: RunConfig, world_size: int, unit: str) -> dict:
+    """Batch fields of the trainers that step on `train.batch_size` items (pairs, sequences): the per-device
+    micro-batch (train and eval) and the gradient accumulation that makes up one optimizer step."""
+    micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, unit)
+    return {"per_device_train_batch_size": micro, "per_device_eval_batch_size": micro,
+            "gradient_accumulation_steps": accumulation}
+
+
 def micro_batches(batch_size: int, micro: int | None, world_size: int, unit: str) -> tuple[int, int]:
     """(per-device micro-batch, gradient accumulation steps) for `batch_size` items per optimizer step."""
     micro = micro or max(1, batch_size // world_size)

@@ -16,7 +16,7 @@ from aligntune.backends.trl.common import (
     common_args,
     held_out_schedule,
     make_config,
-    micro_batches,
+    step_batches,
     with_trl_args,
 )
 from aligntune.config.schema import DPOAlgorithmConfig, RunConfig
@@ -39,12 +39,8 @@ def dpo_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int = 
     algo = run.algorithm
     if not isinstance(algo, DPOAlgorithmConfig):
         raise TypeError(f"dpo_args needs a DPO config, got {type(algo).__name__}")
-    micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "pairs")
-    args = common_args(run, output_dir)
+    args = {**common_args(run, output_dir), **step_batches(run, world_size, "pairs")}
     args.update(
-        per_device_train_batch_size=micro,
-        per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
         beta=algo.beta,
         loss_type=list(algo.loss_type),
         loss_weights=list(algo.loss_weights) if algo.loss_weights is not None else None,

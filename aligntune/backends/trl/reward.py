@@ -22,7 +22,7 @@ from aligntune.backends.trl.common import (
     common_args,
     held_out_schedule,
     make_config,
-    micro_batches,
+    step_batches,
     with_trl_args,
 )
 from aligntune.config.schema import RewardModelAlgorithmConfig, RunConfig
@@ -41,12 +41,8 @@ def reward_args(run: RunConfig, output_dir: str, has_eval: bool, world_size: int
     algo = run.algorithm
     if not isinstance(algo, RewardModelAlgorithmConfig):
         raise TypeError(f"reward_args needs a reward-model config, got {type(algo).__name__}")
-    micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "pairs")
-    args = common_args(run, output_dir)
+    args = {**common_args(run, output_dir), **step_batches(run, world_size, "pairs")}
     args.update(
-        per_device_train_batch_size=micro,
-        per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
         max_length=algo.max_length,
         center_rewards_coefficient=algo.center_rewards_coefficient,
         **held_out_schedule(run, has_eval),

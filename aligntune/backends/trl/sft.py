@@ -20,7 +20,7 @@ from aligntune.backends.trl.common import (
     common_args,
     held_out_schedule,
     make_config,
-    micro_batches,
+    step_batches,
     with_trl_args,
 )
 from aligntune.config.schema import RunConfig, SFTAlgorithmConfig
@@ -53,12 +53,8 @@ def sft_args(run: RunConfig, output_dir: str, has_eval: bool, prompt_completion:
                           f"dataset {run.dataset.name!r} is plain text, which has no assistant turns.",
                           "Use algorithm.completion_only_loss=true for prompt/completion text (the default), or a "
                           "messages dataset.")
-    micro, accumulation = micro_batches(run.train.batch_size, run.train.micro_batch_size, world_size, "sequences")
-    args = common_args(run, output_dir)
+    args = {**common_args(run, output_dir), **step_batches(run, world_size, "sequences")}
     args.update(
-        per_device_train_batch_size=micro,
-        per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
         max_length=algo.max_length,
         completion_only_loss=algo.completion_only_loss and prompt_completion,
         assistant_only_loss=algo.assistant_only_loss,
