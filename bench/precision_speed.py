@@ -43,27 +43,25 @@ JOBS = {
 PRECISION_FIELDS = ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing")
 
 
-class StepClock:
+def step_clock():
     """A TrainerCallback recording each optimizer step's wall time and the trainer's token counter."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times, self.tokens, self.t0 = [], [], None
 
-        class Clock(TrainerCallback):
-            def __init__(self):
-                self.times, self.tokens, self.t0 = [], [], None
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
 
-            def on_step_begin(self, args, state, control, **kwargs):
-                self.t0 = time.perf_counter()
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.t0)
 
-            def on_step_end(self, args, state, control, **kwargs):
-                self.times.append(time.perf_counter() - self.t0)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "num_tokens" in logs:
+                self.tokens.append(logs["num_tokens"])
 
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "num_tokens" in logs:
-                    self.tokens.append(logs["num_tokens"])
-
-        return Clock()
+    return StepClock()
 
 
 def job_overrides(algorithm: str, steps: int, model: str) -> list[str]:
@@ -115,7 +113,7 @@ def worker(algorithm: str, side: str, steps: int, model: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="aligntune-bench-") as out_dir:
         trainer = build(algorithm, side, steps, out_dir, model)
         setup_s = time.perf_counter() - start
-        clock = StepClock()
+        clock = step_clock()
         trainer.add_callback(clock)
         trainer.train()
         history = trainer.state.log_history
@@ -164,18 +162,17 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
     watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
     result["auto_resolves_to"] = resolve_dtype("auto", resolve_device("auto"))
     result["sides_run"], result["algorithms"] = list(sides), list(algorithms)
-    chosen = sides
     for algorithm in algorithms:
         runs = []
         for _ in range(reps):
-            for side in chosen:
+            for side in sides:
                 runs.append(run_side(algorithm, side, steps, model, timeout))
-        sides = {}
-        for side in chosen:
+        measured = {}
+        for side in sides:
             mine = [r for r in runs if r["side"] == side and "timed_out" not in r]
             if not mine:  # no run finished: a lower bound, (timeout - aligntune's set-up time) / steps per step
                 setup = max(r.get("setup_s", 0) for r in runs if r["side"] == "aligntune")
-                sides[side] = {"step_s": (timeout - setup) / steps, "lower_bound": True, "timeout_s": timeout}
+                measured[side] = {"step_s": (timeout - setup) / steps, "lower_bound": True, "timeout_s": timeout}
                 continue
             step = statistics.median(t for r in mine for t in r["step_s"])
             per_step_tokens = statistics.median((r["num_tokens"][-1] - r["num_tokens"][0]) / max(1, len(r["num_tokens"]) - 1)
@@ -189,10 +186,10 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
                 generated = completions * statistics.median(x for r in mine for x in r["completion_lengths"])
                 info["generated_tokens_per_step"] = generated
                 info["generated_tokens_per_s"] = generated / step
-            sides[side] = info
-        result[algorithm] = {"sides": sides, "runs": runs,
-                             **{f"speedup_vs_{s}": sides[s]["step_s"] / sides["aligntune"]["step_s"]
-                                for s in ("trl_default", "trl_fp32") if s in sides and "aligntune" in sides}}
+            measured[side] = info
+        result[algorithm] = {"sides": measured, "runs": runs,
+                             **{f"speedup_vs_{s}": measured[s]["step_s"] / measured["aligntune"]["step_s"]
+                                for s in ("trl_default", "trl_fp32") if s in measured and "aligntune" in measured}}
     result["matmul_gflops"] = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
     for algorithm in algorithms:
         a = result[algorithm]["sides"]["aligntune"]
