@@ -12,7 +12,6 @@ held-out data and rewards are the run's unless you say otherwise.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def _run_overrides(location: Path) -> list[str]:
 
 def eval_command(args: list[str]) -> int:
     from aligntune.config import compose
-    from aligntune.evaluation import evaluate
+    from aligntune.evaluation import evaluate, write_result
     from aligntune.run.console import console, eval_table
     from aligntune.run.logs import quiet_engines
 
@@ -56,8 +55,7 @@ def eval_command(args: list[str]) -> int:
     run, _ = compose.load(_run_overrides(path) + overrides)
     quiet_engines()
     result = evaluate(run, path)
-    out = (path if (path / "summary.json").exists() else Path.cwd()) / "eval.json"
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = write_result(result, (path if (path / "summary.json").exists() else Path.cwd()) / "eval.json")
     console.print(eval_table(result))
     console.print(f"written to {out}")
     return 0

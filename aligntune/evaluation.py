@@ -143,6 +143,14 @@ def held_out_rows(run: RunConfig, kind: str, limit: int) -> list[dict]:
     return [held_out[i] for i in range(min(limit, len(held_out)))]
 
 
+def write_result(result: dict, path: Path) -> Path:
+    """eval.json: what `aligntune eval` and `eval.after_training` write."""
+    import json
+
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
 def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
     """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
     from aligntune.models.loading import SHIPPED, resolve_source
