@@ -159,7 +159,7 @@ class AlignmentJob:
     def _build(self) -> None:
         from transformers import set_seed
 
-        from aligntune.models.loading import load_tokenizer
+        from aligntune.models.loading import load_tokenizer, resolve_device
         from aligntune.run import memory
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
@@ -167,6 +167,10 @@ class AlignmentJob:
         run = self.config
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
         build_trainer = builder_for(run)
+        if resolve_backend(run) == "trl" and resolve_device(run.device) == "cpu":
+            from aligntune.backends.trl.cpu_speed import compact_fused_head_on_cpu
+
+            compact_fused_head_on_cpu()  # TRL's LM head scores every position on CPU; its GPU path only completions
         self.tokenizer = load_tokenizer(run.model)
         self.memory_estimate = memory.check(run)  # before any weights are loaded
         self.book = SampleBook()

@@ -1,0 +1,52 @@
+"""TRL's fused LM head on CPU scores only the completion positions (aligntune.backends.trl.cpu_speed), with the
+same log-probabilities and gradients as scoring every position."""
+
+from __future__ import annotations
+
+import torch
+from trl.trainer import utils as trl_utils
+
+from aligntune.backends.trl.cpu_speed import compact_fused_head_on_cpu
+
+
+def _fused_logps(model, ids, labels):
+    model.zero_grad()
+    out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    out.log_probs.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    return out.log_probs.detach(), grads
+
+
+def test_cpu_scores_only_labelled_positions_with_identical_results(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(0, 97, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100  # the prompt: only the last 5 tokens (the completion) are scored
+    from trl.kernels import chunked_logprob
+
+    original = chunked_logprob._use_triton  # TRL's own test (trl.trainer.utils' copy may be patched already)
+    assert not original(torch.device("cpu"))  # TRL itself scores every position on CPU
+    monkeypatch.setattr(trl_utils, "_use_triton", original)
+
+    full_logps, full_grads = _fused_logps(model, ids, labels)
+    rows_seen = []
+    projection = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting(hidden, *args):
+        rows_seen.append(hidden.shape[0])
+        return projection(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
+    assert compact_fused_head_on_cpu() and compact_fused_head_on_cpu()  # idempotent
+    compact_logps, compact_grads = _fused_logps(model, ids, labels)
+
+    assert rows_seen == [3 * 5]  # 15 labelled positions projected, not 3 x 11
+    assert torch.allclose(full_logps, compact_logps, atol=1e-6)
+    assert (compact_logps[:, :6] == 0).all() and (compact_logps[:, 6:] != 0).all()
+    for a, b in zip(full_grads, compact_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
