@@ -130,7 +130,8 @@ class TrainingWarnings(TrainerCallback):
             self.truncated.append(clipped)
             last = self.truncated[-self.TRUNCATED_LOGS:]
             if len(last) == self.TRUNCATED_LOGS and min(last) >= self.TRUNCATED:
-                self._once("truncated", f"step {step}: {min(last):.0%} or more of the completions hit "
+                share = "all" if min(last) >= 1 else f"{min(last):.0%} or more"
+                self._once("truncated", f"step {step}: {share} of the completions hit "
                            f"algorithm.max_completion_length={self.max_len} in each of the last {self.TRUNCATED_LOGS} "
                            "logged steps: rewards judge cut-off text. Raise max_completion_length, or shape length "
                            "(DAPO's algorithm.overlong_buffer, or mask_truncated_completions=true).")
