@@ -51,7 +51,7 @@ def verl_config_dir(request, tmp_path_factory) -> Path:
 
 
 def grpo_run(*overrides):
-    return compose.load(["backend=verl", *overrides], check_sources=False)[0]
+    return compose.load(["backend=verl", "model=tiny", "dataset=letters", *overrides], check_sources=False)[0]
 
 
 def exported(tmp_path, val: bool = True) -> Exported:
@@ -166,6 +166,7 @@ def test_every_aligntune_key_translates_or_is_refused(algorithm):
     (["num_epochs=1.5"], "whole epochs"),
     (["distributed=deepspeed_zero2"], "own FSDP"),
     (["device=cpu"], "GPUs"),
+    (["eval.after_training=true"], "aligntune eval run="),
     (["distributed.num_processes=16", "distributed.num_machines=2", "distributed.main_process_ip=10.0.0.1"], "Ray"),
 ])
 def test_untranslatable_settings_are_refused(overrides, needle, tmp_path):
@@ -179,7 +180,7 @@ def test_verl_settings_on_another_backend_are_refused(workdir, capsys):
 
 
 def test_without_dry_run_the_verl_python_is_required(workdir, capsys):
-    assert cli.main(["train", "backend=verl", "hydra.run.dir=run"]) == 2
+    assert cli.main(["train", "backend=verl", "model=tiny", "dataset=letters", "hydra.run.dir=run"]) == 2
     assert "backend.verl.python is not set" in capsys.readouterr().err
     assert not (workdir / "run" / "summary.json").exists()
 
@@ -190,7 +191,8 @@ def test_dry_run_exports_verl_data_and_a_reward_file_that_scores_like_aligntune(
     from aligntune.rewards.letters import letter_match
 
     run_dir = workdir / "run"
-    assert cli.main(["train", "backend=verl", "dry_run=true", "dataset.eval_fraction=0.25", f"hydra.run.dir={run_dir}"]) == 0
+    assert cli.main(["train", "backend=verl", "dry_run=true", "model=tiny", "dataset=letters", "dataset.eval_fraction=0.25",
+                     "dataset.system_prompt='Be brief.'", f"hydra.run.dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     verl_dir = run_dir / "verl"
     assert "-m verl.trainer.main_ppo" in out and "algorithm.adv_estimator=grpo" in out
@@ -201,7 +203,8 @@ def test_dry_run_exports_verl_data_and_a_reward_file_that_scores_like_aligntune(
     shipped = Path(importlib.util.find_spec("aligntune.data.shipped").origin).parent / "letters.jsonl"
     assert rows and val and len(rows) + len(val) == len(shipped.read_text().splitlines())  # every row, split 3:1
     row = rows[0]
-    assert row["data_source"] == "aligntune/letters" and row["prompt"][0]["role"] == "user"
+    assert row["data_source"] == "aligntune/letters"
+    assert row["prompt"][0] == {"role": "system", "content": "Be brief."} and row["prompt"][1]["role"] == "user"
     assert row["reward_model"] == {"style": "rule", "ground_truth": row["extra_info"]["answer"]}
     # verl calls compute_score(data_source, solution_str, ground_truth, extra_info): load the file as verl does.
     spec = importlib.util.spec_from_file_location("reward_fn", verl_dir / "reward_fn.py")

@@ -97,7 +97,6 @@ NOT_TRANSLATED: dict[str, str] = {
     "model.lora.save_merged": "verl writes its own checkpoints; merge the adapter from them with verl's model merger",
     "train.logging_steps": "verl logs every step",
     "train.log_samples": "verl does not write aligntune's samples.jsonl",
-    "dataset.system_prompt": "the exported prompts carry no system turn (add it to the data)",
     "distributed.strategy": "verl shards with its own FSDP workers; accelerate's strategies do not apply",
     "distributed.machine_rank": "verl places workers through Ray, not per-machine ranks",
     "distributed.main_process_ip": "verl places workers through Ray (start a Ray cluster)",
@@ -109,11 +108,13 @@ NOT_TRANSLATED: dict[str, str] = {
     "algorithm.reward_clip": "verl's main trainer does not clip rewards",
     "algorithm.early_stop_kl": "verl's main trainer has no KL early stop",
     "algorithm.vf_coef": "verl's critic has its own optimizer (critic.optim), so there is no value-loss coefficient",
+    "eval.after_training": "verl trains in its own process and writes its own checkpoints; evaluate one afterwards "
+                           "with `aligntune eval run=<checkpoint dir>`",
 }
 # Keys that shape the launch or the record, not verl's training config.
 LAUNCH_KEYS = {"backend.name": "selects this backend", "backend.verl.python": "the interpreter that runs verl",
                "algorithm.variant": "a record of the preset", "verbose": "aligntune's console",
-               "dry_run": "print instead of launching", "eval": "aligntune eval's settings (training does not read them)",
+               "dry_run": "print instead of launching", "eval": "aligntune eval's settings (after_training: refused above)",
                "optimized_metric": "what a hyper-parameter search reads from summary.json"}
 
 LOSS_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
@@ -155,7 +156,8 @@ def refuse_untranslatable(run: RunConfig) -> None:
     from aligntune.config import schema
 
     owners = {"": schema.RunConfig, "algorithm": type(run.algorithm), "model.lora": schema.LoraConfig, "train": schema.TrainConfig,
-              "dataset": schema.DatasetConfig, "distributed": schema.DistributedConfig, "backend": schema.BackendConfig}
+              "dataset": schema.DatasetConfig, "distributed": schema.DistributedConfig, "backend": schema.BackendConfig,
+              "eval": schema.EvalConfig}
     for key, why in NOT_TRANSLATED.items():
         owner, _, leaf = key.rpartition(".")
         if owner == "algorithm" and not hasattr(run.algorithm, leaf):
