@@ -58,7 +58,7 @@ BAD_INPUTS = [
     pytest.param(["dataset_name=does/not/exist.jsonl"], [], id="missing-dataset-file"),
     pytest.param(["dataset_name=does/not/exist.jsonl", "+rewards.letter_match.weight=1"],
                  ["does/not/exist.jsonl", "does not exist"], id="missing-dataset-file-with-reward"),
-    pytest.param(["train.micro_batch_size=5"], ["train.micro_batch_size=5", "Use one of [1, 2, 4, 8, 16, 32]"],
+    pytest.param(["train.micro_batch_size=5"], ["train.micro_batch_size=5", "Use one of [1, 2, 4, 8, 16]"],
                  id="micro-batch"),
 ]
 

@@ -67,7 +67,9 @@ def _overrides(group: str, option: str) -> list[str]:
         return ["dataset=custom", "dataset.name=letters", f"rewards={option}"]
     ovs = [f"{group}={option}", *MANDATORY.get((group, option), [])]
     if (group, option) == ("backend", "verl"):
-        ovs.append("dry_run=true")  # launching needs backend.verl.python (the verl environment)
+        # launching needs backend.verl.python (the verl environment); the default job's after-training evaluation
+        # is aligntune's own (refused for verl: tests/test_verl.py)
+        ovs += ["dry_run=true", "eval.after_training=false"]
     if group == "dataset" and not _brings_rewards(group, option):
         ovs.append("+rewards.probe.fn=letter_match")  # the default algorithm (GRPO) needs a reward
     return ovs
@@ -146,15 +148,26 @@ def test_mandatory_source_without_value_is_an_error_naming_the_key():
 
 # --- defaults ------------------------------------------------------------------------------------
 
-def test_default_composition_has_grpo_documented_defaults():
-    run, cfg = compose.load([])  # experiment: null is the default (`experiment=null` itself is not a Hydra override)
+def test_grpo_has_its_documented_defaults():
+    run, cfg = compose.load(["model=tiny", "dataset=letters"])  # a model whose recipe leaves them alone
     algo = run.algorithm
     assert type(algo) is schema.GRPOAlgorithmConfig
     assert (algo.group_size, algo.beta, algo.cliprange, algo.temperature) == (8, 0.01, 0.2, 0.7)
     assert algo.cliprange_high is None and algo.loss_type == "grpo"
-    assert run.model.name_or_path == "aligntune:tiny" and run.dataset.name == "letters"
     assert list(run.rewards) == ["letter_match"]
     assert cfg.algorithm.group_size == 8  # the same values in the DictConfig Hydra saves
+
+
+def test_the_default_job_is_smollm2_grpo_on_arith_with_its_recipe():
+    run, _ = compose.load([])  # experiment: null is the default (`experiment=null` itself is not a Hydra override)
+    assert run.model.name_or_path == "aligntune:smollm2-135m-instruct" and run.dataset.name == "arith"
+    assert type(run.algorithm) is schema.GRPOAlgorithmConfig and list(run.rewards) == ["correctness"]
+    # configs/tuning/smollm2_135m_grpo.yaml: LoRA, a CPU-sized step, and the before/after evaluation
+    assert run.model.lora.enabled and run.eval.after_training and run.eval.temperature == 0
+    assert run.train.batch_size * run.algorithm.group_size == 16 and run.train.max_steps == 12
+    assert run.algorithm.cliprange == 0.2 and run.algorithm.max_completion_length == 32
+    # The algorithm's documented defaults are still what the recipe starts from: an override beats the recipe.
+    assert compose.load(["algorithm.beta=0.01", "algorithm.temperature=0.7"])[0].algorithm.beta == 0.01
     # Deselecting an experiment explicitly gives the same config.
     assert compose.load(["experiment=smoke", "~experiment"], check_sources=False)[0] == run
 
@@ -208,7 +221,7 @@ def test_unknown_key_is_refused_naming_it(override, key):
 def test_new_reward_entry_is_accepted():
     run, _ = compose.load(["+rewards.new.weight=0.5"], check_sources=False)
     assert run.rewards["new"] == schema.RewardConfig(fn=None, weight=0.5, args={})
-    assert list(run.rewards) == ["letter_match", "new"]
+    assert list(run.rewards) == ["correctness", "new"]  # the default job's reward, then the new one
 
 
 def test_dict_valued_keys_take_new_entries():
@@ -236,8 +249,9 @@ def test_micro_batch_equal_to_the_step_is_valid():
 
 @pytest.fixture(scope="module")
 def default_cfg():
-    """The composed default DictConfig; value rules are checked on copies by to_run_config (no Hydra)."""
-    return compose.compose([])
+    """A composed DictConfig (the tiny model's GRPO recipe); value rules are checked on copies by
+    to_run_config (no Hydra)."""
+    return compose.compose(["model=tiny", "dataset=letters"])
 
 
 def _validate_with(cfg, **updates) -> schema.RunConfig:
@@ -302,7 +316,7 @@ def test_online_algorithms_need_a_reward_checked_after_the_sources(default_cfg):
     with pytest.raises(ConfigError, match="at least one reward"):
         compose.preflight(run)  # ... the preflight, after the model and dataset are found, does not
     with pytest.raises(ConfigError, match="at least one reward"):
-        compose.load(["~rewards.letter_match"])
+        compose.load(["~rewards.correctness"])  # the default job's only reward
 
 
 def test_cliprange_high_at_or_above_cliprange_is_valid():

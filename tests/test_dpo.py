@@ -16,7 +16,7 @@ from aligntune.models import tiny
 
 
 def run_config(*overrides):
-    return compose.load(["algorithm=dpo", "dataset=prefs", *overrides])[0]
+    return compose.load(["model=tiny", "algorithm=dpo", "dataset=prefs", *overrides])[0]
 
 
 def test_dpo_mapping_key_by_key():

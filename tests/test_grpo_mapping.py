@@ -80,7 +80,7 @@ def test_reward_weights_follow_the_order_of_rewards():
 
 
 def test_reward_weights_from_composition_keep_the_override_order():
-    run, _ = compose.load(["+rewards.zeta.fn=letter_match", "+rewards.zeta.weight=0.5",
+    run, _ = compose.load(["dataset=letters", "+rewards.zeta.fn=letter_match", "+rewards.zeta.weight=0.5",
                            "+rewards.alpha.fn=letter_match", "+rewards.alpha.weight=2", "rewards.letter_match.weight=0.1"],
                           check_sources=False)
     assert list(run.rewards) == ["letter_match", "zeta", "alpha"]

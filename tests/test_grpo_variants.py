@@ -30,7 +30,7 @@ HUB_MODEL = "model=qwen3_0_6b"  # a model without a tiny recipe: the preset's ow
 
 
 def preset(name: str, *overrides: str) -> schema.RunConfig:
-    run, _ = compose.load([f"algorithm={name}", HUB_MODEL, *overrides], check_sources=False)
+    run, _ = compose.load([f"algorithm={name}", "dataset=letters", HUB_MODEL, *overrides], check_sources=False)
     return run
 
 
@@ -94,13 +94,13 @@ def test_presets_build_a_real_grpo_config(name):
 
 @pytest.mark.parametrize("name", ["dr_grpo", "dapo", "gspo"])
 def test_the_tiny_recipe_changes_only_the_budget(name):
-    on_tiny, _ = compose.load([f"algorithm={name}"], check_sources=False)  # model=tiny: tuning/tiny_<name>.yaml
+    on_tiny, _ = compose.load([f"algorithm={name}", "model=tiny"], check_sources=False)  # tuning/tiny_<name>.yaml
     expected = dict(PAPERS[name])
     if name == "dapo":  # the buffer scales with the tiny model's 12-token completions: 2 tokens, the paper's fifth
         assert on_tiny.algorithm.max_completion_length == 12 and on_tiny.algorithm.overlong_buffer == 2
         expected["overlong_fraction"] = pytest.approx(2 / 12)
     assert engine_settings(on_tiny) == expected
-    tiny_grpo, _ = compose.load(["algorithm=grpo"], check_sources=False)
+    tiny_grpo, _ = compose.load(["algorithm=grpo", "model=tiny"], check_sources=False)
     assert on_tiny.train == tiny_grpo.train  # tiny_grpo's batch, learning rate and steps
 
 
@@ -402,7 +402,8 @@ def changed_params(model_dir: Path) -> list[str]:
 
 def train(workdir: Path, *overrides: str, steps: int = 2) -> tuple[list[dict], dict, Path]:
     run_dir = workdir / "run"
-    assert cli.main(["train", *overrides, f"max_steps={steps}", f"hydra.run.dir={run_dir}"]) == 0
+    assert cli.main(["train", "model=tiny", "dataset=letters", *overrides, f"max_steps={steps}",
+                     f"hydra.run.dir={run_dir}"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == steps
     return read_jsonl(run_dir / "metrics.jsonl"), yaml.safe_load((run_dir / "config.yaml").read_text()), run_dir

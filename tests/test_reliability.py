@@ -308,13 +308,13 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     assert est["parameters"] == sum(p.numel() for p in load_model(run.model).parameters())
     assert est["weights"] == est["reference"] == 4 * est["parameters"] and est["optimizer"] == 8 * est["parameters"]
     assert est["total"] == sum(v for k, v in est.items() if k not in ("total", "parameters"))
-    no_kl = memory.estimate(compose.load(["beta=0.0"])[0])
+    no_kl = memory.estimate(compose.load(["model=tiny", "beta=0.0"])[0])
     assert no_kl["reference"] == 0
-    lora = memory.estimate(compose.load(["model.lora.enabled=true"])[0])
+    lora = memory.estimate(compose.load(["model=tiny", "model.lora.enabled=true"])[0])
     assert lora["reference"] == 0 and 0 < lora["optimizer"] < est["optimizer"] / 2
-    longer = memory.estimate(compose.load(["algorithm.max_completion_length=512"])[0])
+    longer = memory.estimate(compose.load(["model=tiny", "algorithm.max_completion_length=512"])[0])
     assert longer["activations"] > est["activations"]
-    ckpt = memory.estimate(compose.load(["train.gradient_checkpointing=true"])[0])
+    ckpt = memory.estimate(compose.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
     assert ckpt["activations"] < est["activations"]
     assert memory.estimate(compose.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
 
@@ -355,7 +355,7 @@ def test_grpo_failure_signs_are_warned_once_with_the_numbers(capsys):
     from aligntune.config import compose
     from aligntune.run.guards import TrainingWarnings
 
-    warn = TrainingWarnings(compose.load([])[0])
+    warn = TrainingWarnings(compose.load(["model=tiny", "dataset=letters"])[0])
     logs = [{"frac_reward_zero_std": 0.25, "entropy": 2.0, "completions/clipped_ratio": 1.0},
             {"frac_reward_zero_std": 0.75, "entropy": 1.0, "completions/clipped_ratio": 1.0},
             {"frac_reward_zero_std": 0.9, "entropy": 0.1, "completions/clipped_ratio": 0.97},
@@ -373,7 +373,7 @@ def test_healthy_grpo_logs_warn_nothing(capsys):
     from aligntune.config import compose
     from aligntune.run.guards import TrainingWarnings
 
-    warn = TrainingWarnings(compose.load([])[0])
+    warn = TrainingWarnings(compose.load(["model=tiny", "dataset=letters"])[0])
     for step in range(1, 6):
         warn.on_log(None, _State(step), None, logs={"frac_reward_zero_std": 0.3, "entropy": 1.5 - 0.1 * step,
                                                      "completions/clipped_ratio": 0.5 if step % 2 else 1.0})

@@ -75,7 +75,7 @@ def test_tiny_reward_model_trains_and_saves_a_scorer(workdir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir = workdir / "rm"
-    code = cli.main(["train", "algorithm=reward", "dataset=prefs", "train.max_steps=6", "train.eval_steps=3",
+    code = cli.main(["train", "model=tiny", "algorithm=reward", "dataset=prefs", "train.max_steps=6", "train.eval_steps=3",
                      f"hydra.run.dir={run_dir}"])
     assert code == 0
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -107,7 +107,7 @@ def test_lora_reward_model_saves_a_merged_checkpoint(workdir):
     from transformers import AutoModelForSequenceClassification
 
     run_dir = workdir / "rm"
-    code = cli.main(["train", "algorithm=reward", "dataset=prefs", "train.max_steps=3", "model.lora.enabled=true",
+    code = cli.main(["train", "model=tiny", "algorithm=reward", "dataset=prefs", "train.max_steps=3", "model.lora.enabled=true",
                      "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"hydra.run.dir={run_dir}"])
     assert code == 0
     assert not (run_dir / "model" / "adapter_config.json").exists()

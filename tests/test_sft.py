@@ -105,7 +105,7 @@ def test_tiny_sft_learns_the_demonstrations(workdir):
     from aligntune.models import tiny
 
     run_dir = workdir / "sft"
-    code = cli.main(["train", "algorithm=sft", "dataset=letters_sft", "train.max_steps=20", "train.learning_rate=1e-2",
+    code = cli.main(["train", "model=tiny", "algorithm=sft", "dataset=letters_sft", "train.max_steps=20", "train.learning_rate=1e-2",
                      f"hydra.run.dir={run_dir}"])
     assert code == 0
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -119,7 +119,7 @@ def test_tiny_sft_learns_the_demonstrations(workdir):
 
 def test_assistant_only_loss_on_plain_text_is_refused_before_training(workdir, capsys):
     run_dir = workdir / "sft"
-    code = cli.main(["train", "algorithm=sft", "dataset=letters_sft", "algorithm.assistant_only_loss=true",
+    code = cli.main(["train", "model=tiny", "algorithm=sft", "dataset=letters_sft", "algorithm.assistant_only_loss=true",
                      "train.max_steps=2", f"hydra.run.dir={run_dir}"])
     assert code == EXIT_USAGE
     err = " ".join(capsys.readouterr().err.split())

@@ -40,3 +40,31 @@ def test_gguf_pack_converts_to_a_trainable_cached_checkpoint():
     model(**ids, labels=ids["input_ids"]).loss.backward()
     optimizer.step()
     assert not torch.equal(before, param.detach())
+
+
+def test_the_default_job_trains_smollm2_on_arith_and_compares_with_the_base(workdir, capsys):
+    """Plain `aligntune train` (shortened): SmolLM2-135M + LoRA on the shipped arith task, ending with the held-out
+    evaluation of base and trained model side by side. bench/default_job.py runs it in full."""
+    from safetensors.torch import load_file
+
+    from aligntune import cli
+
+    code = cli.main(["train", "max_steps=2", "batch_size=2", "group_size=4", "eval.num_prompts=4", "hydra.run.dir=run"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    run = workdir / "run"
+    config = (run / "config.yaml").read_text()
+    assert "smollm2-135m-instruct" in config and "name: arith" in config
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    for side in ("base", "trained"):
+        assert summary[f"eval/{side}/prompts"] == 4
+        assert 0 <= summary[f"eval/{side}/rewards/correctness/mean"] <= 1
+    assert "base" in out and "trained" in out  # the side-by-side table and the before/after completions
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all("rewards/correctness/mean" in m for m in metrics)
+    # Some group had both right and wrong answers, so the LoRA update is non-zero: B starts at zero.
+    assert any(m["reward_std"] > 0 for m in metrics)
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b)

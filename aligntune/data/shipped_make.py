@@ -85,7 +85,7 @@ ARITH_TEMPLATES = [
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo"]
 
 
-def arith_rows(seed: int = 4, n: int = 300) -> list[dict]:
+def arith_rows(seed: int = 4, n: int = 500) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
