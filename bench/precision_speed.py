@@ -2,7 +2,8 @@
 
 Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
 
-4. GRPO on SmolLM2-135M-Instruct (the shipped arith task, correctness + format rewards): step time,
+4. GRPO on SmolLM2-135M-Instruct (the shipped arith task, correctness reward; full weights, no LoRA, so
+   the plain TRL sides train the identical model): step time,
    generated tokens/s and peak RSS of
    - aligntune (`create_rl_trainer(model=smollm2_135m, dataset=arith, ...)`, `model.dtype=auto`),
    - plain TRL with its defaults: the same `GRPOConfig` kwargs minus the precision and checkpointing
@@ -36,9 +37,9 @@ from common import Interference, interference_row, table, write_json
 TARGET = 1.8
 SIDES = ("aligntune", "trl_default", "trl_fp32")
 JOBS = {
-    "grpo": ["dataset=arith", "batch_size=2", "group_size=4",
-             "algorithm.max_completion_length=32", "algorithm.beta=0.01"],
-    "dpo": ["dataset=prefs_chat", "algorithm=dpo", "batch_size=4", "algorithm.max_length=256"],
+    "grpo": ["dataset=arith", "batch_size=2", "group_size=4", "algorithm.max_completion_length=32",
+             "algorithm.beta=0.01", "algorithm.temperature=0.7", "model.lora.enabled=false"],
+    "dpo": ["dataset=prefs_chat", "algorithm=dpo", "batch_size=4", "algorithm.max_length=256", "model.lora.enabled=false"],
 }
 PRECISION_FIELDS = ("bf16", "fp16", "gradient_checkpointing", "activation_checkpointing")
 
