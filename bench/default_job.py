@@ -6,7 +6,8 @@ evaluation of the base and the trained model side by side).
     peak resident memory (RSS)            target <= 6 GiB
     held-out reward, base -> trained      target: trained > base (the margin is printed)
 
-Peak RSS is the kernel's high-water mark of the command's process (its rusage from wait4); the rewards come from the run directory's summary.json (eval/base/*, eval/trained/*).
+Peak RSS is the kernel's high-water mark of the command's process (its rusage from wait4); the rewards
+come from the run directory's summary.json (eval/base/*, eval/trained/*).
 
 Run: .venv/bin/python bench/default_job.py [--seeds 42] [-- extra overrides]
 Writes bench/results/default_job.json.
@@ -47,10 +48,9 @@ def run_once(seed: int, extra: list[str]) -> dict:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         if code != 0:
             sys.stderr.write(log.read_text()[-4000:])
-    metrics = summary
-    side = {s: {k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith(f"eval/{s}/")} for s in ("base", "trained")}
+    side = {s: {k.split("/", 2)[2]: v for k, v in summary.items() if k.startswith(f"eval/{s}/")} for s in ("base", "trained")}
     return {"seed": seed, "exit_code": code, "wall_s": round(wall, 1), "peak_rss_gib": round(peak_gib, 2),
-            "status": summary.get("status"), "steps": metrics.get("steps"), "eval": side}
+            "status": summary.get("status"), "steps": summary.get("steps"), "eval": side}
 
 
 def rows(result: dict) -> list[dict]:
@@ -90,9 +90,10 @@ def main() -> int:
         result["runs"].append(run_once(seed, args.overrides))
         print(json.dumps(result["runs"][-1]), flush=True)
     result["other_cpu_cores"] = round(watch.cores(), 3)
-    print(table(rows(result)))
+    measured = rows(result)
+    print(table(measured))
     print(f"wrote {write_json('default_job', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return 0 if all(r["ok"] is not False for r in measured) else 1
 
 
 if __name__ == "__main__":
