@@ -363,7 +363,10 @@ def _task(cfg) -> float | None:
         console.show_start(run, run_dir)
         from aligntune.core.backend_factory import run_job
 
-        summary = run_job(run, run_dir, list(hc.overrides.task))
+        launcher = hc.launcher
+        parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")) else 1
+        parallel = (os.cpu_count() or 1) if parallel < 0 else parallel  # joblib's -1: one job per core
+        summary = run_job(run, run_dir, list(hc.overrides.task), parallel_jobs=parallel)
     except AligntuneError as exc:
         if traceback_requested():
             import traceback

@@ -62,13 +62,14 @@ def eval_command(args: list[str]) -> int:
 
 
 def generate_command(args: list[str]) -> int:
-    from aligntune.evaluation import generate, load_for_inference
+    from aligntune.evaluation import generate, inference_placement, load_for_inference
 
     interactive = any(a in ("-i", "--interactive") for a in args)
     args = [a for a in args if a not in ("-i", "--interactive")]
     location, args = _take(args, "run")
     prompt, args = _take(args, "prompt")
-    settings = {"samples": "1", "temperature": "0.7", "max_new_tokens": "128", "seed": "42", "system": ""}
+    settings = {"samples": "1", "temperature": "0.7", "max_new_tokens": "128", "seed": "42", "system": "",
+                "device": "auto", "dtype": "auto"}
     for a in args:
         key, sep, value = a.partition("=")
         if not sep or key not in settings:
@@ -78,10 +79,13 @@ def generate_command(args: list[str]) -> int:
     if not location or (prompt is None and not interactive):
         raise ConfigError("aligntune generate needs run=<run directory or model path> and prompt=\"...\" (or -i).",
                           "e.g. aligntune generate run=outputs/.../ prompt=\"Repeat the letter q.\"")
+    if settings["dtype"] not in ("auto", "fp32", "bf16", "fp16") or settings["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"aligntune generate: device={settings['device']} dtype={settings['dtype']} is not a "
+                          "placement it knows.", "Use device=auto|cpu|cuda and dtype=auto|fp32|bf16|fp16.")
     from aligntune.run.logs import quiet_engines
 
     quiet_engines()
-    model, tokenizer = load_for_inference(location)
+    model, tokenizer = load_for_inference(location, *inference_placement(location, settings["device"], settings["dtype"]))
 
     def answer(text: str) -> None:
         messages = ([{"role": "system", "content": settings["system"]}] if settings["system"] else [])

@@ -21,14 +21,37 @@ from aligntune.config.schema import RunConfig
 from aligntune.errors import ConfigError, ModelError
 
 
-def load_for_inference(location: str | Path):
-    """(model, tokenizer) from a run directory, its model/ folder, a LoRA adapter folder, or a model path."""
+def model_folder(location: str | Path) -> Path:
+    """The folder that holds the model of `location` (a run directory's model/, else the location itself)."""
+    path = Path(location)
+    return path / "model" if (path / "model").is_dir() else path
+
+
+def inference_placement(location: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """(device, precision) to run the model at `location` in: `device` resolved (auto: CUDA when visible) and
+    `dtype` resolved as for training (models.precision's rule; an adapter is sized by its base model)."""
+    import json
+
+    from aligntune.models.loading import hidden_size, resolve_device
+    from aligntune.models.precision import resolve_dtype
+
+    device = resolve_device(device)
+    path = model_folder(location)
+    source = str(path if path.exists() else location)
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        source = json.loads(adapter.read_text()).get("base_model_name_or_path") or source
+    return device, resolve_dtype(dtype, device, hidden_size(source) if dtype == "auto" else None)
+
+
+def load_for_inference(location: str | Path, device: str = "cpu", precision: str = "fp32"):
+    """(model, tokenizer) from a run directory, its model/ folder, a LoRA adapter folder, or a model path, on
+    `device` with weights in `precision` (bf16/fp16 weights for inference: no optimizer, so no master copies).
+    An adapter is merged into its base in fp32 first."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(location)
-    if (path / "model").is_dir():
-        path = path / "model"
+    path = model_folder(location)
     if not path.exists():  # a hub id (the caller checked that the hub or its cache has it)
         model = AutoModelForCausalLM.from_pretrained(str(location), dtype=torch.float32)
     elif (path / "adapter_config.json").is_file():
@@ -40,6 +63,9 @@ def load_for_inference(location: str | Path):
     else:
         raise ModelError(f"{location} holds no model: no config.json or adapter_config.json (and no model/ folder).",
                          "Point run= at a run directory, its model/ folder, or a Hugging Face model directory.")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
+                                                                                                     torch.float32)
+    model.to(device=device, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(location))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -65,7 +91,8 @@ def generate(model, tokenizer, prompts: list, samples: int, temperature: float, 
     torch.manual_seed(seed)
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                      temperature=temperature if temperature > 0 else None, top_p=1.0,
@@ -117,9 +144,9 @@ def preference_metrics(model, reference, tokenizer, rows, beta: float) -> dict:
         p = format_prompt(tokenizer, prompt)
         c = completion if isinstance(completion, str) else "".join(x["content"] for x in completion)
         ids_p = tokenizer(p, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([ids_p + tokenizer(c, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([ids_p + tokenizer(c, add_special_tokens=False)["input_ids"]], device=m.device)
         with torch.no_grad():
-            logits = m(ids).logits[0, :-1].log_softmax(-1)
+            logits = m(ids).logits[0, :-1].float().log_softmax(-1)
         target = ids[0, 1:]
         token_logps = logits.gather(-1, target[:, None])[:, 0]
         return float(token_logps[len(ids_p) - 1:].sum())
@@ -160,11 +187,13 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     if base_location is None and e.compare_base:
         source = resolve_source(run.model.name_or_path)
         base_location = SHIPPED[source]() if source in SHIPPED else source
-    model, tokenizer = load_for_inference(model_location)
-    result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None}
+    device, precision = inference_placement(model_location, run.device, run.model.dtype)
+    model, tokenizer = load_for_inference(model_location, device, precision)
+    result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None,
+                    "device": device, "compute_dtype": precision}
     if run.algorithm.name in ("dpo", "reward"):
         rows = held_out_rows(run, "preferences", e.num_prompts)
-        reference = load_for_inference(base_location)[0] if base_location else None
+        reference = load_for_inference(base_location, device, precision)[0] if base_location else None
         if reference is None:
             raise ConfigError("Preference evaluation compares against the starting model, and eval.compare_base=false.",
                               "Set eval.compare_base=true.")
@@ -181,6 +210,6 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
     result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args)
     if base_location:
-        base, base_tok = load_for_inference(base_location)
+        base, base_tok = load_for_inference(base_location, device, precision)
         result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args)
     return result

@@ -94,19 +94,34 @@ def test_dpo_smoke_raises_held_out_accuracy_above_chance(workdir):
     assert summary["eval_preference_accuracy"] >= 0.65, summary
 
 
-def test_lora_dpo_uses_the_adapter_disabled_base_as_reference(workdir):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: forced on every CPU kind (emulated where not native)
+def test_lora_dpo_uses_the_adapter_disabled_base_as_reference(workdir, dtype):
     from aligntune.core.backend_factory import create_rl_trainer
 
     job = create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", max_steps=1, output_dir=workdir / "run",
                             **{"model.lora.enabled": True, "model.lora.r": 4, "train.eval_steps": None,
-                               "model.lora.save_merged": True})
+                               "model.lora.save_merged": True, "model.dtype": dtype})
     assert job.trainer.ref_model is None  # no second copy of the weights
     assert job.train()["status"] == "completed"
     assert (workdir / "run" / "model" / "adapter_config.json").is_file()
     # model_merged/: a plain checkpoint equal to base + adapter
     from aligntune.evaluation import load_for_inference
 
-    merged = AutoModelForCausalLM.from_pretrained(workdir / "run" / "model_merged")
+    merged = AutoModelForCausalLM.from_pretrained(workdir / "run" / "model_merged", dtype=torch.float32)
     adapted, tokenizer = load_for_inference(workdir / "run")
     ids = tokenizer("abc", return_tensors="pt").input_ids
     torch.testing.assert_close(merged(ids).logits, adapted(ids).logits)
+    # the frozen base is kept exactly as loaded (a bf16 run trains against a bf16 copy, but merges into the fp32 base);
+    # the adapter is saved in fp32
+    from safetensors.torch import load_file
+
+    from aligntune.models import tiny
+
+    base = load_file(tiny.resolve("aligntune:tiny") / "model.safetensors")
+    saved = load_file(workdir / "run" / "model_merged" / "model.safetensors")
+    targeted = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    untouched = [k for k in base if not any(t in k for t in targeted)]
+    assert untouched and all(torch.equal(saved[k], base[k]) for k in untouched)
+    assert any(not torch.equal(saved[k], base[k]) for k in base if k not in untouched)  # the delta was merged
+    adapter = load_file(workdir / "run" / "model" / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}

@@ -61,6 +61,33 @@ def test_eval_without_held_out_rows_says_how_to_get_them(workdir, capsys):
     assert "eval_fraction" in capsys.readouterr().err
 
 
+def test_evaluation_runs_on_the_runs_device_and_compute_dtype(trained_run, tmp_path, monkeypatch):
+    import torch
+
+    from aligntune.evaluation import generate, inference_placement, load_for_inference
+    from aligntune.models import precision
+
+    run_dir = trained_run.run_dir.path
+    result = trained_run.evaluate()
+    assert (result["device"], result["compute_dtype"]) == ("cpu", "fp32")  # the tiny model: fp32 on every CPU
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert inference_placement(run_dir) == ("cpu", "fp32")  # 64 wide: bf16 measured slower
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "config.json").write_text(json.dumps({"hidden_size": 576}))
+    assert inference_placement(wide) == ("cpu", "bf16")
+    assert inference_placement(run_dir, dtype="bf16") == ("cpu", "bf16")
+    model, tok = load_for_inference(run_dir, "cpu", "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.device.type == "cpu"
+    (out,) = generate(model, tok, ["Repeat the letter q."], 1, 0.0, 4, seed=0)
+    assert isinstance(out[0], str)
+
+
+def test_generate_refuses_an_unknown_placement(capsys):
+    assert cli.main(["generate", "run=x", "prompt=hi", "dtype=bf17"]) == 2
+    assert "dtype=auto|fp32|bf16|fp16" in capsys.readouterr().err
+
+
 def test_generate_refuses_unknown_settings(capsys):
     assert cli.main(["generate", "run=x", "prompt=hi", "tempreature=1"]) == 2
     assert "does not take 'tempreature=1'" in capsys.readouterr().err

@@ -119,7 +119,8 @@ def test_seed(seed):
     assert args["seed"] == seed and args["data_seed"] == seed
 
 
-# bf16 runs on bf16 weights with fp32 master copies (models/precision.py), never TRL's autocast; fp16 is autocast.
+# bf16 on a CPU runs on bf16 weights with fp32 master copies (models/precision.py), never TRL's autocast; fp16 is
+# autocast. On CUDA bf16 is the trainer's own mixed precision (autocast over fp32 weights; DeepSpeed/FSDP coherent).
 @pytest.mark.parametrize("dtype,bf16,fp16", [("fp32", False, False), ("bf16", False, False), ("fp16", False, True),
                                              ("auto", False, False)])
 def test_dtype_on_cpu(monkeypatch, dtype, bf16, fp16):
@@ -131,7 +132,7 @@ def test_dtype_on_cpu(monkeypatch, dtype, bf16, fp16):
     assert args["use_cpu"] is True
 
 
-@pytest.mark.parametrize("bf16_supported,bf16,fp16", [(True, False, False), (False, False, True)])
+@pytest.mark.parametrize("bf16_supported,bf16,fp16", [(True, True, False), (False, False, True)])
 def test_auto_device_and_dtype_on_a_gpu(monkeypatch, bf16_supported, bf16, fp16):
     import torch
 

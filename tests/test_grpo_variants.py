@@ -430,13 +430,16 @@ def test_dapo_trains_with_dynamic_sampling_and_overlong_punishment(workdir):
     assert changed_params(run_dir / "model")
 
 
-def test_dynamic_sampling_bound_pads_with_inert_groups_end_to_end(workdir):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: forced on every CPU kind (emulated where not native)
+def test_dynamic_sampling_bound_pads_with_inert_groups_end_to_end(workdir, dtype):
     """Every group scores the same, so every round is dropped: the bound stops refilling after 2 retries,
-    the rollout is padded, counted, and (all rows inert, no KL) the step leaves the weights untouched."""
+    the rollout is padded, counted, and (all rows inert, no KL) the step leaves the weights untouched: in bf16 too,
+    where the saved weights are the fp32 masters, which start from the weights as loaded (not their bf16 rounding)."""
     (workdir / "const.py").write_text("def constant(completions, **kwargs):\n    return [1.0] * len(completions)\n")
     metrics, _, run_dir = train(workdir, "algorithm=dapo", "~rewards.letter_match", "+rewards.const.fn=const.py:constant",
                                 "algorithm.overlong_buffer=null", "algorithm.dynamic_sampling_max_retries=2",
-                                "group_size=4", "batch_size=2", "algorithm.num_mini_batches=1", steps=1)
+                                "group_size=4", "batch_size=2", "algorithm.num_mini_batches=1", f"model.dtype={dtype}",
+                                steps=1)
     first = metrics[0]
     assert first["dynamic_sampling/retries"] == 2  # the bound
     assert first["dynamic_sampling/filtered_groups"] == 2 + 2 + 2 and first["dynamic_sampling/sampled_groups"] == 6

@@ -15,18 +15,51 @@ SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse avx avx2 avx512f avx512_bf
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
 
 
-@pytest.mark.parametrize("cpuinfo,expected", [(EPYC_AVX2, "fp32"), (SAPPHIRE_RAPIDS, "bf16"), (ZEN4, "bf16"),
-                                              (None, "fp32")])
-def test_auto_on_a_cpu_takes_bf16_only_where_it_is_native(tmp_path, monkeypatch, cpuinfo, expected):
+def simulate_cpu(monkeypatch, tmp_path, cpuinfo):
+    """Make cpu_has_native_bf16 read `cpuinfo` (None: a machine without /proc/cpuinfo)."""
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:
         path.write_text(cpuinfo)
     monkeypatch.setattr(precision, "cpu_has_native_bf16",
                         lambda: any(f in precision.cpu_flags(path) for f in precision.NATIVE_BF16_CPU_FLAGS))
-    assert precision.resolve_dtype("auto", "cpu") == expected
+
+
+# auto on a CPU: bf16 only where it is native AND the model is wide enough for bf16 to be measured faster
+# (bench/dtype_choice.py: SmolLM2-135M, 576 wide, 1.82x; the 64-wide tiny model 0.89x).
+@pytest.mark.parametrize("cpuinfo,wide,narrow", [(EPYC_AVX2, "fp32", "fp32"), (SAPPHIRE_RAPIDS, "bf16", "fp32"),
+                                                 (ZEN4, "bf16", "fp32"), (None, "fp32", "fp32")])
+def test_auto_on_a_cpu_takes_bf16_only_where_it_is_native_and_pays(tmp_path, monkeypatch, cpuinfo, wide, narrow):
+    simulate_cpu(monkeypatch, tmp_path, cpuinfo)
+    assert precision.resolve_dtype("auto", "cpu", hidden_size=576) == wide
+    assert precision.resolve_dtype("auto", "cpu", hidden_size=None) == wide  # unknown width: a real model
+    assert precision.resolve_dtype("auto", "cpu", hidden_size=64) == narrow
     assert precision.resolve_dtype("fp32", "cpu") == "fp32"  # explicit choices are kept
-    assert precision.resolve_dtype("bf16", "cpu") == "bf16"
+    assert precision.resolve_dtype("bf16", "cpu", hidden_size=64) == "bf16"
     assert precision.resolve_dtype("fp16", "cpu") == "fp16"
+
+
+@pytest.mark.parametrize("cpuinfo,smollm2", [(EPYC_AVX2, "fp32"), (SAPPHIRE_RAPIDS, "bf16")])
+def test_compute_precision_reads_the_models_width(tmp_path, monkeypatch, cpuinfo, smollm2):
+    from aligntune.config.schema import ModelConfig
+    from aligntune.models.loading import compute_precision, hidden_size
+
+    simulate_cpu(monkeypatch, tmp_path, cpuinfo)
+    assert hidden_size("aligntune:tiny") == 64 and hidden_size("aligntune:smollm2-135m-instruct") == 576
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 1024}}))
+    assert hidden_size(str(local)) == 1024
+    assert compute_precision(ModelConfig(name_or_path="aligntune:tiny"), "cpu") == "fp32"  # both CPU kinds
+    assert compute_precision(ModelConfig(name_or_path="aligntune:smollm2-135m-instruct"), "cpu") == smollm2
+    assert compute_precision(ModelConfig(name_or_path=str(local)), "cpu") == smollm2
+    assert compute_precision(ModelConfig(name_or_path="aligntune:tiny", dtype="bf16"), "cpu") == "bf16"
+
+
+def test_bf16_weights_only_on_a_cpu():
+    assert precision.low_precision_weights("bf16", "cpu") and not precision.low_precision_weights("bf16", "cuda")
+    assert precision.weight_dtype("bf16", "cuda") is torch.float32  # CUDA: fp32 weights under the trainer's autocast
+    assert precision.describe("bf16", "cpu") == "cpu, bf16 (bf16 weights, fp32 master copies in the optimizer)"
+    assert precision.describe("bf16", "cuda") == "cuda, bf16 (fp32 weights, bf16 autocast)"
 
 
 @pytest.mark.parametrize("supported,expected", [(True, "bf16"), (False, "fp16")])
@@ -92,6 +125,8 @@ def test_bf16_grpo_trains_on_bf16_weights_and_saves_the_fp32_masters(tmp_path):
     job.trainer.training_step = record
     summary = job.train()
     assert summary["status"] == "completed" and seen and set(seen) == {torch.bfloat16}
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (written["device"], written["compute_dtype"]) == ("cpu", "bf16") == (summary["device"], summary["compute_dtype"])
     pairs = precision.master_pairs(job.trainer)
     assert pairs and all(m.dtype == torch.float32 for _, m in pairs)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -101,3 +136,55 @@ def test_bf16_grpo_trains_on_bf16_weights_and_saves_the_fp32_masters(tmp_path):
     name = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(saved[name], before[name])  # trained
     assert not torch.equal(saved[name], saved[name].to(torch.bfloat16).float())  # fp32 detail beyond bf16
+
+
+def test_master_weights_start_from_the_weights_as_loaded():
+    layer = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight.fill_(1.0 + 2**-12)  # not representable in bf16: rounds to 1.0
+    loaded = layer.weight.detach().clone()
+    originals = precision.to_low_precision(layer, torch.bfloat16, keep=True)
+    assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, torch.ones(4, 4, dtype=torch.bfloat16))
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    pairs = precision.keep_fp32_master_weights(optimizer, {id(layer.weight): originals["weight"]})
+    master = dict((id(p), m) for p, m in pairs)[id(layer.weight)]
+    assert torch.equal(master, loaded)  # not the bf16 rounding (1.0)
+    # an original that does not round to the parameter (e.g. another tensor's) is not taken
+    other = torch.nn.Linear(4, 4).to(torch.bfloat16)
+    (pair,) = [pr for pr in precision.keep_fp32_master_weights(torch.optim.SGD([other.weight], lr=0.1),
+                                                                {id(other.weight): loaded})]
+    assert torch.equal(pair[1], other.weight.float())
+
+
+def test_bf16_checkpoint_resumes_exactly(tmp_path, monkeypatch):
+    """A bf16 run's checkpoint holds the fp32 masters (in optimizer.pt): interrupted at step 2 and resumed, it ends
+    bit-identical to the uninterrupted run (tolerance 0: the same operations in the same order on a CPU)."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from aligntune import cli
+    from aligntune.run import report
+    from aligntune.run.checkpoints import InterruptGuard
+
+    monkeypatch.setattr(report, "write_run_report_or_warn", lambda run_dir: None)
+    args = ["train", "experiment=smoke", "train.batch_size=2", "group_size=4", "algorithm.max_completion_length=6",
+            "train.max_steps=3", "train.save_steps=1", "model.dtype=bf16", "train.learning_rate=1e-3"]
+    assert cli.main([*args, f"hydra.run.dir={tmp_path / 'straight'}"]) == 0
+    original = InterruptGuard.on_step_end
+
+    def on_step_end(self, a, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, a, state, control, **kwargs)
+
+    monkeypatch.setattr(InterruptGuard, "on_step_end", on_step_end)
+    run = tmp_path / "resumed"
+    assert cli.main([*args, f"hydra.run.dir={run}"]) == 130
+    monkeypatch.setattr(InterruptGuard, "on_step_end", original)
+    assert cli.main(["train", f"resume={run}", f"hydra.run.dir={run}"]) == 0
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(run / "model" / "model.safetensors")
+    assert {t.dtype for t in b.values()} == {torch.float32}
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed bf16 run differs from the uninterrupted one"

@@ -103,18 +103,22 @@ def test_tiny_reward_model_trains_and_saves_a_scorer(workdir):
     assert check_value_model(str(run_dir / "model"), policy_tok) == str((run_dir / "model").resolve())
 
 
-def test_lora_reward_model_saves_a_merged_checkpoint(workdir):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: forced on every CPU kind (emulated where not native)
+def test_lora_reward_model_saves_a_merged_checkpoint(workdir, dtype):
     from transformers import AutoModelForSequenceClassification
 
     run_dir = workdir / "rm"
     code = cli.main(["train", "model=tiny", "algorithm=reward", "dataset=prefs", "train.max_steps=3", "model.lora.enabled=true",
-                     "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"hydra.run.dir={run_dir}"])
+                     "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]", f"model.dtype={dtype}",
+                     f"hydra.run.dir={run_dir}"])
     assert code == 0
     assert not (run_dir / "model" / "adapter_config.json").exists()
     from aligntune.models import tiny
 
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
-    base = AutoModelForSequenceClassification.from_pretrained(tiny.resolve("aligntune:tiny"), num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model", dtype=torch.float32)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny.resolve("aligntune:tiny"), num_labels=1,
+                                                              dtype=torch.float32)
+    assert {t.dtype for t in model.state_dict().values()} == {torch.float32}
     assert model.config.num_labels == 1 and not any("lora" in k for k in model.state_dict())
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(model.state_dict()[q], base.state_dict()[q]), "the trained adapter was not merged"

@@ -81,8 +81,10 @@ def check_launch(run: RunConfig) -> None:
                           "Add distributed.num_processes=N or backend=verl, or drop dry_run.")
 
 
-def run_job(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """One job as the CLI runs it: in this process, under `accelerate launch`, or on a launched backend."""
+def run_job(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None,
+            parallel_jobs: int = 1) -> dict[str, Any]:
+    """One job as the CLI runs it: in this process, under `accelerate launch`, or on a launched backend.
+    `parallel_jobs`: how many jobs of a sweep run at once on this machine (their torch threads share the cores)."""
     overrides = list(overrides or [])
     check_launch(run)
     backend = resolve_backend(run)
@@ -93,7 +95,7 @@ def run_job(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = N
 
     if launch.wanted(run):
         return launch.launch(run, run_dir, overrides)
-    return AlignmentJob(run, run_dir, overrides).train()
+    return AlignmentJob(run, run_dir, overrides, parallel_jobs=parallel_jobs).train()
 
 
 def builder_for(run: RunConfig):
@@ -108,11 +110,12 @@ class AlignmentJob:
     returns the final metrics. `.trainer` is the engine's own trainer (e.g. `trl.GRPOTrainer`).
     """
 
-    def __init__(self, run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None):
+    def __init__(self, run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None, parallel_jobs: int = 1):
         from aligntune.run import logs
         from aligntune.run.rundir import RunDir
 
         self.config = run
+        self.parallel_jobs = parallel_jobs
         # Under `accelerate launch` (aligntune.distributed) every process builds a job; global rank 0 writes.
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.is_main = int(os.environ.get("RANK", "0")) == 0
@@ -164,10 +167,24 @@ class AlignmentJob:
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
 
+        from aligntune.models.loading import compute_precision
+        from aligntune.run import console
+
         run = self.config
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
         build_trainer = builder_for(run)
-        if resolve_backend(run) == "trl" and resolve_device(run.device) == "cpu":
+        self.device = resolve_device(run.device)
+        self.precision = compute_precision(run.model, self.device)
+        self.run_dir.record(device=self.device, compute_dtype=self.precision)
+        if self.is_main:
+            console.show_compute(self.device, self.precision)
+        self.load_warning = None
+        if self.device == "cpu":
+            from aligntune.run import threads
+
+            cores = threads.usable_cores()
+            self.load_warning = threads.OtherLoadWarning(threads.configure(self.parallel_jobs, cores), cores)
+        if resolve_backend(run) == "trl" and self.device == "cpu":
             from aligntune.backends.trl.cpu_speed import compact_fused_head_on_cpu
 
             compact_fused_head_on_cpu()  # TRL's LM head scores every position on CPU; its GPU path only completions
@@ -182,11 +199,12 @@ class AlignmentJob:
         self.progress = RichProgress()
         self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
         self.master_weights = False  # set by load_policy when the weights are low precision
+        self.fp32_originals: dict = {}  # set by load_policy: the fp32 weights a full-weight bf16 policy was rounded from
         self.trainer = build_trainer(run, self)
         if self.master_weights and hasattr(self.trainer, "create_optimizer"):
             from aligntune.models.precision import use_master_weights
 
-            use_master_weights(self.trainer)
+            use_master_weights(self.trainer, self.fp32_originals)
         from aligntune.run.trackers import place
 
         handler = getattr(self.trainer, "callback_handler", None)  # transformers' Trainer; the native engine: .callbacks
@@ -209,6 +227,8 @@ class AlignmentJob:
         self.interrupt = InterruptGuard(can_checkpoint, self.config.rollout_steps())
         self.book.check = self.nonfinite.check_rewards
         extra = [self.interrupt, self.nonfinite, TrainingWarnings(self.config)]
+        if self.load_warning is not None:
+            extra.append(self.load_warning)
         if hasattr(self.trainer, "add_callback"):
             for cb in extra:
                 self.trainer.add_callback(cb)
@@ -219,17 +239,25 @@ class AlignmentJob:
 
     def load_policy(self, fp32_weights: bool = False):
         """The policy model and its PEFT config (None without LoRA). Its weights are in the compute precision's
-        weight dtype (bf16 for bf16, with fp32 master copies kept by the optimizer; see models.precision), or fp32
-        with `fp32_weights` (engines that run autocast themselves)."""
+        weight dtype (bf16 for bf16 on a CPU, with fp32 master copies kept by the optimizer; see models.precision),
+        or fp32 with `fp32_weights` (engines that run autocast themselves).
+
+        For bf16 weights of a full-weight run the model loads in fp32 and is rounded here, keeping the fp32 tensors
+        as the optimizer's masters-to-be (so an untouched weight is saved exactly as loaded); a LoRA run's frozen
+        base loads in bf16 directly (the merged model is built from an fp32 base at the end: `_save_merged`)."""
         import torch
 
-        from aligntune.models.loading import load_model, peft_config, resolve_device
-        from aligntune.models.precision import resolve_dtype, weight_dtype
+        from aligntune.models.loading import load_model, peft_config
+        from aligntune.models.precision import to_low_precision, weight_dtype
 
-        precision = resolve_dtype(self.config.model.dtype, resolve_device(self.config.device))
-        dtype = torch.float32 if fp32_weights else weight_dtype(precision)
+        dtype = torch.float32 if fp32_weights else weight_dtype(self.precision, self.device)
         self.master_weights = dtype != torch.float32
-        return load_model(self.config.model, dtype), peft_config(self.config.model)
+        lora = peft_config(self.config.model)
+        if not self.master_weights or lora is not None:
+            return load_model(self.config.model, dtype), lora
+        model = load_model(self.config.model, torch.float32)
+        self.fp32_originals = to_low_precision(model, dtype, keep=True)
+        return model, lora
 
     def prompt_data(self):
         """Rows with a `prompt` column (plus the columns rewards read), shuffled with the run seed."""
@@ -339,15 +367,27 @@ class AlignmentJob:
                 for key, value in self.eval_result[side].items() if isinstance(value, (int, float))}
 
     def _save_merged(self) -> None:
-        """model_merged/: the trained adapter merged into the base weights, loadable without PEFT."""
+        """model_merged/: the trained adapter merged into the base weights, loadable without PEFT. The base is the
+        checkpoint as loaded in fp32 (not the bf16 copy a bf16 run trained against), so weights the adapter does not
+        touch are exact and the adapter's delta is added in fp32."""
         from peft import PeftModel
+
+        from aligntune.models.merging import merge_into_fp32_base
 
         model = getattr(self.trainer, "model", None) or getattr(getattr(self.trainer, "models", None), "policy", None)
         if not isinstance(model, PeftModel):  # e.g. the reward trainer already saves merged weights in model/
             return
-        merged = model.merge_and_unload()
+        merged = merge_into_fp32_base(model, self.load_fp32_base)
         merged.save_pretrained(str(self.run_dir.path / "model_merged"))
         self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
+
+    def load_fp32_base(self):
+        """The policy's starting weights in fp32 (what a merge adds an adapter's delta to)."""
+        import torch
+
+        from aligntune.models.loading import load_model
+
+        return load_model(self.config.model, torch.float32)
 
     def _restore_token_count(self) -> None:
         """TRL's DPO/SFT/reward trainers count `num_tokens` in `_total_train_tokens`, which no checkpoint holds (GRPO

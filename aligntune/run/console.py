@@ -43,6 +43,12 @@ def show_start(run, run_dir) -> None:
     console.print(f"[bold]run directory:[/bold] {run_dir}")
 
 
+def show_compute(device: str, precision: str) -> None:
+    from aligntune.models.precision import describe
+
+    console.print(f"[bold]compute:[/bold] {describe(precision, device)}")
+
+
 def format_live(logs: dict) -> str:
     parts = []
     for keys, label in LIVE_METRICS:
@@ -53,7 +59,7 @@ def format_live(logs: dict) -> str:
     return "  ".join(parts)
 
 
-SUMMARY_KEYS = ["status", "steps", "wall_time_s", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
+SUMMARY_KEYS = ["status", "steps", "wall_time_s", "device", "compute_dtype", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
                 "reward_std", "kl", "entropy", "loss", "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_preference_accuracy", "eval_margin", "eval_loss"]
 

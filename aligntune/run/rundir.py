@@ -41,6 +41,17 @@ class RunDir:
         self.model = self.path / "model"
         self.checkpoints = self.path / "checkpoints"
         self.started = time.time()
+        self.facts: dict = {}  # what every summary.json of this run states (device, compute_dtype)
+
+    def record(self, **facts) -> None:
+        """Facts of the run (e.g. device, compute_dtype) written into summary.json now and in every later state."""
+        self.facts.update(facts)
+        if self.main and self.summary.is_file():
+            write_json_atomic(self.summary, {**json.loads(self.summary.read_text(encoding="utf-8")), **facts})
+
+    def _write_summary(self, summary: dict) -> None:
+        if self.main:
+            write_json_atomic(self.summary, {**summary, **self.facts})
 
     def start(self, run: RunConfig, overrides: list[str] | None) -> None:
         if not self.main:
@@ -79,21 +90,17 @@ class RunDir:
                    "checkpoint": str(checkpoint) if checkpoint else None,
                    "resume": f"aligntune train resume={self.path}" if checkpoint else None,
                    "wall_time_s": round(time.time() - self.started, 3)}
-        if self.main:
-            write_json_atomic(self.summary, summary)
-        return summary
+        self._write_summary(summary)
+        return {**summary, **self.facts}
 
     def finish(self, metrics: dict) -> dict:
         summary = {"status": "completed", "wall_time_s": round(time.time() - self.started, 3), **metrics}
-        if self.main:
-            write_json_atomic(self.summary, summary)
-        return summary
+        self._write_summary(summary)
+        return {**summary, **self.facts}
 
     def fail(self, error: BaseException) -> None:
-        if not self.main:
-            return
-        write_json_atomic(self.summary, {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                                         "wall_time_s": round(time.time() - self.started, 3)})
+        self._write_summary({"status": "failed", "error": f"{type(error).__name__}: {error}",
+                             "wall_time_s": round(time.time() - self.started, 3)})
 
     def append(self, path: Path, record: dict) -> None:
         if not self.main:

@@ -115,8 +115,7 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
 
     Keys that have no meaning for PPO (backend.trl_args) are refused here rather than ignored.
     """
-    from aligntune.models.loading import resolve_device
-    from aligntune.models.precision import resolve_dtype
+    from aligntune.models.loading import compute_precision, resolve_device
 
     algo, t = run.algorithm, run.train
     if not isinstance(algo, PPOAlgorithmConfig):
@@ -139,7 +138,7 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
         output_dir=output_dir,
         seed=run.seed,
         device=device,
-        precision=resolve_dtype(run.model.dtype, device),
+        precision=compute_precision(run.model, device),
         batch_size=t.batch_size,
         mini_batch_size=mini,
         micro_batch_size=micro,

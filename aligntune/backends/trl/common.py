@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aligntune.config.schema import RunConfig
 from aligntune.errors import ConfigError
-from aligntune.models.loading import resolve_device
-from aligntune.models.precision import resolve_dtype
+from aligntune.models.loading import compute_precision, resolve_device
+from aligntune.models.precision import low_precision_weights
 from aligntune.run.trackers import report_args
 
 
@@ -17,7 +17,7 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
     """transformers.TrainingArguments fields from `run.train`, `run.seed`, `run.model.dtype`, `run.device`."""
     t = run.train
     device = resolve_device(run.device)
-    precision = resolve_dtype(run.model.dtype, device)
+    precision = compute_precision(run.model, device)
     return dict(
         output_dir=output_dir,
         seed=run.seed,
@@ -32,10 +32,11 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
         max_grad_norm=t.max_grad_norm,
         **{_checkpointing_field(): t.gradient_checkpointing},
         logging_steps=t.logging_steps,
-        # Compute precision (aligntune.models.precision): bf16 runs on bf16 weights with fp32 master copies in the
-        # optimizer, so no autocast; fp16 runs fp32 weights under autocast with loss scaling. (TRL's bf16 default
-        # is True: it must be set either way.)
-        bf16=False,
+        # Compute precision (aligntune.models.precision): bf16 on a CPU runs on bf16 weights with fp32 master copies
+        # in the optimizer, so no autocast; on CUDA it is the trainer's mixed precision (fp32 weights, bf16 autocast,
+        # which DeepSpeed and FSDP understand). fp16 runs fp32 weights under autocast with loss scaling. (TRL's bf16
+        # default is True: it must be set either way.)
+        bf16=precision == "bf16" and not low_precision_weights(precision, device),
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         # Trackers (logger=...) through the Trainer's own report_to; output_dir is <run dir>/checkpoints.

@@ -58,13 +58,18 @@ def _trainer_class():
     from trl import RewardTrainer
 
     class AligntuneRewardTrainer(RewardTrainer):
-        """RewardTrainer whose saved model is always a standalone sequence-classification checkpoint."""
+        """RewardTrainer whose saved model is always a standalone sequence-classification checkpoint. `load_fp32_base`
+        builds the starting classifier in fp32, which a LoRA adapter is merged into (aligntune.models.merging)."""
+
+        load_fp32_base = None
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
             from peft import PeftModel
 
-            if isinstance(self.model, PeftModel):  # merge the adapter: consumers load a plain checkpoint
-                self.model.merge_and_unload().save_pretrained(output_dir)
+            from aligntune.models.merging import merge_into_fp32_base
+
+            if isinstance(self.model, PeftModel) and not _internal_call:  # consumers load a plain checkpoint
+                merge_into_fp32_base(self.model, self.load_fp32_base).save_pretrained(output_dir)
                 return
             super().save_model(output_dir, _internal_call)
 
@@ -81,5 +86,8 @@ def build(run: RunConfig, job) -> object:
     del causal_lm
     if peft_config is not None:  # the score head must train (and be saved) too: PEFT's SEQ_CLS task does that
         peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
-    return _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                            processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=held_out,
+                               processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    trainer.load_fp32_base = lambda: sequence_classifier_from(job.load_fp32_base(), zero_head=False,
+                                                              trust_remote_code=run.model.trust_remote_code)
+    return trainer
