@@ -39,14 +39,21 @@ TARGET = 1.02
 SIDES = ("aligntune", "plain")
 
 
+# Both sides compute in this precision (the plain side loads fp32 weights and TRL runs no autocast: grpo_args maps
+# model.dtype=fp32 to bf16=False), whatever `model.dtype=auto` would pick on this CPU; printed with the results.
+DTYPE = "fp32"
+
+
 def build_aligntune(steps: int, out_dir: str):
     from aligntune.core.backend_factory import create_rl_trainer
 
-    job = create_rl_trainer(experiment="smoke", max_steps=steps, output_dir=out_dir)
+    job = create_rl_trainer(experiment="smoke", max_steps=steps, output_dir=out_dir, **{"model.dtype": DTYPE})
+    assert job.precision == DTYPE, job.precision
     return job.trainer, job.train
 
 
 def build_plain(steps: int, out_dir: str):
+    import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
@@ -57,10 +64,12 @@ def build_plain(steps: int, out_dir: str):
     from aligntune.models import tiny
     from aligntune.rewards.letters import letter_match
 
-    run = compose.load(["experiment=smoke", f"max_steps={steps}"])[0]
+    run = compose.load(["experiment=smoke", f"max_steps={steps}", f"model.dtype={DTYPE}"])[0]
     model_dir = tiny.resolve("aligntune:tiny")
     dataset = load_dataset("json", data_files=str(SHIPPED_DIR / "letters.jsonl"), split="train").shuffle(seed=run.seed)
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=[letter_match],
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    assert not grpo_args(run, out_dir)["bf16"]
+    trainer = GRPOTrainer(model=model, reward_funcs=[letter_match],
                           args=GRPOConfig(**grpo_args(run, out_dir)), train_dataset=dataset,
                           processing_class=AutoTokenizer.from_pretrained(model_dir))
     return trainer, lambda: trainer.train()  # looked up at call time, so the timing wrapper below applies
@@ -84,6 +93,7 @@ def worker(side: str, steps: int, threads: int | None) -> dict:
     if threads:
         import torch
 
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # aligntune leaves an explicit thread count alone
         torch.set_num_threads(threads)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -125,7 +135,7 @@ def measure(steps: int = 30, reps: int = 10, threads: int | None = None) -> dict
     # the same code against itself (odd vs even repetitions): ratios this far from 1 are noise on this machine
     same_side = [pooled(mine[0::2]) / pooled(mine[1::2]) if reps > 1 else float("nan")
                  for mine in ([r for r in runs if r["side"] == s] for s in SIDES)]
-    return {"steps": steps, "reps": reps, "target": TARGET, "sides": sides,
+    return {"steps": steps, "reps": reps, "target": TARGET, "dtype": DTYPE, "sides": sides,
             "step_ratio": a["median_step_s"] / p["median_step_s"],
             "train_ratio": a["median_train_s"] / p["median_train_s"],
             "train_cpu_ratio": a["median_train_cpu_s"] / p["median_train_cpu_s"], "threads": threads,
@@ -156,6 +166,7 @@ def rows(result: dict) -> list[dict]:
     a, p, target = result["sides"]["aligntune"], result["sides"]["plain"], f"<= {TARGET}"
     hooks = result["hooks_extra_fraction"]
     return [
+        {"name": "compute dtype, both sides", "value": DTYPE, "target": "", "ok": None},
         {"name": "GRPO step time, aligntune / plain TRL (median)", "target": "", "ok": None,
          "value": f"{a['median_step_s'] * 1000:.1f} / {p['median_step_s'] * 1000:.1f} ms"},
         {"name": "step time ratio aligntune/plain", "value": f"{result['step_ratio']:.3f}", "target": target,

@@ -12,7 +12,8 @@ Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
    - plain TRL with `bf16=False` (fp32; TRL's default gradient checkpointing kept).
 5. DPO on SmolLM2-135M (the shipped prefs_chat pairs): the same three sides.
 6. Roofline: this machine's matmul GFLOP/s in fp32 and bf16 (1024x1024, median of 5), and the share of the
-   fp32 peak that one aligntune GRPO / DPO step achieves (FLOPs counted as 2 x parameters per generated token
+   peak *of the dtype the aligntune step computes in* (bf16 weights or bf16 autocast: the bf16 peak; else fp32)
+   that one aligntune GRPO / DPO step achieves (FLOPs counted as 2 x parameters per generated token
    and 6 x parameters per trained token).
 
 Every side runs in a fresh process forked after the heavy imports, the sides alternate (A B C A B C), and the
@@ -157,11 +158,11 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
     import trl  # noqa: F401  # the heavy imports, once; every run forks from here
 
     from aligntune.config import compose
-    from aligntune.models.loading import resolve_device
-    from aligntune.models.precision import resolve_dtype
+    from aligntune.models.loading import compute_precision, resolve_device
 
     watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
-    result["auto_resolves_to"] = resolve_dtype("auto", resolve_device("auto"))
+    composed = compose.load(job_overrides(algorithms[0], steps, model))[0]
+    result["auto_resolves_to"] = compute_precision(composed.model, resolve_device("auto"))
     result["sides_run"], result["algorithms"] = list(sides), list(algorithms)
     for algorithm in algorithms:
         runs = []
@@ -198,7 +199,9 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
         if algorithm == "grpo":  # the reference model's forward for the KL term
             flops += 2 * a["params"] * (a["trained_tokens_per_step"] or 0)
         result[algorithm]["achieved_gflops"] = flops / a["step_s"] / 1e9
-        result[algorithm]["fraction_of_fp32_peak"] = result[algorithm]["achieved_gflops"] / result["matmul_gflops"]["float32"]
+        dtype = "bfloat16" if "bfloat16" in a["weights"] or a["bf16_autocast"] else "float32"
+        result[algorithm]["compute_dtype"] = dtype
+        result[algorithm]["fraction_of_peak"] = result[algorithm]["achieved_gflops"] / result["matmul_gflops"][dtype]
     result["other_cpu_cores"] = round(watch.cores(), 3)
     return result
 
@@ -229,8 +232,11 @@ def rows(result: dict) -> list[dict]:
     out.append({"name": "matmul 1024^2 fp32 / bf16", "value": f"{g['float32']:.0f} / {g['bfloat16']:.0f} GFLOP/s",
                 "target": "", "ok": None})
     for algorithm in result["algorithms"]:
-        out.append({"name": f"{algorithm.upper()} step, share of fp32 matmul peak", "target": "", "ok": None,
-                    "value": f"{result[algorithm]['fraction_of_fp32_peak']:.1%} ({result[algorithm]['achieved_gflops']:.1f} GFLOP/s)"})
+        dtype = result[algorithm]["compute_dtype"]
+        short = {"bfloat16": "bf16", "float32": "fp32"}[dtype]
+        out.append({"name": f"{algorithm.upper()} step ({short}), share of the {short} matmul peak", "target": "",
+                    "ok": None, "value": f"{result[algorithm]['fraction_of_peak']:.1%} "
+                                         f"({result[algorithm]['achieved_gflops']:.1f} of {g[dtype]:.0f} GFLOP/s)"})
     out.append(interference_row(f"{result['model']} runs", result["other_cpu_cores"]))
     return out
 

@@ -34,6 +34,7 @@ def test_usable_cores_are_the_affinity_capped_by_the_quota(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("jobs,local,expected", [(1, None, 4), (2, None, 2), (1, "2", 2), (2, "2", 1), (8, None, 1)])
 def test_threads_are_divided_among_sweep_workers_and_accelerate_processes(monkeypatch, jobs, local, expected):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     if local is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     else:
@@ -44,6 +45,12 @@ def test_threads_are_divided_among_sweep_workers_and_accelerate_processes(monkey
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_explicit_omp_num_threads_is_kept(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    assert threads.configure(1, cores=4) == before and torch.get_num_threads() == before
 
 
 def test_other_load_is_warned_once_with_the_numbers(monkeypatch, capsys):

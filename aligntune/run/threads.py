@@ -3,7 +3,7 @@
 torch starts one intra-op thread per core the machine *has*, whatever the process may use (CPU affinity, a
 container's cgroup quota) and however many other trainings share those cores. On a 2-core machine two such
 processes slowed generation ~40x (283 s against 6.2 s): spinning threads fight over cores. So a run sets
-`torch.set_num_threads(usable cores // processes training at once)`, where the processes are the parallel
+`torch.set_num_threads(usable cores // processes training at once)` (unless OMP_NUM_THREADS is set), where the processes are the parallel
 sweep workers (launcher=joblib's n_jobs) times the accelerate processes on this machine (LOCAL_WORLD_SIZE), and
 warns once, with the numbers, when other processes keep the cores busy during its first steps.
 """
@@ -54,9 +54,13 @@ def processes_on_this_machine(parallel_jobs: int = 1) -> int:
 
 
 def configure(parallel_jobs: int = 1, cores: int | None = None) -> int:
-    """Set torch's intra-op threads to this process's share of the usable cores; returns the count."""
+    """Set torch's intra-op threads to this process's share of the usable cores; returns the count. An explicit
+    OMP_NUM_THREADS (the user's, or torchrun's for several processes) is left in charge."""
     import torch
 
+    if os.environ.get("OMP_NUM_THREADS"):
+        log.info("torch threads: %d (OMP_NUM_THREADS=%s)", torch.get_num_threads(), os.environ["OMP_NUM_THREADS"])
+        return torch.get_num_threads()
     cores = cores if cores is not None else usable_cores()
     share = processes_on_this_machine(parallel_jobs)
     threads = max(1, cores // share)
