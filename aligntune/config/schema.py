@@ -5,8 +5,10 @@ brings its own schema (registered below as `algorithm/<name>_schema`). OmegaConf
 names and types while composing; `__post_init__` checks values and cross-field rules when the
 composed config becomes objects (`OmegaConf.to_object`). Nothing here imports torch.
 
-Vocabulary (one name per concept, see DESIGN.md): `train.batch_size` counts prompts (GRPO) or
-pairs (DPO) per optimizer step; a GRPO step holds batch_size x group_size completions and
+Vocabulary (one name per concept, see DESIGN.md): `train.batch_size` counts prompts per rollout (one
+generation round: GRPO, RLOO, PPO), or pairs (DPO, reward models) and sequences (SFT) per optimizer step.
+A GRPO/RLOO rollout holds batch_size x group_size completions and is learned in
+`algorithm.num_mini_batches` optimizer steps (1 by default: rollout and step coincide);
 `train.micro_batch_size` bounds how many completions go through one forward/backward.
 """
 
@@ -347,9 +349,11 @@ class SFTAlgorithmConfig(AlgorithmConfig):
 
 @dataclass
 class TrainConfig:
-    """Optimisation. Counts are per optimizer step and global (across processes)."""
+    """Optimisation. Counts are global (across processes): `batch_size` is prompts per rollout for GRPO, RLOO
+    and PPO (split into algorithm.num_mini_batches optimizer steps), pairs or sequences per optimizer step for
+    DPO, reward models and SFT."""
 
-    batch_size: int = 2  # prompts per optimizer step (GRPO: x group_size completions)
+    batch_size: int = 2  # prompts per rollout (GRPO/RLOO: x group_size completions); DPO: pairs per optimizer step
     micro_batch_size: Optional[int] = None  # completions per forward/backward (memory); null = the whole step
     learning_rate: float = 1e-6
     num_epochs: float = 1.0
@@ -367,7 +371,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # NaN/inf loss, gradient or reward: stop (after checkpointing the last good state) | skip the step
 
     def __post_init__(self):
-        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.", "It counts prompts per optimizer step.")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.",
+               "It counts prompts per rollout (GRPO, RLOO, PPO), or pairs/sequences per optimizer step (DPO, reward, SFT).")
         if self.micro_batch_size is not None:
             _check(self.micro_batch_size >= 1, f"train.micro_batch_size={self.micro_batch_size} must be at least 1.",
                    "Use null for the whole step, or a divisor of the completions per step.")
@@ -416,7 +421,8 @@ class DistributedConfig:
     """Several processes (and machines) under `accelerate launch`; aligntune/distributed/ writes the launch files.
 
     `num_processes` counts processes on all machines together (accelerate's meaning). Batch counts stay
-    global: `train.batch_size` per optimizer step whatever the process count, split evenly across them.
+    global: `train.batch_size` per rollout (GRPO, RLOO, PPO) or optimizer step (DPO, reward, SFT) whatever the
+    process count, split evenly across them.
     """
 
     strategy: str = "ddp"  # ddp | fsdp | deepspeed_zero2 | deepspeed_zero3 (the presets: distributed=<strategy>)
