@@ -120,6 +120,9 @@ CASES = [
     (C, ["algorithm=dpo", "algorithm.reference_free=true", "algorithm.precompute_ref_log_probs=true"],
      ["reference_free", "precompute_ref_log_probs"]),
     (C, ["algorithm=ppo", "backend=trl"], ["algorithm=ppo", "backend=native"]),
+    (C, ["algorithm=ppo", "algorithm.kl_estimator=k3"], ["algorithm.kl_estimator=k3", "reward", "kl_estimator=k1"]),
+    (C, ["algorithm=ppo", "backend=verl", "dry_run=true", "algorithm.kl_estimator=k3"],
+     ["algorithm.kl_estimator=k3", "Tang & Munos", "kl_estimator=k1"]),
     (C, ["~rewards"], ["needs at least one reward", "+rewards.mine.fn"]),
     # config: checkpoints and resume
     (C, ["train.save_steps=0"], ["train.save_steps=0", "null"]),

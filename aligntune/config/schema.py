@@ -29,7 +29,7 @@ GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 TRUNCATION_MODES = ("keep_start", "keep_end")
-KL_ESTIMATORS = ("k1", "k3")
+PPO_KL_ESTIMATORS = ("k1",)  # the KL penalty in PPO's per-token reward; k3 is refused there (PPOAlgorithmConfig)
 GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False | True
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
@@ -271,6 +271,22 @@ class DPOAlgorithmConfig(AlgorithmConfig):
                "A reference-free run has no reference log-probs to precompute; set one of them to false.")
 
 
+# Why PPO refuses kl_estimator=k3 (native engine and verl alike). PPO adds -beta x the KL estimate to each token's
+# reward, and a reward is not differentiated: its policy gradient is E_pi[k * grad log pi]. For k1 = log(pi/ref)
+# that is exactly grad KL(pi||ref). For k3 = ref/pi - 1 - log(ref/pi) it is grad KL(pi||ref) - grad KL(ref||pi)
+# (Tang & Munos 2025, "On a few pitfalls in KL divergence gradient estimation for RL"): k3 estimates the KL's
+# value with low variance, but as a reward it regularises towards something else. GRPO's k3 is a loss term,
+# differentiated directly, which is sound, and stays available there.
+K3_IN_REWARD = (
+    "algorithm.kl_estimator=k3 is not available for PPO: PPO puts the KL estimate into each token's reward, and there "
+    "k3 = ref/pi - 1 - log(ref/pi) does not penalise KL(pi||ref). A reward is not differentiated, so its policy "
+    "gradient is E[k3 x grad log pi] = grad KL(pi||ref) - grad KL(ref||pi) (Tang & Munos 2025): k3 estimates the "
+    "KL's value with low variance, but as a reward it optimises a different regulariser (GRPO, which adds k3 to its "
+    "loss and differentiates it, is unaffected).",
+    "Use algorithm.kl_estimator=k1 (the log-ratio, the default), whose expected gradient as a reward is exactly "
+    "grad KL(pi||ref).")
+
+
 @dataclass
 class PPOAlgorithmConfig(AlgorithmConfig):
     """PPO for RLHF on aligntune's native engine (Schulman et al. 2017; GAE, Schulman et al. 2016;
@@ -285,7 +301,7 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     # (rewards.rm.fn=reward_model rewards.rm.args.model=<checkpoint>).
     value_model: str = "policy"  # critic initialised from the policy, or from a sequence-classification checkpoint path
     beta: float = 0.05  # KL coefficient (per token, added to the reward); the initial value if adaptive_kl
-    kl_estimator: str = "k1"  # k1 (log-ratio) | k3 (Schulman's unbiased, always >= 0)
+    kl_estimator: str = "k1"  # k1 (log-ratio), the only valid reward penalty; k3 is refused (K3_IN_REWARD)
     adaptive_kl: bool = False  # Ziegler et al. 2019 proportional controller
     target_kl: float = 6.0  # controller target (nats per sequence)
     kl_horizon: int = 10000  # controller horizon (samples)
@@ -305,7 +321,8 @@ class PPOAlgorithmConfig(AlgorithmConfig):
         _check(0 < self.top_p <= 1, f"algorithm.top_p={self.top_p} is outside (0, 1].", "Use 1.0 to disable nucleus sampling.")
         _positive("algorithm.max_completion_length", self.max_completion_length)
         _check(self.beta >= 0, f"algorithm.beta={self.beta} is negative.", "Use 0 or a positive coefficient such as 0.05.")
-        _one_of("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check(self.kl_estimator != "k3", *K3_IN_REWARD)
+        _one_of("algorithm.kl_estimator", self.kl_estimator, PPO_KL_ESTIMATORS)
         _positive("algorithm.target_kl", self.target_kl)
         _positive("algorithm.kl_horizon", self.kl_horizon)
         _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} is outside [0, 1].", "Use 1.0 for episodic RLHF.")
