@@ -62,11 +62,12 @@ PAPERS = {
     # Liu et al. 2025: no length normalisation (constant normaliser), no std scaling; released recipe beta 0, T 1.
     "dr_grpo": {**GRPO_PAPER, "loss_type": "dr_grpo", "scale_rewards": "none", "beta": 0.0, "temperature": 1.0},
     # Yu et al. 2025: clip-higher 0.2/0.28, token-level loss, no KL, 16 samples, 16 updates per rollout,
-    # dynamic sampling (recipe: 10 generation rounds), soft overlong punishment (4096 of 20480 tokens, factor 1).
+    # dynamic sampling (recipe: 10 generation rounds), soft overlong punishment (4096 of 20480 tokens) down to -1
+    # against +-1 correctness, i.e. half the reward range: 0.5 for aligntune's 0/1 correctness.
     "dapo": {**GRPO_PAPER, "num_generations": 16, "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "temperature": 1.0,
              "loss_type": "dapo", "mini_batches_per_rollout": 16, "dynamic_sampling": True,
              "dynamic_sampling_rounds": 10, "overlong_fraction": pytest.approx(4096 / 20480, abs=0.005),
-             "overlong_penalty": 1.0, "rewards": 2},
+             "overlong_penalty": 0.5, "rewards": 2},
     # Zheng et al. 2025: sequence-level ratio, epsilons 3e-4/4e-4, no KL, 4 mini-batches per rollout.
     "gspo": {**GRPO_PAPER, "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4, "beta": 0.0,
              "mini_batches_per_rollout": 4},
@@ -159,6 +160,36 @@ def test_overlong_reward_is_dapos_soft_punishment_at_the_generation_limit():
     half = overlong_reward(dataclasses.replace(algo, overlong_penalty=0.5))
     assert half(completions=["x"], completion_ids=[[7] * 12]) == pytest.approx([-0.5])
     assert reward.__name__ == "overlong"  # TRL logs it as rewards/overlong/mean
+
+
+def test_under_the_dapo_preset_a_right_answer_at_the_length_limit_beats_a_short_wrong_one():
+    """DAPO's ramp ends at -1 against +-1 correctness; aligntune's correctness is 0/1, so with a penalty of 1 a right
+    answer cut at the limit would score 0, the same as a short wrong one. Real arith rows, the preset's rewards."""
+    from aligntune.data import loading
+    from aligntune.rewards.registry import bind
+
+    run, _ = compose.load(["algorithm=dapo", "dataset=arith", HUB_MODEL], check_sources=False)
+    algo = run.algorithm
+    rows = loading.load(run.dataset, run.seed, "prompts")[0].select(range(2))
+    answers = [row["answer"] for row in rows]
+    assert list(run.rewards) == ["correctness"] and algo.overlong_buffer is not None
+    rewards = {name: bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()}
+
+    def total(penalty, completions, lengths, answer):
+        kwargs = {"completions": completions, "completion_ids": [[7] * n for n in lengths], "answer": answer}
+        scored = sum(run.rewards[name].weight * torch.tensor(fn(**kwargs), dtype=torch.float64)
+                     for name, fn in rewards.items())
+        punish = overlong_reward(dataclasses.replace(algo, overlong_penalty=penalty))(**kwargs)
+        return (scored + torch.tensor(punish, dtype=torch.float64)).tolist()
+
+    limit, short = algo.max_completion_length, 5
+    for answer in answers:
+        right, wrong = f"The answer is {answer}.", f"The answer is {int(answer) + 1}."
+        cases = [right, wrong, right, wrong], [limit, short, short, limit], [answer] * 4
+        long_right, short_wrong, short_right, long_wrong = total(algo.overlong_penalty, *cases)
+        assert (long_right, short_wrong, short_right, long_wrong) == pytest.approx((0.5, 0.0, 1.0, -0.5))
+        assert long_right > short_wrong and short_right > long_right and long_wrong < short_wrong
+        assert total(1.0, *cases)[:2] == pytest.approx([0.0, 0.0])  # the paper's 1 on a 0/1 reward: a tie
 
 
 def test_overlong_reward_may_not_be_configured_twice():

@@ -160,7 +160,8 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
     importance_sampling_level: str = "token"  # token (GRPO) | sequence (GSPO)
     mask_truncated_completions: bool = False  # drop completions that hit max_completion_length from the loss
     overlong_buffer: Optional[int] = None  # DAPO soft overlong punishment: last N tokens before max_completion_length
-    overlong_penalty: float = 1.0  # its punishment at max_completion_length (linear from 0 over the buffer)
+    overlong_penalty: float = 0.5  # punishment at max_completion_length (linear from 0 over the buffer): half the
+    # reward range, as in DAPO (1 against +-1 correctness); 0.5 for aligntune's 0/1 correctness
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts to refill
     dynamic_sampling_max_retries: int = 9  # extra generation rounds per rollout before padding with dropped groups
 
@@ -189,7 +190,8 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
                    f"algorithm.overlong_buffer={self.overlong_buffer} is outside (0, algorithm.max_completion_length="
                    f"{self.max_completion_length}].",
                    "Use a fraction of max_completion_length (DAPO: 4096 of 20480, a fifth), or null for no overlong punishment.")
-            _positive("algorithm.overlong_penalty", self.overlong_penalty, "DAPO uses 1.0 (the punishment at the length limit).")
+            _positive("algorithm.overlong_penalty", self.overlong_penalty,
+                      "Use half the reward range: 0.5 for 0/1 correctness (DAPO's 1.0 is against +-1 rewards).")
         _check(self.dynamic_sampling_max_retries >= 0,
                f"algorithm.dynamic_sampling_max_retries={self.dynamic_sampling_max_retries} is negative.",
                "Use 0 (one round; dropped groups become inert padding) or a bound such as 9 (DAPO: 10 rounds in all).")

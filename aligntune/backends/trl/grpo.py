@@ -120,7 +120,10 @@ def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eva
 def overlong_reward(algo: GRPOAlgorithmConfig) -> Callable:
     """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13) x `overlong_penalty`: 0 up to
     max_completion_length - overlong_buffer tokens, then linearly down to -overlong_penalty at the limit.
-    The limit is the generation limit itself, so the two cannot drift apart."""
+    The limit is the generation limit itself, so the two cannot drift apart.
+    Deviation: the paper's ramp ends at -1 against a +-1 correctness reward; aligntune's rewards are 0/1, so
+    the preset scales it to the same half of the range (overlong_penalty 0.5): a right answer at the limit
+    still beats a short wrong one (0.5 > 0) instead of tying with it (0 = 0)."""
     from aligntune.rewards.registry import bind
 
     punish = bind(OVERLONG, OVERLONG, {"max_length": algo.max_completion_length, "cache": algo.overlong_buffer})
