@@ -19,7 +19,7 @@ import yaml
 
 from aligntune import cli
 from aligntune.backends.trl import dynamic_sampling as ds
-from aligntune.backends.trl.grpo import grpo_args, overlong_reward, to_grpo_config
+from aligntune.backends.trl.grpo import grpo_args, overlong_reward, small_step_warning, to_grpo_config
 from aligntune.backends.trl.rloo import MAPPED_FIELDS as RLOO_MAPPED
 from aligntune.backends.trl.rloo import rloo_args, to_rloo_config
 from aligntune.config import compose, schema
@@ -147,6 +147,27 @@ def test_mini_batches_split_one_rollout_into_steps():
     args = grpo_args(run, OUT)
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8  # 32 completions / 4 steps
     assert args["steps_per_generation"] == 4 * args["gradient_accumulation_steps"]
+
+
+def test_steps_of_few_completions_are_warned_about_with_the_numbers_and_the_fix():
+    # DAPO at the seed's batch_size=2: 2 prompts x 16 / 16 mini-batches = 2 completions per optimizer step.
+    text = small_step_warning(preset("dapo"))
+    assert text == ("one optimizer step holds only 2 completions (train.batch_size=2 prompts x algorithm.group_size=16 "
+                    "/ algorithm.num_mini_batches=16): num_mini_batches counts optimizer steps per rollout, not "
+                    "completions per step, so each step's gradient rests on 2 samples (DAPO's recipe: 512 prompts x 16 "
+                    "/ 16 = 512 completions per step). Raise train.batch_size to 16 or more, or lower "
+                    "algorithm.num_mini_batches to 2 (16 completions per step).")
+    # GSPO: 4 x 8 / 4 = 8; 6 prompts would make 12, so 8 prompts (16) is the next that fits; 1 mini-batch gives 32.
+    assert "holds only 8 completions" in small_step_warning(preset("gspo", "batch_size=4"))
+    assert "batch_size to 8 or more, or lower algorithm.num_mini_batches to 2 (16 completions" in small_step_warning(
+        preset("gspo", "batch_size=4"))
+    # A rollout under 16 completions in all: the fix is one step per rollout (still 8).
+    assert small_step_warning(preset("grpo", "group_size=4", "algorithm.num_mini_batches=2")).endswith(
+        "Raise train.batch_size to 8 or more, or lower algorithm.num_mini_batches to 1 (8 completions per step).")
+    assert "algorithm.group_size=4" in small_step_warning(preset("rloo", "algorithm.num_mini_batches=2"))
+    assert small_step_warning(preset("dapo", "batch_size=16")) is None  # 16 per step
+    assert small_step_warning(preset("grpo")) is None  # one step per rollout: the rollout is the step
+    assert small_step_warning(preset("grpo", "batch_size=1", "group_size=2")) is None
 
 
 # --- the overlong punishment ---------------------------------------------------------------------------
@@ -459,6 +480,8 @@ def test_dapo_trains_with_dynamic_sampling_and_overlong_punishment(workdir):
     assert "clip_ratio/high_mean" in first and all("kl" not in m for m in metrics)
     assert "dynamic_sampling/sampled_groups" not in metrics[1]  # step 2 reuses the rollout: no sampling
     assert changed_params(run_dir / "model")
+    # 4 prompts x 16 / 16 mini-batches: 4 completions per step, warned once (train.log has it, with the fix)
+    assert (run_dir / "train.log").read_text().count("one optimizer step holds only 4 completions") == 1
 
 
 def test_dynamic_sampling_bound_pads_with_inert_groups_end_to_end(workdir):
