@@ -51,6 +51,8 @@ def _write_files(root: Path) -> None:
     (root / "latin1.jsonl").write_bytes('{"prompt": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
     (root / "not_object.jsonl").write_text('{"prompt": "ok"}\n[1, 2, 3]\n')
     (root / "bad.csv").write_text('prompt,answer\n"unterminated,1\n')
+    (root / "same_pairs.jsonl").write_text('{"prompt": "Say a.", "chosen": "a", "rejected": "a"}\n'
+                                           '{"prompt": "Say b.", "chosen": "b b", "rejected": "b b"}\n')
     (root / "empty_dir").mkdir()
     import shutil
 
@@ -145,6 +147,7 @@ CASES = [
     (D, ["dataset.format=gsm8k"], ["gsm8k"]),
     (D, ["+dataset.columns.prompt=nope"], ["nope"]),
     (D, ["algorithm=dpo"], ["chosen", "rejected"]),
+    (D, ["algorithm=dpo", "dataset_name=same_pairs.jsonl"], ["same_pairs.jsonl", "same chosen and rejected", "differ"]),
     (D, ["dataset=letters", "algorithm=sft"], ["letters"]),
     # models
     (C, ["model_name=/nonexistent/model"], ["/nonexistent/model", "does not exist", "model=tiny"]),
