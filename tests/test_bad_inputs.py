@@ -121,6 +121,8 @@ CASES = [
     (C, ["train.eval_steps=5"], ["train.eval_steps=5", "held-out"]),
     (C, ["algorithm=dpo", "algorithm.reference_free=true", "algorithm.precompute_ref_log_probs=true"],
      ["reference_free", "precompute_ref_log_probs"]),
+    (C, ["algorithm=dpo", "algorithm.loss_type=[ipo]", "algorithm.label_smoothing=0.1"],
+     ["algorithm.label_smoothing=0.1", "ignored", "loss_type=['ipo']", "label_smoothing=0"]),
     (C, ["algorithm=ppo", "backend=trl"], ["algorithm=ppo", "backend=native"]),
     (C, ["algorithm=ppo", "algorithm.kl_estimator=k3"], ["algorithm.kl_estimator=k3", "reward", "kl_estimator=k1"]),
     (C, ["algorithm=ppo", "backend=verl", "dry_run=true", "algorithm.kl_estimator=k3"],

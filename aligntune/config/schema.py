@@ -28,6 +28,8 @@ DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf",
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# DPO loss types label_smoothing acts on: TRL's own four, and sigmoid (aligntune's conservative DPO, backends/trl/dpo.py)
+DPO_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
 TRUNCATION_MODES = ("keep_start", "keep_end")
 PPO_KL_ESTIMATORS = ("k1",)  # the KL penalty in PPO's per-token reward; k3 is refused there (PPOAlgorithmConfig)
 GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False | True
@@ -249,7 +251,8 @@ class DPOAlgorithmConfig(AlgorithmConfig):
     beta: float = 0.1  # strength of the implicit KL to the reference (temperature of the preference model)
     loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # several = weighted sum (loss_weights)
     loss_weights: Optional[List[float]] = None
-    label_smoothing: float = 0.0  # conservative DPO / robust: assumed probability that a label is flipped
+    # Assumed probability that a pair's label is flipped: sigmoid -> conservative DPO (Mitchell 2023), robust -> rDPO
+    label_smoothing: float = 0.0
     max_length: int = 1024  # tokens of prompt + completion; longer pairs are truncated (truncation_mode)
     truncation_mode: str = "keep_start"  # keep_start | keep_end
     reference_free: bool = False  # compare policy log-probs directly (reference log-probs taken as 0)
@@ -266,6 +269,11 @@ class DPOAlgorithmConfig(AlgorithmConfig):
                    "Give one weight per loss type, or null for equal weights.")
         _check(0 <= self.label_smoothing < 0.5, f"algorithm.label_smoothing={self.label_smoothing} is outside [0, 0.5).",
                "Use 0 (plain DPO) or a small flip probability such as 0.1.")
+        _check(self.label_smoothing == 0 or any(lt in DPO_SMOOTHED_LOSS_TYPES for lt in self.loss_type),
+               f"algorithm.label_smoothing={self.label_smoothing} would be ignored: none of algorithm.loss_type="
+               f"{list(self.loss_type)} reads it (only {', '.join(DPO_SMOOTHED_LOSS_TYPES)} do).",
+               "Set algorithm.label_smoothing=0, or add a loss type that models flipped labels, e.g. "
+               "algorithm.loss_type=[sigmoid] (conservative DPO).")
         _positive("algorithm.max_length", self.max_length)
         _one_of("algorithm.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
         _check(not (self.reference_free and self.precompute_ref_log_probs),
