@@ -146,7 +146,8 @@ def build_job(tmp_path: Path, *overrides: str):
 def test_logprobs_do_not_depend_on_padding_and_match_generate(workdir):
     from transformers import GenerationConfig
 
-    trainer = build_job(workdir, "train.batch_size=4", "algorithm.temperature=0.9").trainer
+    # fp32: a 1e-4 comparison; model.dtype=auto takes bf16 on CPUs with native bf16 (AVX512-BF16/AMX)
+    trainer = build_job(workdir, "train.batch_size=4", "algorithm.temperature=0.9", "model.dtype=fp32").trainer
     batch = trainer._rollout(trainer._next_rows())
     q, qm, r, rm = batch["query"], batch["qmask"], batch["response"], batch["rmask"]
     assert (qm == 0).any(), "the batch should have left padding (prompts of different lengths)"
