@@ -51,6 +51,8 @@ def _write_files(root: Path) -> None:
     (root / "latin1.jsonl").write_bytes('{"prompt": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1"))
     (root / "not_object.jsonl").write_text('{"prompt": "ok"}\n[1, 2, 3]\n')
     (root / "bad.csv").write_text('prompt,answer\n"unterminated,1\n')
+    (root / "same_pairs.jsonl").write_text('{"prompt": "Say a.", "chosen": "a", "rejected": "a"}\n'
+                                           '{"prompt": "Say b.", "chosen": "b b", "rejected": "b b"}\n')
     (root / "empty_dir").mkdir()
     import shutil
 
@@ -119,7 +121,12 @@ CASES = [
     (C, ["train.eval_steps=5"], ["train.eval_steps=5", "held-out"]),
     (C, ["algorithm=dpo", "algorithm.reference_free=true", "algorithm.precompute_ref_log_probs=true"],
      ["reference_free", "precompute_ref_log_probs"]),
+    (C, ["algorithm=dpo", "algorithm.loss_type=[ipo]", "algorithm.label_smoothing=0.1"],
+     ["algorithm.label_smoothing=0.1", "ignored", "loss_type=['ipo']", "label_smoothing=0"]),
     (C, ["algorithm=ppo", "backend=trl"], ["algorithm=ppo", "backend=native"]),
+    (C, ["algorithm=ppo", "algorithm.kl_estimator=k3"], ["algorithm.kl_estimator=k3", "reward", "kl_estimator=k1"]),
+    (C, ["algorithm=ppo", "backend=verl", "dry_run=true", "algorithm.kl_estimator=k3"],
+     ["algorithm.kl_estimator=k3", "Tang & Munos", "kl_estimator=k1"]),
     (C, ["~rewards"], ["needs at least one reward", "+rewards.mine.fn"]),
     # config: checkpoints and resume
     (C, ["train.save_steps=0"], ["train.save_steps=0", "null"]),
@@ -142,6 +149,7 @@ CASES = [
     (D, ["dataset.format=gsm8k"], ["gsm8k"]),
     (D, ["+dataset.columns.prompt=nope"], ["nope"]),
     (D, ["algorithm=dpo"], ["chosen", "rejected"]),
+    (D, ["algorithm=dpo", "dataset_name=same_pairs.jsonl"], ["same_pairs.jsonl", "same chosen and rejected", "differ"]),
     (D, ["dataset=letters", "algorithm=sft"], ["letters"]),
     # models
     (C, ["model_name=/nonexistent/model"], ["/nonexistent/model", "does not exist", "model=tiny"]),

@@ -110,6 +110,41 @@ def test_system_prompt_makes_text_rows_conversational_once():
     assert [m["role"] for m in msgs[0]["prompt"]].count("system") == 1
 
 
+def _pairs(path: Path, rows: list[tuple]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(dict(zip(("prompt", "chosen", "rejected"), r))) + "\n" for r in rows))
+    return path
+
+
+def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, caplog):
+    """They carry no preference: DPO's loss is -log sigmoid(beta x 0) = log 2 whatever the policy, zero gradient."""
+    path = _pairs(tmp_path / "pairs.jsonl", [("Say a.", "a", "b"), ("Say b.", "b", "b"), ("Say c.", "c", "d"),
+                                             ("Say d.", "d d", "d d")])
+    with caplog.at_level("WARNING"):
+        train, _ = load(DatasetConfig(name=str(path), shuffle=False), seed=0, kind="preferences")
+    assert train["prompt"] == ["Say a.", "Say c."]
+    assert "dropped 2 of 4 rows" in caplog.text and "identical" in caplog.text and "[1, 3]" in caplog.text
+    sft, _ = load(DatasetConfig(name=str(path), shuffle=False), seed=0, kind="sft")  # SFT learns from chosen alone
+    assert len(sft) == 4
+    # Conversational pairs (UltraFeedback layout) are compared as messages.
+    ultra = tmp_path / "ultra.jsonl"
+    ultra.write_text("".join(
+        '{"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}], '
+        '"rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}]}\n' % pair
+        for pair in (("Hello!", "Go away."), ("Hello!", "Hello!"))))
+    train, _ = load(DatasetConfig(name=str(ultra), shuffle=False), seed=0, kind="preferences")
+    assert len(train) == 1 and train[0]["rejected"] == [{"role": "assistant", "content": "Go away."}]
+
+
+def test_a_dataset_of_only_identical_pairs_is_refused(tmp_path):
+    path = _pairs(tmp_path / "same.jsonl", [("Say a.", "a", "a"), ("Say b.", "b", "b")])
+    with pytest.raises(DataError) as err:
+        load(DatasetConfig(name=str(path)), seed=0, kind="preferences")
+    assert "Every usable preference pair" in str(err.value) and "(2 of 2 rows)" in str(err.value)
+    assert "they differ" in str(err.value)
+
+
 @pytest.mark.parametrize("name, kind, message", [
     ("missing.jsonl", "prompts", "does not exist"),
     ("malformed.jsonl", "prompts", "Cannot read dataset"),

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
-from aligntune.backends.trl.dpo import dpo_args, to_dpo_config
+from aligntune.backends.trl.dpo import dpo_args, loss_terms, to_dpo_config
 from aligntune.config import compose
 from aligntune.errors import ConfigError
 from aligntune.models import tiny
@@ -25,7 +26,9 @@ def test_dpo_mapping_key_by_key():
                      "algorithm.precompute_ref_log_probs=true", "batch_size=8", "train.micro_batch_size=2",
                      "train.eval_steps=5", "learning_rate=1e-4", "max_steps=7", "seed=3", "device=cpu")
     args = dpo_args(run, "/tmp/out", has_eval=True)
-    expected = {"beta": 0.2, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "label_smoothing": 0.1,
+    # label_smoothing on sigmoid: conservative DPO = 1.8 x sigmoid - 0.8 x robust (test_conservative_dpo_*)
+    expected = {"beta": 0.2, "loss_type": ["sigmoid", "sft", "robust"], "loss_weights": [1.8, 0.5, pytest.approx(-0.8)],
+                "label_smoothing": 0.1,
                 "max_length": 64, "truncation_mode": "keep_end", "precompute_ref_log_probs": True,
                 "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2, "gradient_accumulation_steps": 4,
                 "eval_strategy": "steps", "eval_steps": 5, "learning_rate": 1e-4, "max_steps": 7, "seed": 3,
@@ -33,7 +36,71 @@ def test_dpo_mapping_key_by_key():
     assert {k: args[k] for k in expected} == expected
     assert dpo_args(run, "/tmp/out", has_eval=False)["eval_strategy"] == "no"
     config = to_dpo_config(run, "/tmp/out", has_eval=True)
-    assert config.beta == 0.2 and config.loss_type == ["sigmoid", "sft"]
+    assert config.beta == 0.2 and config.loss_type == ["sigmoid", "sft", "robust"]
+    plain = dpo_args(run_config("algorithm.loss_type=[sigmoid,sft]", "algorithm.loss_weights=[1.0,0.5]"), "/tmp/out",
+                     has_eval=False)
+    assert (plain["loss_type"], plain["loss_weights"], plain["label_smoothing"]) == (["sigmoid", "sft"], [1.0, 0.5], 0.0)
+
+
+@pytest.mark.parametrize("types,weights,eps,expected", [
+    (["sigmoid"], None, 0.0, (["sigmoid"], None)),  # no smoothing: TRL's terms as they are
+    (["sigmoid"], None, 0.25, (["sigmoid", "robust"], [1.5, -0.5])),
+    (["sigmoid", "sigmoid"], [1.0, 3.0], 0.1, (["sigmoid", "sigmoid", "robust"], [1.8, 5.4, -3.2])),
+    (["robust"], None, 0.1, (["robust"], None)),  # TRL smooths robust, exo_pair, aot, aot_unpaired itself
+    (["aot", "sft"], [1.0, 0.2], 0.1, (["aot", "sft"], [1.0, 0.2])),
+])
+def test_loss_terms(types, weights, eps, expected):
+    got_types, got_weights = loss_terms(types, weights, eps)
+    assert got_types == expected[0]
+    assert got_weights == (pytest.approx(expected[1]) if expected[1] is not None else None)
+
+
+def _sequence_logps(model, batch):
+    """Sum of log p(token) over each row's completion, with a plain forward and log_softmax (not TRL's fused head)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")}
+    logits = model(**inputs).logits[:, :-1].float()
+    token_logps = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token_logps * batch["completion_mask"][:, 1:]).sum(1).chunk(2)  # the batch is [chosen; rejected]
+
+
+def test_conservative_dpo_loss_and_gradients_match_the_formula_by_hand(workdir):
+    """label_smoothing=eps on the sigmoid loss is cDPO (Mitchell 2023): mean of -(1-eps) log sig(x) - eps log sig(-x),
+    x = beta * ((chosen - ref chosen) - (rejected - ref rejected)) log-probs. TRL 1.16 alone ignores eps here.
+
+    Tolerance: 1e-5 absolute on the loss (about 1.6 here), 1e-5 + 1e-4 relative on the gradients (up to about 3.6).
+    Everything is fp32, but the hand log-probs come from a plain log_softmax and TRL's from its chunked fused head,
+    which round in a different order: measured, the loss differs by ~4e-7 and the gradients by ~2e-6 on sequence
+    log-probs of -30..-50, so 1e-5 leaves room for other CPUs' kernels while any change of formula shows: plain DPO
+    differs from cDPO here by eps * mean(x) ~ 0.05, asserted to exceed 100x the tolerance."""
+    from aligntune.core.backend_factory import create_rl_trainer
+
+    eps, beta = 0.2, 0.5
+    job = create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", output_dir=workdir / "run", device="cpu",
+                            **{"algorithm.label_smoothing": eps, "algorithm.beta": beta, "model.dtype": "fp32",
+                               "train.eval_steps": None, "train.batch_size": 4, "dataset.max_samples": 8})
+    trainer, model = job.trainer, job.trainer.model
+    assert trainer.loss_types == ["sigmoid", "robust"]
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the (separately loaded) reference, so x != 0
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))  # on CPU: no device move needed
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss = trainer.compute_loss(model, batch)
+    trl_grads = torch.autograd.grad(loss, params)
+
+    chosen, rejected = _sequence_logps(model, batch)
+    with torch.no_grad():
+        ref_chosen, ref_rejected = _sequence_logps(trainer.ref_model, batch)
+    x = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    by_hand = (-(1 - eps) * F.logsigmoid(x) - eps * F.logsigmoid(-x)).mean()
+    hand_grads = torch.autograd.grad(by_hand, params)
+
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
+    assert abs(by_hand.item() - (-F.logsigmoid(x)).mean().item()) > 1e-3  # plain DPO would be far off
+    for got, want in zip(trl_grads, hand_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_reference_free_uses_the_precomputed_path_without_a_reference():
@@ -50,6 +117,9 @@ def test_dpo_config_errors():
         run_config("batch_size=8", "train.micro_batch_size=3")
     with pytest.raises(ConfigError, match="shortcut for algorithm.group_size"):
         run_config("group_size=4")
+    with pytest.raises(ConfigError, match=r"label_smoothing=0.1 would be ignored: none of algorithm.loss_type=\['ipo'\]"):
+        run_config("algorithm.loss_type=[ipo]", "algorithm.label_smoothing=0.1")
+    run_config("algorithm.loss_type=[ipo,robust]", "algorithm.label_smoothing=0.1")  # robust reads it
     with pytest.raises(ConfigError, match="not a field of trl.DPOConfig"):
         dpo_args(run_config("+backend.trl_args.bogus=1"), "/tmp/out", has_eval=False)
 

@@ -19,7 +19,7 @@ import yaml
 
 from aligntune import cli
 from aligntune.backends.trl import dynamic_sampling as ds
-from aligntune.backends.trl.grpo import grpo_args, overlong_reward, to_grpo_config
+from aligntune.backends.trl.grpo import grpo_args, overlong_reward, small_step_warning, to_grpo_config
 from aligntune.backends.trl.rloo import MAPPED_FIELDS as RLOO_MAPPED
 from aligntune.backends.trl.rloo import rloo_args, to_rloo_config
 from aligntune.config import compose, schema
@@ -62,11 +62,12 @@ PAPERS = {
     # Liu et al. 2025: no length normalisation (constant normaliser), no std scaling; released recipe beta 0, T 1.
     "dr_grpo": {**GRPO_PAPER, "loss_type": "dr_grpo", "scale_rewards": "none", "beta": 0.0, "temperature": 1.0},
     # Yu et al. 2025: clip-higher 0.2/0.28, token-level loss, no KL, 16 samples, 16 updates per rollout,
-    # dynamic sampling (recipe: 10 generation rounds), soft overlong punishment (4096 of 20480 tokens, factor 1).
+    # dynamic sampling (recipe: 10 generation rounds), soft overlong punishment (4096 of 20480 tokens) down to -1
+    # against +-1 correctness, i.e. half the reward range: 0.5 for aligntune's 0/1 correctness.
     "dapo": {**GRPO_PAPER, "num_generations": 16, "beta": 0.0, "epsilon": 0.2, "epsilon_high": 0.28, "temperature": 1.0,
              "loss_type": "dapo", "mini_batches_per_rollout": 16, "dynamic_sampling": True,
              "dynamic_sampling_rounds": 10, "overlong_fraction": pytest.approx(4096 / 20480, abs=0.005),
-             "overlong_penalty": 1.0, "rewards": 2},
+             "overlong_penalty": 0.5, "rewards": 2},
     # Zheng et al. 2025: sequence-level ratio, epsilons 3e-4/4e-4, no KL, 4 mini-batches per rollout.
     "gspo": {**GRPO_PAPER, "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4, "beta": 0.0,
              "mini_batches_per_rollout": 4},
@@ -148,6 +149,27 @@ def test_mini_batches_split_one_rollout_into_steps():
     assert args["steps_per_generation"] == 4 * args["gradient_accumulation_steps"]
 
 
+def test_steps_of_few_completions_are_warned_about_with_the_numbers_and_the_fix():
+    # DAPO at the seed's batch_size=2: 2 prompts x 16 / 16 mini-batches = 2 completions per optimizer step.
+    text = small_step_warning(preset("dapo"))
+    assert text == ("one optimizer step holds only 2 completions (train.batch_size=2 prompts x algorithm.group_size=16 "
+                    "/ algorithm.num_mini_batches=16): num_mini_batches counts optimizer steps per rollout, not "
+                    "completions per step, so each step's gradient rests on 2 samples (DAPO's recipe: 512 prompts x 16 "
+                    "/ 16 = 512 completions per step). Raise train.batch_size to 16 or more, or lower "
+                    "algorithm.num_mini_batches to 2 (16 completions per step).")
+    # GSPO: 4 x 8 / 4 = 8; 6 prompts would make 12, so 8 prompts (16) is the next that fits; 1 mini-batch gives 32.
+    assert "holds only 8 completions" in small_step_warning(preset("gspo", "batch_size=4"))
+    assert "batch_size to 8 or more, or lower algorithm.num_mini_batches to 2 (16 completions" in small_step_warning(
+        preset("gspo", "batch_size=4"))
+    # A rollout under 16 completions in all: the fix is one step per rollout (still 8).
+    assert small_step_warning(preset("grpo", "group_size=4", "algorithm.num_mini_batches=2")).endswith(
+        "Raise train.batch_size to 8 or more, or lower algorithm.num_mini_batches to 1 (8 completions per step).")
+    assert "algorithm.group_size=4" in small_step_warning(preset("rloo", "algorithm.num_mini_batches=2"))
+    assert small_step_warning(preset("dapo", "batch_size=16")) is None  # 16 per step
+    assert small_step_warning(preset("grpo")) is None  # one step per rollout: the rollout is the step
+    assert small_step_warning(preset("grpo", "batch_size=1", "group_size=2")) is None
+
+
 # --- the overlong punishment ---------------------------------------------------------------------------
 
 def test_overlong_reward_is_dapos_soft_punishment_at_the_generation_limit():
@@ -159,6 +181,36 @@ def test_overlong_reward_is_dapos_soft_punishment_at_the_generation_limit():
     half = overlong_reward(dataclasses.replace(algo, overlong_penalty=0.5))
     assert half(completions=["x"], completion_ids=[[7] * 12]) == pytest.approx([-0.5])
     assert reward.__name__ == "overlong"  # TRL logs it as rewards/overlong/mean
+
+
+def test_under_the_dapo_preset_a_right_answer_at_the_length_limit_beats_a_short_wrong_one():
+    """DAPO's ramp ends at -1 against +-1 correctness; aligntune's correctness is 0/1, so with a penalty of 1 a right
+    answer cut at the limit would score 0, the same as a short wrong one. Real arith rows, the preset's rewards."""
+    from aligntune.data import loading
+    from aligntune.rewards.registry import bind
+
+    run, _ = compose.load(["algorithm=dapo", "dataset=arith", HUB_MODEL], check_sources=False)
+    algo = run.algorithm
+    rows = loading.load(run.dataset, run.seed, "prompts")[0].select(range(2))
+    answers = [row["answer"] for row in rows]
+    assert list(run.rewards) == ["correctness"] and algo.overlong_buffer is not None
+    rewards = {name: bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()}
+
+    def total(penalty, completions, lengths, answer):
+        kwargs = {"completions": completions, "completion_ids": [[7] * n for n in lengths], "answer": answer}
+        scored = sum(run.rewards[name].weight * torch.tensor(fn(**kwargs), dtype=torch.float64)
+                     for name, fn in rewards.items())
+        punish = overlong_reward(dataclasses.replace(algo, overlong_penalty=penalty))(**kwargs)
+        return (scored + torch.tensor(punish, dtype=torch.float64)).tolist()
+
+    limit, short = algo.max_completion_length, 5
+    for answer in answers:
+        right, wrong = f"The answer is {answer}.", f"The answer is {int(answer) + 1}."
+        cases = [right, wrong, right, wrong], [limit, short, short, limit], [answer] * 4
+        long_right, short_wrong, short_right, long_wrong = total(algo.overlong_penalty, *cases)
+        assert (long_right, short_wrong, short_right, long_wrong) == pytest.approx((0.5, 0.0, 1.0, -0.5))
+        assert long_right > short_wrong and short_right > long_right and long_wrong < short_wrong
+        assert total(1.0, *cases)[:2] == pytest.approx([0.0, 0.0])  # the paper's 1 on a 0/1 reward: a tie
 
 
 def test_overlong_reward_may_not_be_configured_twice():
@@ -428,6 +480,8 @@ def test_dapo_trains_with_dynamic_sampling_and_overlong_punishment(workdir):
     assert "clip_ratio/high_mean" in first and all("kl" not in m for m in metrics)
     assert "dynamic_sampling/sampled_groups" not in metrics[1]  # step 2 reuses the rollout: no sampling
     assert changed_params(run_dir / "model")
+    # 4 prompts x 16 / 16 mini-batches: 4 completions per step, warned once (train.log has it, with the fix)
+    assert (run_dir / "train.log").read_text().count("one optimizer step holds only 4 completions") == 1
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: forced on every CPU kind (emulated where not native)

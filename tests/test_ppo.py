@@ -37,7 +37,7 @@ def make_run(algorithm: dict | None = None, train: dict | None = None, **fields)
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", 1.3), ("top_p", 0.9), ("max_completion_length", 33), ("missing_eos_penalty", 0.7),
-    ("value_model", "/some/rm"), ("beta", 0.123), ("kl_estimator", "k3"), ("adaptive_kl", True), ("target_kl", 3.5),
+    ("value_model", "/some/rm"), ("beta", 0.123), ("adaptive_kl", True), ("target_kl", 3.5),
     ("kl_horizon", 777), ("gamma", 0.97), ("lam", 0.9), ("cliprange", 0.15), ("cliprange_value", 0.4),
     ("vf_coef", 0.3), ("ppo_epochs", 2), ("whiten_rewards", True), ("reward_clip", 5.0), ("early_stop_kl", 0.02),
 ])
@@ -119,6 +119,21 @@ def test_cliprange_must_be_positive():
         compose.load(["algorithm=ppo", "algorithm.cliprange=0"])
     with pytest.raises(ConfigError, match=r"algorithm.cliprange=-0.1"):
         compose.load(["algorithm=ppo", "cliprange=-0.1"])  # the shortcut lands on the same key
+
+
+def test_k3_in_the_reward_is_refused_with_the_reason():
+    """As a per-token reward k3's policy gradient is grad KL(pi||ref) - grad KL(ref||pi), not grad KL(pi||ref)
+    (test_ppo_math checks the identity exactly); PPO refuses it and points at k1."""
+    with pytest.raises(ConfigError) as err:
+        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3"])
+    text = str(err.value)
+    assert "algorithm.kl_estimator=k3 is not available for PPO" in text
+    assert "grad KL(pi||ref) - grad KL(ref||pi)" in text and "Tang & Munos 2025" in text
+    assert text.endswith("grad KL(pi||ref).") and "Use algorithm.kl_estimator=k1" in text
+    assert compose.load(["algorithm=ppo", "algorithm.kl_estimator=k1"])[0].algorithm.kl_estimator == "k1"
+    with pytest.raises(ConfigError, match="'k3_is' is not a valid choice. Use one of: k1"):
+        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3_is"])
+    assert compose.load(["algorithm=grpo", "algorithm.kl_estimator=k3"])[0].algorithm.kl_estimator == "k3"  # GRPO's loss term
 
 
 # --- the engine on the tiny model ---------------------------------------------------------------------

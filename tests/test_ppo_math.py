@@ -69,6 +69,29 @@ def test_kl_estimators_by_hand():
         pm.kl_estimate(logp, ref, "k2")
 
 
+def test_as_a_reward_only_k1_has_the_gradient_of_kl():
+    """Why PPO refuses k3 (schema.K3_IN_REWARD): a per-token reward k is not differentiated, so its policy gradient
+    is E_pi[k grad log pi]. Computed exactly over a 5-token vocabulary (a sum over the support, no sampling): for
+    k1 it equals grad KL(pi||ref); for k3 it equals grad KL(pi||ref) - grad KL(ref||pi) (Tang & Munos 2025)."""
+    torch.manual_seed(0)
+    theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    ref = torch.softmax(torch.randn(5, dtype=torch.float64), 0)
+
+    def grad(f):
+        return torch.autograd.grad(f(), theta, retain_graph=True)[0]
+
+    def as_reward(estimator):  # sum_y pi(y) k(y) grad log pi(y), k held fixed
+        logp = torch.log_softmax(theta, 0)
+        k = pm.kl_estimate(logp.detach(), ref.log(), estimator)
+        return grad(lambda: (logp.exp().detach() * k * logp).sum())
+
+    kl_forward = grad(lambda: (torch.softmax(theta, 0) * (torch.log_softmax(theta, 0) - ref.log())).sum())
+    kl_reverse = grad(lambda: (ref * (ref.log() - torch.log_softmax(theta, 0))).sum())
+    assert torch.allclose(as_reward("k1"), kl_forward, atol=1e-12)
+    assert torch.allclose(as_reward("k3"), kl_forward - kl_reverse, atol=1e-12)
+    assert not torch.allclose(as_reward("k3"), kl_forward, atol=1e-3)
+
+
 def test_token_rewards_put_the_score_on_the_last_valid_token():
     # beta 0.5: non-score = -0.5 * kl on valid tokens; score added at index (length - 1).
     kl = t([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])

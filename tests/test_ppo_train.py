@@ -51,12 +51,12 @@ def test_cli_ppo_run_logs_metrics_and_changes_the_policy(workdir):
 
 @pytest.mark.slow
 def test_ppo_options_reach_the_run(workdir):
-    """Adaptive KL moves beta; early stopping cuts the updates; k3, whitening, clipping, the EOS penalty, mini- and
+    """Adaptive KL moves beta; early stopping cuts the updates; whitening, clipping, the EOS penalty, mini- and
     micro-batches and held-out evaluation all run."""
     run_dir = workdir / "run"
     code = cli.main(["train", "experiment=ppo_smoke", "max_steps=3", "train.batch_size=8", "algorithm.num_mini_batches=2",
                      "train.micro_batch_size=2", "algorithm.adaptive_kl=true", "algorithm.target_kl=0.5",
-                     "algorithm.kl_horizon=100", "algorithm.kl_estimator=k3", "algorithm.whiten_rewards=true",
+                     "algorithm.kl_horizon=100", "algorithm.whiten_rewards=true",
                      "algorithm.reward_clip=0.5", "algorithm.missing_eos_penalty=1.0", "algorithm.early_stop_kl=1e-9",
                      "dataset.eval_fraction=0.1", "train.eval_steps=2", "train.lr_scheduler=linear",
                      f"hydra.run.dir={run_dir}"])
@@ -68,7 +68,8 @@ def test_ppo_options_reach_the_run(workdir):
     # Early stop: the first mini-batch update is at ratio 1 (approx-KL 0) and applies; the second sees approx-KL
     # > 1e-9 and is skipped, with the rest of the step's updates.
     assert all(m["ppo/updates"] == 1.0 and m["ppo/early_stopped"] == 1.0 for m in steps)
-    # Adaptive KL: KL (k3 >= 0) above target 0.5 raises beta by 1 + 0.2 * 8 / 100; at step 1 KL is 0 -> x (1 - 0.016).
+    # Adaptive KL: the error KL / target - 1 is clipped to [-0.2, 0.2] and moves beta by 1 + error * 8 / 100; at step 1
+    # the policy is the reference, so KL is 0 (k1: log-ratios exactly 0) -> x (1 - 0.016).
     assert steps[0]["beta"] == 0.05 and steps[1]["beta"] == pytest.approx(0.05 * (1 - 0.2 * 8 / 100))
     assert steps[0]["learning_rate"] > steps[2]["learning_rate"]  # linear decay
     assert all(m["score"] <= 0.5 for m in steps)  # clipped, after the missing-EOS penalty

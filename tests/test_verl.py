@@ -105,7 +105,7 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
 
 
 def test_ppo_translates_to_gae_with_a_critic_and_the_kl_in_the_reward(verl_config_dir, tmp_path):
-    run = grpo_run("algorithm=ppo", "beta=0.1", "algorithm.kl_estimator=k3", "algorithm.adaptive_kl=true",
+    run = grpo_run("algorithm=ppo", "beta=0.1", "algorithm.adaptive_kl=true",
                    "algorithm.target_kl=3.0", "algorithm.kl_horizon=500", "algorithm.gamma=0.99", "algorithm.lam=0.9",
                    "cliprange=0.1", "algorithm.cliprange_value=0.3", "algorithm.ppo_epochs=2",
                    "algorithm.num_mini_batches=2", "batch_size=32", "learning_rate=5e-6", "train.micro_batch_size=4",
@@ -120,7 +120,7 @@ def test_ppo_translates_to_gae_with_a_critic_and_the_kl_in_the_reward(verl_confi
         assert got == value, f"{key}: verl's config holds {got!r}, aligntune meant {value!r}"
     assert cfg.algorithm.adv_estimator == "gae" and cfg.actor_rollout_ref.rollout.n == 1
     assert cfg.algorithm.use_kl_in_reward is True and cfg.actor_rollout_ref.actor.use_kl_loss is False
-    assert (cfg.algorithm.kl_ctrl.type, cfg.algorithm.kl_ctrl.kl_coef, cfg.algorithm.kl_penalty) == ("adaptive", 0.1, "low_var_kl")
+    assert (cfg.algorithm.kl_ctrl.type, cfg.algorithm.kl_ctrl.kl_coef, cfg.algorithm.kl_penalty) == ("adaptive", 0.1, "kl")
     assert cfg.critic.model.path == "/models/rm" and cfg.critic.optim.lr == 5e-6 and cfg.critic.cliprange_value == 0.3
     assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 16 and cfg.critic.ppo_mini_batch_size == 16  # 32 / 2
     with pytest.raises(ConfigError, match="own optimizer"):
@@ -172,6 +172,18 @@ def test_every_aligntune_key_translates_or_is_refused(algorithm):
 def test_untranslatable_settings_are_refused(overrides, needle, tmp_path):
     with pytest.raises(ConfigError, match=needle):
         verl_overrides(grpo_run(*overrides), exported(tmp_path))
+
+
+def test_ppo_refuses_k3_in_the_reward_on_verl_too(workdir, capsys):
+    """verl's kl_penalty=low_var_kl is k3 in the reward: the same refusal as on the native engine, before any export."""
+    with pytest.raises(ConfigError, match="kl_estimator=k3 is not available for PPO") as err:
+        grpo_run("algorithm=ppo", "algorithm.kl_estimator=k3")
+    assert "grad KL(pi||ref) - grad KL(ref||pi)" in str(err.value) and "kl_estimator=k1" in str(err.value)
+    assert "k3" not in translate.KL_PENALTY
+    assert cli.main(["train", "backend=verl", "dry_run=true", "model=tiny", "dataset=letters", "algorithm=ppo",
+                     "algorithm.kl_estimator=k3", "hydra.run.dir=run"]) == 2
+    assert "kl_estimator=k3 is not available for PPO" in " ".join(capsys.readouterr().err.split())
+    assert not (workdir / "run").exists()
 
 
 def test_verl_settings_on_another_backend_are_refused(workdir, capsys):

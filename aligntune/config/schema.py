@@ -5,8 +5,10 @@ brings its own schema (registered below as `algorithm/<name>_schema`). OmegaConf
 names and types while composing; `__post_init__` checks values and cross-field rules when the
 composed config becomes objects (`OmegaConf.to_object`). Nothing here imports torch.
 
-Vocabulary (one name per concept, see DESIGN.md): `train.batch_size` counts prompts (GRPO) or
-pairs (DPO) per optimizer step; a GRPO step holds batch_size x group_size completions and
+Vocabulary (one name per concept, see DESIGN.md): `train.batch_size` counts prompts per rollout (one
+generation round: GRPO, RLOO, PPO), or pairs (DPO, reward models) and sequences (SFT) per optimizer step.
+A GRPO/RLOO rollout holds batch_size x group_size completions and is learned in
+`algorithm.num_mini_batches` optimizer steps (1 by default: rollout and step coincide);
 `train.micro_batch_size` bounds how many completions go through one forward/backward.
 """
 
@@ -26,8 +28,10 @@ DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf",
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# DPO loss types label_smoothing acts on: TRL's own four, and sigmoid (aligntune's conservative DPO, backends/trl/dpo.py)
+DPO_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
 TRUNCATION_MODES = ("keep_start", "keep_end")
-KL_ESTIMATORS = ("k1", "k3")
+PPO_KL_ESTIMATORS = ("k1",)  # the KL penalty in PPO's per-token reward; k3 is refused there (PPOAlgorithmConfig)
 GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False | True
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_LEVELS = ("token", "sequence")
@@ -158,7 +162,8 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
     importance_sampling_level: str = "token"  # token (GRPO) | sequence (GSPO)
     mask_truncated_completions: bool = False  # drop completions that hit max_completion_length from the loss
     overlong_buffer: Optional[int] = None  # DAPO soft overlong punishment: last N tokens before max_completion_length
-    overlong_penalty: float = 1.0  # its punishment at max_completion_length (linear from 0 over the buffer)
+    overlong_penalty: float = 0.5  # punishment at max_completion_length (linear from 0 over the buffer): half the
+    # reward range, as in DAPO (1 against +-1 correctness); 0.5 for aligntune's 0/1 correctness
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts to refill
     dynamic_sampling_max_retries: int = 9  # extra generation rounds per rollout before padding with dropped groups
 
@@ -187,7 +192,8 @@ class GRPOAlgorithmConfig(AlgorithmConfig):
                    f"algorithm.overlong_buffer={self.overlong_buffer} is outside (0, algorithm.max_completion_length="
                    f"{self.max_completion_length}].",
                    "Use a fraction of max_completion_length (DAPO: 4096 of 20480, a fifth), or null for no overlong punishment.")
-            _positive("algorithm.overlong_penalty", self.overlong_penalty, "DAPO uses 1.0 (the punishment at the length limit).")
+            _positive("algorithm.overlong_penalty", self.overlong_penalty,
+                      "Use half the reward range: 0.5 for 0/1 correctness (DAPO's 1.0 is against +-1 rewards).")
         _check(self.dynamic_sampling_max_retries >= 0,
                f"algorithm.dynamic_sampling_max_retries={self.dynamic_sampling_max_retries} is negative.",
                "Use 0 (one round; dropped groups become inert padding) or a bound such as 9 (DAPO: 10 rounds in all).")
@@ -245,7 +251,8 @@ class DPOAlgorithmConfig(AlgorithmConfig):
     beta: float = 0.1  # strength of the implicit KL to the reference (temperature of the preference model)
     loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # several = weighted sum (loss_weights)
     loss_weights: Optional[List[float]] = None
-    label_smoothing: float = 0.0  # conservative DPO / robust: assumed probability that a label is flipped
+    # Assumed probability that a pair's label is flipped: sigmoid -> conservative DPO (Mitchell 2023), robust -> rDPO
+    label_smoothing: float = 0.0
     max_length: int = 1024  # tokens of prompt + completion; longer pairs are truncated (truncation_mode)
     truncation_mode: str = "keep_start"  # keep_start | keep_end
     reference_free: bool = False  # compare policy log-probs directly (reference log-probs taken as 0)
@@ -262,11 +269,32 @@ class DPOAlgorithmConfig(AlgorithmConfig):
                    "Give one weight per loss type, or null for equal weights.")
         _check(0 <= self.label_smoothing < 0.5, f"algorithm.label_smoothing={self.label_smoothing} is outside [0, 0.5).",
                "Use 0 (plain DPO) or a small flip probability such as 0.1.")
+        _check(self.label_smoothing == 0 or any(lt in DPO_SMOOTHED_LOSS_TYPES for lt in self.loss_type),
+               f"algorithm.label_smoothing={self.label_smoothing} would be ignored: none of algorithm.loss_type="
+               f"{list(self.loss_type)} reads it (only {', '.join(DPO_SMOOTHED_LOSS_TYPES)} do).",
+               "Set algorithm.label_smoothing=0, or add a loss type that models flipped labels, e.g. "
+               "algorithm.loss_type=[sigmoid] (conservative DPO).")
         _positive("algorithm.max_length", self.max_length)
         _one_of("algorithm.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
         _check(not (self.reference_free and self.precompute_ref_log_probs),
                "algorithm.reference_free and algorithm.precompute_ref_log_probs are both true.",
                "A reference-free run has no reference log-probs to precompute; set one of them to false.")
+
+
+# Why PPO refuses kl_estimator=k3 (native engine and verl alike). PPO adds -beta x the KL estimate to each token's
+# reward, and a reward is not differentiated: its policy gradient is E_pi[k * grad log pi]. For k1 = log(pi/ref)
+# that is exactly grad KL(pi||ref). For k3 = ref/pi - 1 - log(ref/pi) it is grad KL(pi||ref) - grad KL(ref||pi)
+# (Tang & Munos 2025, "On a few pitfalls in KL divergence gradient estimation for RL"): k3 estimates the KL's
+# value with low variance, but as a reward it regularises towards something else. GRPO's k3 is a loss term,
+# differentiated directly, which is sound, and stays available there.
+K3_IN_REWARD = (
+    "algorithm.kl_estimator=k3 is not available for PPO: PPO puts the KL estimate into each token's reward, and there "
+    "k3 = ref/pi - 1 - log(ref/pi) does not penalise KL(pi||ref). A reward is not differentiated, so its policy "
+    "gradient is E[k3 x grad log pi] = grad KL(pi||ref) - grad KL(ref||pi) (Tang & Munos 2025): k3 estimates the "
+    "KL's value with low variance, but as a reward it optimises a different regulariser (GRPO, which adds k3 to its "
+    "loss and differentiates it, is unaffected).",
+    "Use algorithm.kl_estimator=k1 (the log-ratio, the default), whose expected gradient as a reward is exactly "
+    "grad KL(pi||ref).")
 
 
 @dataclass
@@ -283,7 +311,7 @@ class PPOAlgorithmConfig(AlgorithmConfig):
     # (rewards.rm.fn=reward_model rewards.rm.args.model=<checkpoint>).
     value_model: str = "policy"  # critic initialised from the policy, or from a sequence-classification checkpoint path
     beta: float = 0.05  # KL coefficient (per token, added to the reward); the initial value if adaptive_kl
-    kl_estimator: str = "k1"  # k1 (log-ratio) | k3 (Schulman's unbiased, always >= 0)
+    kl_estimator: str = "k1"  # k1 (log-ratio), the only valid reward penalty; k3 is refused (K3_IN_REWARD)
     adaptive_kl: bool = False  # Ziegler et al. 2019 proportional controller
     target_kl: float = 6.0  # controller target (nats per sequence)
     kl_horizon: int = 10000  # controller horizon (samples)
@@ -303,7 +331,8 @@ class PPOAlgorithmConfig(AlgorithmConfig):
         _check(0 < self.top_p <= 1, f"algorithm.top_p={self.top_p} is outside (0, 1].", "Use 1.0 to disable nucleus sampling.")
         _positive("algorithm.max_completion_length", self.max_completion_length)
         _check(self.beta >= 0, f"algorithm.beta={self.beta} is negative.", "Use 0 or a positive coefficient such as 0.05.")
-        _one_of("algorithm.kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check(self.kl_estimator != "k3", *K3_IN_REWARD)
+        _one_of("algorithm.kl_estimator", self.kl_estimator, PPO_KL_ESTIMATORS)
         _positive("algorithm.target_kl", self.target_kl)
         _positive("algorithm.kl_horizon", self.kl_horizon)
         _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} is outside [0, 1].", "Use 1.0 for episodic RLHF.")
@@ -347,9 +376,11 @@ class SFTAlgorithmConfig(AlgorithmConfig):
 
 @dataclass
 class TrainConfig:
-    """Optimisation. Counts are per optimizer step and global (across processes)."""
+    """Optimisation. Counts are global (across processes): `batch_size` is prompts per rollout for GRPO, RLOO
+    and PPO (split into algorithm.num_mini_batches optimizer steps), pairs or sequences per optimizer step for
+    DPO, reward models and SFT."""
 
-    batch_size: int = 2  # prompts per optimizer step (GRPO: x group_size completions)
+    batch_size: int = 2  # prompts per rollout (GRPO/RLOO: x group_size completions); DPO: pairs per optimizer step
     micro_batch_size: Optional[int] = None  # completions per forward/backward (memory); null = the whole step
     learning_rate: float = 1e-6
     num_epochs: float = 1.0
@@ -367,7 +398,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # NaN/inf loss, gradient or reward: stop (after checkpointing the last good state) | skip the step
 
     def __post_init__(self):
-        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.", "It counts prompts per optimizer step.")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.",
+               "It counts prompts per rollout (GRPO, RLOO, PPO), or pairs/sequences per optimizer step (DPO, reward, SFT).")
         if self.micro_batch_size is not None:
             _check(self.micro_batch_size >= 1, f"train.micro_batch_size={self.micro_batch_size} must be at least 1.",
                    "Use null for the whole step, or a divisor of the completions per step.")
@@ -416,7 +448,8 @@ class DistributedConfig:
     """Several processes (and machines) under `accelerate launch`; aligntune/distributed/ writes the launch files.
 
     `num_processes` counts processes on all machines together (accelerate's meaning). Batch counts stay
-    global: `train.batch_size` per optimizer step whatever the process count, split evenly across them.
+    global: `train.batch_size` per rollout (GRPO, RLOO, PPO) or optimizer step (DPO, reward, SFT) whatever the
+    process count, split evenly across them.
     """
 
     strategy: str = "ddp"  # ddp | fsdp | deepspeed_zero2 | deepspeed_zero3 (the presets: distributed=<strategy>)

@@ -103,7 +103,7 @@ def _convert(ds, fmt: str, kind: str, cfg: DatasetConfig):
 
     adapt = formats.adapter(fmt, kind, cfg.name)
     keep_extra = kind == "prompts"  # rewards read the other columns (e.g. answer)
-    rows, dropped = [], []
+    rows, dropped, identical = [], [], []
     for i, row in enumerate(ds):
         try:
             out = adapt(row)
@@ -113,17 +113,34 @@ def _convert(ds, fmt: str, kind: str, cfg: DatasetConfig):
                 continue
             raise DataError(f"Row {i} of dataset {cfg.name!r} does not fit the {fmt} format: {exc}.",
                             f"Fix or remove that row; the {fmt} format expects {_EXPECT[fmt]}.") from exc
+        if kind == "preferences" and out["chosen"] == out["rejected"]:
+            identical.append(i)  # DPO's and a reward model's losses compare the two: no signal, zero gradient
+            continue
         rows.append({**row, **out} if keep_extra else out)
-    if dropped:
-        log.warning("dropped %d of %d rows of %s whose chosen/rejected dialogues do not share a prompt: rows %s%s",
-                    len(dropped), len(ds), cfg.name, dropped[:10], " ..." if len(dropped) > 10 else "")
-        from aligntune.run.console import console
-
-        console.print(f"[yellow]warning[/yellow]: dropped {len(dropped)} of {len(ds)} rows of {cfg.name} whose "
-                      f"chosen and rejected dialogues do not share a prompt (rows {dropped[:10]}).")
+    _report_dropped(dropped, len(ds), cfg.name, "whose chosen and rejected dialogues do not share a prompt")
+    _report_dropped(identical, len(ds), cfg.name, "whose chosen and rejected responses are identical (no preference "
+                    "to learn from)")
+    if not rows and identical:
+        raise DataError(f"Every usable preference pair of dataset {cfg.name!r} ({len(identical)} of {len(ds)} rows) has "
+                        "the same chosen and rejected response, so none carries a preference: DPO and reward models "
+                        "learn from the difference between the two, which is zero.",
+                        "Check that the chosen and rejected columns (or the dataset.columns mapping) hold the preferred "
+                        "and the dispreferred response, and that they differ.")
     if not rows:
         raise DataError(f"No usable rows in dataset {cfg.name!r}.", "Check the data against its format.")
     return Dataset.from_list(rows)
+
+
+def _report_dropped(rows: list[int], total: int, name: str, why: str) -> None:
+    """Log and show, once per dataset split, how many rows were dropped and why (the first row numbers)."""
+    if not rows:
+        return
+    more = " ..." if len(rows) > 10 else ""
+    log.warning("dropped %d of %d rows of %s %s: rows %s%s", len(rows), total, name, why, rows[:10], more)
+    from aligntune.run.console import console
+
+    console.print(f"[yellow]warning[/yellow]: dropped {len(rows)} of {total} rows of {name} {why} (rows "
+                  f"{rows[:10]}{more}).")
 
 
 _EXPECT = {

@@ -31,7 +31,8 @@ class NonFinite(Exception):
         super().__init__(f"non-finite {what} at step {step}")
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
+    """One warning line on stderr (outside the progress bar) and in train.log."""
     print(f"warning: {text}", file=sys.stderr, flush=True)
     log.warning(text)
 
@@ -58,7 +59,7 @@ class NonFiniteGuard(TrainerCallback):
         if self.policy == "stop":
             self._found(f"reward '{name}' ({len(bad)} of {len(scores)} scores, e.g. {scores[bad[0]]})")
         if not any(what.startswith(f"reward '{name}'") for _, what in self.skipped):
-            _warn(f"step {self.step}: reward '{name}' returned {len(bad)} non-finite score(s) of {len(scores)}; they are "
+            warn(f"step {self.step}: reward '{name}' returned {len(bad)} non-finite score(s) of {len(scores)}; they are "
                   "skipped (train.on_nonfinite=skip): that reward does not count for those completions.")
         self.skipped.append((self.step, f"reward '{name}'"))
         return [None if i in bad else s for i, s in enumerate(scores)]
@@ -78,7 +79,7 @@ class NonFiniteGuard(TrainerCallback):
         for p in model.parameters():
             p.grad = None  # AdamW skips parameters without a gradient: no update, moments untouched
         self.skipped.append((self.step, "gradient"))
-        _warn(f"step {self.step}: non-finite gradient, the update is skipped (train.on_nonfinite=skip; "
+        warn(f"step {self.step}: non-finite gradient, the update is skipped (train.on_nonfinite=skip; "
               f"{sum(w == 'gradient' for _, w in self.skipped)} step(s) skipped so far).")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -106,7 +107,7 @@ class TrainingWarnings(TrainerCallback):
     def _once(self, key: str, text: str) -> None:
         if key not in self.warned:
             self.warned.add(key)
-            _warn(text)
+            warn(text)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.online or not logs or not state.is_world_process_zero:

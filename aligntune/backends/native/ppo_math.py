@@ -7,7 +7,9 @@ Sources:
   (arXiv:1506.02438), eq. 16: A_t = sum_l (gamma * lam)^l delta_{t+l}, delta_t = r_t + gamma V_{t+1} - V_t.
 - KL penalty in the reward and its adaptive coefficient: Ziegler et al. 2019, "Fine-Tuning Language Models
   from Human Preferences" (arXiv:1909.08593), sec. 2.2; Stiennon et al. 2020 (arXiv:2009.01325), eq. 1.
-- k1/k3 KL estimators: J. Schulman, "Approximating KL Divergence" (2020, joschu.net/blog/kl-approx.html).
+- k1/k3 KL estimators: J. Schulman, "Approximating KL Divergence" (2020, joschu.net/blog/kl-approx.html); why
+  only k1 may sit in the reward: Y. Tang, R. Munos, "On a few pitfalls in KL divergence gradient estimation for
+  RL" (2025).
 - Implementation details (whitening, masked statistics, value clipping, approx-KL): Huang et al. 2022,
   "The N Implementation Details of RLHF with PPO" (ICLR blog track), following lm-human-preferences.
 
@@ -75,10 +77,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from tokens sampled by pi (Schulman 2020).
+    """Per-token estimate of the value of KL(pi || pi_ref) from tokens sampled by pi (Schulman 2020).
 
     k1 = log pi - log pi_ref (unbiased, can be negative per token);
-    k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, never negative, lower variance).
+    k3 = (r - 1) - log r with r = pi_ref / pi (unbiased for the value, never negative, lower variance).
+    Only k1 is a valid reward penalty: as a reward (not differentiated), k3's policy gradient is
+    grad KL(pi||ref) - grad KL(ref||pi) (Tang & Munos 2025), so the config refuses k3 for PPO
+    (schema.K3_IN_REWARD) and the trainer only ever passes k1.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":

@@ -5,7 +5,7 @@ One step (Ziegler et al. 2019, sec. 2; Stiennon et al. 2020, sec. 3.4; the proce
     max_completion_length; tokens after the first EOS are padding, the EOS itself is an action).
  2. Score each completion once with the reward functions (weighted sum; `missing_eos_penalty` subtracted when
     no EOS was emitted; optional clip to [-reward_clip, reward_clip]).
- 3. Per-token rewards: -beta * KL(policy || reference) at each token (k1 or k3 estimate) and the score at the
+ 3. Per-token rewards: -beta * KL(policy || reference) at each token (k1 estimate) and the score at the
     last token; optionally rescaled (`whiten_rewards`, without shifting the mean, as TRL did).
  4. GAE advantages (gamma, lam) with the critic's values, then whitened over the batch's tokens; returns =
     advantages + values are the value targets.

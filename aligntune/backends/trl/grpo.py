@@ -48,6 +48,7 @@ MAPPED_FIELDS = {
     "rewards.<name>.weight": "reward_weights",
 }
 OVERLONG = "overlong"  # the name DAPO's overlong punishment runs under (metrics: rewards/overlong/mean)
+MIN_STEP_COMPLETIONS = 16  # with num_mini_batches > 1, fewer completions per optimizer step than this are warned about
 
 
 def rollout_batches(run: RunConfig, world_size: int = 1) -> tuple[int, int, int]:
@@ -60,6 +61,39 @@ def rollout_batches(run: RunConfig, world_size: int = 1) -> tuple[int, int, int]
     micro, accumulation = micro_batches(rollout // algo.num_mini_batches, run.train.micro_batch_size, world_size,
                                         "completions")
     return micro, accumulation, accumulation * algo.num_mini_batches
+
+
+def small_step_warning(run: RunConfig) -> str | None:
+    """The warning for a rollout split into optimizer steps of fewer than MIN_STEP_COMPLETIONS completions, or None.
+
+    `algorithm.num_mini_batches` is a count of steps per rollout, not a size: DAPO's 16 holds 512 completions a
+    step in the paper (512 prompts x 16 samples / 16) but 2 at train.batch_size=2. Pure; builds log it once."""
+    algo = run.algorithm
+    minis = getattr(algo, "num_mini_batches", 1)
+    if not hasattr(algo, "group_size") or minis <= 1:
+        return None
+    batch, group = run.train.batch_size, algo.group_size
+    rollout = batch * group
+    per_step = rollout // minis
+    if per_step >= MIN_STEP_COMPLETIONS:
+        return None
+    larger = next(b for b in range(batch, batch + MIN_STEP_COMPLETIONS * minis + 1)
+                  if (b * group) % minis == 0 and b * group // minis >= MIN_STEP_COMPLETIONS)
+    fewer = max([m for m in range(1, minis) if rollout % m == 0 and rollout // m >= MIN_STEP_COMPLETIONS] or [1])
+    return (f"one optimizer step holds only {per_step} completions (train.batch_size={batch} prompts x "
+            f"algorithm.group_size={group} / algorithm.num_mini_batches={minis}): num_mini_batches counts optimizer "
+            f"steps per rollout, not completions per step, so each step's gradient rests on {per_step} samples (DAPO's "
+            f"recipe: 512 prompts x 16 / 16 = 512 completions per step). Raise train.batch_size to {larger} or more, "
+            f"or lower algorithm.num_mini_batches to {fewer} ({rollout // fewer} completions per step).")
+
+
+def warn_small_steps(run: RunConfig, job) -> None:
+    """Log small_step_warning once per job (on the main process)."""
+    text = small_step_warning(run)
+    if text and getattr(job, "is_main", True):
+        from aligntune.run.guards import warn
+
+        warn(text)
 
 
 def rollout_args(run: RunConfig, output_dir: str, world_size: int, has_eval: bool) -> dict:
@@ -120,7 +154,10 @@ def to_grpo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eva
 def overlong_reward(algo: GRPOAlgorithmConfig) -> Callable:
     """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13) x `overlong_penalty`: 0 up to
     max_completion_length - overlong_buffer tokens, then linearly down to -overlong_penalty at the limit.
-    The limit is the generation limit itself, so the two cannot drift apart."""
+    The limit is the generation limit itself, so the two cannot drift apart.
+    Deviation: the paper's ramp ends at -1 against a +-1 correctness reward; aligntune's rewards are 0/1, so
+    the preset scales it to the same half of the range (overlong_penalty 0.5): a right answer at the limit
+    still beats a short wrong one (0.5 > 0) instead of tying with it (0 = 0)."""
     from aligntune.rewards.registry import bind
 
     punish = bind(OVERLONG, OVERLONG, {"max_length": algo.max_completion_length, "cache": algo.overlong_buffer})
@@ -141,6 +178,7 @@ def build(run: RunConfig, job) -> object:
     algo = run.algorithm
     train, held_out = job.prompt_splits()
     args = to_grpo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
+    warn_small_steps(run, job)
     reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
     if algo.overlong_buffer is not None:
         reward_funcs.append(job.book.wrap(OVERLONG, overlong_reward(algo), 1.0))

@@ -15,7 +15,7 @@ GRPO's (`grpo.rollout_batches`): `train.batch_size` prompts x `group_size` compl
 from __future__ import annotations
 
 from aligntune.backends.trl.common import make_config, with_trl_args
-from aligntune.backends.trl.grpo import rollout_args
+from aligntune.backends.trl.grpo import rollout_args, warn_small_steps
 from aligntune.config.schema import RLOOAlgorithmConfig, RunConfig
 
 # aligntune key -> the RLOOConfig field it sets; trl_args may not set these a second way.
@@ -62,6 +62,7 @@ def build(run: RunConfig, job) -> object:
 
     train, held_out = job.prompt_splits()
     args = to_rloo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
+    warn_small_steps(run, job)
     reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
     model, peft_config = job.load_policy()
     return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,

@@ -119,7 +119,7 @@ LAUNCH_KEYS = {"backend.name": "selects this backend", "backend.verl.python": "t
 
 LOSS_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
 KL_LOSS = {"k3": "low_var_kl"}
-KL_PENALTY = {"k1": "kl", "k3": "low_var_kl"}  # PPO: the KL in the reward
+KL_PENALTY = {"k1": "kl"}  # PPO: the KL in the reward (k3, verl's low_var_kl, is refused there: schema.K3_IN_REWARD)
 SCALE = {"group": True, "none": False}
 POLICY_LOSS = {"token": "vanilla", "sequence": "gspo"}
 SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "cosine": "cosine"}
