@@ -42,9 +42,10 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
 COMMAND_USAGE = {
     "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
     "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
-                "max_new_tokens=N seed=S system=\"...\"] [-i]",
+                "max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda dtype=auto|fp32|bf16|fp16] [-i]",
     "rewards": "Usage: aligntune rewards",
-    "report": "Usage: aligntune report <run dir or sweep dir>",
+    "report": "Usage: aligntune report <run dir or sweep dir> [--mark-crashed] (a run whose process is gone shows as "
+              "crashed; --mark-crashed writes that into its summary.json)",
     "compare": "Usage: aligntune compare <run dir> <run dir> ... [--out DIR] (a sweep dir stands for its jobs; "
                "figures go to compare_<metric>.png in the current directory by default)",
 }

@@ -52,6 +52,13 @@ def eval_command(args: list[str]) -> int:
     path = Path(location)
     if not path.exists():
         raise ConfigError(f"run={location} does not exist.", "Give a run directory (outputs/...) or a model directory.")
+    from aligntune.run.liveness import read_status
+
+    status = read_status(path).get("status") if (path / "summary.json").is_file() else None
+    if status not in (None, "completed") and not (path / "model").is_dir():
+        raise ConfigError(f"run={location} has no trained model to evaluate: the run is {status}"
+                          + (" (its process is gone)." if status == "crashed" else "."),
+                          "Resume it first (aligntune train resume=" + str(path) + "), or evaluate a completed run.")
     run, _ = compose.load(_run_overrides(path) + overrides)
     quiet_engines()
     result = evaluate(run, path)
@@ -123,8 +130,12 @@ def report_command(args: list[str]) -> int:
     from aligntune.run import report
     from aligntune.run.console import console
 
+    from aligntune.run import liveness
+
+    mark = "--mark-crashed" in args
+    args = [a for a in args if a != "--mark-crashed"]
     if len(args) != 1 or args[0].startswith("-"):
-        raise ConfigError("aligntune report takes one run directory or sweep directory.",
+        raise ConfigError("aligntune report takes one run directory or sweep directory (and --mark-crashed).",
                           "e.g. aligntune report outputs/2026-11-24/10-00-00_ab12cd")
     path = Path(args[0])
     if not path.is_dir():
@@ -134,6 +145,12 @@ def report_command(args: list[str]) -> int:
         raise ConfigError(f"{args[0]} holds no run (no summary.json in it or below it).",
                           "Give a run directory or a sweep directory (outputs/multirun/...).")
     for run_dir in runs:
+        status = liveness.read_status(run_dir)
+        if status.get("status") == "crashed":
+            marked = mark and liveness.mark_crashed(run_dir)
+            console.print(f"[bold red]crashed[/bold red]: {run_dir} (last logged step {status['step']}; "
+                          + (f"resume with: {status['resume']}" if status["resume"] else "no checkpoint: start it again")
+                          + ("; marked crashed in its summary.json" if marked else "") + ")", soft_wrap=True)
         console.print(f"written {report.write_run_report(run_dir)}", soft_wrap=True)
     if kind == "sweep":
         rows, columns = report.write_comparison(path)

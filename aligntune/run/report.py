@@ -32,10 +32,10 @@ LINKED_FILES = ["summary.json", "config.yaml", "overrides.yaml", "metrics.jsonl"
 
 
 def read_summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    """summary.json as readers show it: a "running" run whose process is gone reads "crashed" (run.liveness)."""
+    from aligntune.run.liveness import read_status
+
+    return read_status(run_dir)
 
 
 def read_overrides(run_dir: Path) -> list[str]:

@@ -10,7 +10,6 @@ No torch is imported here: this runs before Hydra launches anything.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,10 +33,17 @@ def _value(overrides: list[str], key: str) -> str | None:
 
 
 def _status(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    from aligntune.run.liveness import read_status
+
+    return read_status(run_dir)
+
+
+def _live(summary: dict) -> bool:
+    """A run still training in a live process (recorded by aligntune.run.liveness)."""
+    from aligntune.run.liveness import process_alive
+
+    process = summary.get("process")
+    return summary.get("status") == "running" and isinstance(process, dict) and process_alive(process) is not False
 
 
 def find_run(ref: str, outputs: Path = Path("outputs")) -> Path:
@@ -46,7 +52,8 @@ def find_run(ref: str, outputs: Path = Path("outputs")) -> Path:
 
     if ref == "latest":
         runs = sorted((p.parent for p in outputs.glob("*/*/summary.json")), key=lambda p: (p.parent.name, p.name))
-        candidates = [r for r in runs if _status(r).get("status") != "completed" and latest(r / "checkpoints")]
+        candidates = [r for r in runs if _status(r).get("status") != "completed" and not _live(_status(r))
+                      and latest(r / "checkpoints")]
         if not candidates:
             raise ConfigError(f"resume=latest found no unfinished run with a checkpoint under {outputs.resolve()}.",
                               "Give the run directory (resume=outputs/<date>/<time>_<id>), or run from the directory "
@@ -108,6 +115,11 @@ def check_resumable(run_dir: Path, run) -> tuple[Path, list[str]]:
     from aligntune.run.checkpoints import latest
 
     summary = _status(run_dir)
+    if _live(summary):
+        process = summary["process"]
+        raise ConfigError(f"The run {run_dir} is still running (pid {process.get('pid')} on {process.get('host')}); "
+                          "resuming it now would train the same run twice.",
+                          "Wait for it to end, or stop it (Ctrl-C checkpoints it), then resume.")
     if summary.get("status") == "completed":
         raise ConfigError(f"The run {run_dir} already completed ({summary.get('steps', '?')} steps); resuming it would "
                           "train nothing.", f"To train further, start a new run from its model: "

@@ -3,7 +3,8 @@
     config.yaml      the resolved config (real keys, after shortcuts)   overrides.yaml  what the user typed
     train.log        everything logged                                  metrics.jsonl   one line per logging step
     samples.jsonl    sample completions with their rewards              model/          final model + tokenizer (HF format)
-    summary.json     status (running | completed | interrupted | failed), final metrics, wall time
+    summary.json     status (running | completed | interrupted | failed), final metrics, wall time, the process
+    heartbeat        refreshed while the run lives (aligntune.run.liveness: readers show a dead "running" run as crashed)
     checkpoints/     checkpoint-<step>/ (aligntune.run.checkpoints), when written
 
 summary.json is written atomically and says "completed" only after the final model is saved.
@@ -41,7 +42,8 @@ class RunDir:
         self.model = self.path / "model"
         self.checkpoints = self.path / "checkpoints"
         self.started = time.time()
-        self.facts: dict = {}  # what every summary.json of this run states (device, compute_dtype)
+        self.facts: dict = {}  # what every summary.json of this run states (process, device, compute_dtype)
+        self.heartbeat = None
 
     def record(self, **facts) -> None:
         """Facts of the run (e.g. device, compute_dtype) written into summary.json now and in every later state."""
@@ -53,6 +55,20 @@ class RunDir:
         if self.main:
             write_json_atomic(self.summary, {**summary, **self.facts})
 
+    def _alive(self) -> None:
+        """Record this process and start the heartbeat (aligntune.run.liveness)."""
+        from aligntune.run import liveness
+
+        self.facts["process"] = liveness.identity()
+        if self.heartbeat is None:
+            self.heartbeat = liveness.Heartbeat(self.path)
+            self.heartbeat.start()
+
+    def _ended(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+
     def start(self, run: RunConfig, overrides: list[str] | None) -> None:
         if not self.main:
             return
@@ -62,7 +78,8 @@ class RunDir:
         (self.path / "overrides.yaml").write_text(yaml.safe_dump(list(overrides or [])), encoding="utf-8")
         for f in (self.metrics, self.samples):
             f.write_text("", encoding="utf-8")
-        write_json_atomic(self.summary, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._alive()
+        self._write_summary({"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     def resume(self, run: RunConfig, overrides: list[str] | None, step: int) -> list[dict]:
         """Continue in this directory from a checkpoint at `step`: lines logged after it are dropped (the resumed
@@ -81,8 +98,9 @@ class RunDir:
         if not self.main:
             return kept
         (self.path / "config.yaml").write_text(yaml.safe_dump(asdict(run), sort_keys=False), encoding="utf-8")
-        write_json_atomic(self.summary, {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                         "resumed_from_step": step})
+        self._alive()
+        self._write_summary({"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "resumed_from_step": step})
         return kept
 
     def interrupt(self, step: int, signal_name: str, checkpoint: Path | None) -> dict:
@@ -90,15 +108,18 @@ class RunDir:
                    "checkpoint": str(checkpoint) if checkpoint else None,
                    "resume": f"aligntune train resume={self.path}" if checkpoint else None,
                    "wall_time_s": round(time.time() - self.started, 3)}
+        self._ended()
         self._write_summary(summary)
         return {**summary, **self.facts}
 
     def finish(self, metrics: dict) -> dict:
         summary = {"status": "completed", "wall_time_s": round(time.time() - self.started, 3), **metrics}
+        self._ended()
         self._write_summary(summary)
         return {**summary, **self.facts}
 
     def fail(self, error: BaseException) -> None:
+        self._ended()
         self._write_summary({"status": "failed", "error": f"{type(error).__name__}: {error}",
                              "wall_time_s": round(time.time() - self.started, 3)})
 
