@@ -197,7 +197,10 @@ class AlignmentJob:
         weights = {name: spec.weight for name, spec in run.rewards.items()}
         self.recorder = RunRecorder(self.run_dir, self.book, run.train.log_samples, weights)
         self.progress = RichProgress()
-        self.callbacks = [self.recorder] if run.verbose else [self.recorder, self.progress]
+        from aligntune.run.phases import PhaseTimer
+
+        self.phases = PhaseTimer()
+        self.callbacks = [self.recorder, self.phases] + ([] if run.verbose else [self.progress])
         self.master_weights = False  # set by load_policy when the weights are low precision
         self.fp32_originals: dict = {}  # set by load_policy: the fp32 weights a full-weight bf16 policy was rounded from
         self.trainer = build_trainer(run, self)
@@ -205,6 +208,9 @@ class AlignmentJob:
             from aligntune.models.precision import use_master_weights
 
             use_master_weights(self.trainer, self.fp32_originals)
+        from aligntune.run.phases import instrument
+
+        instrument(self.trainer, self.phases)
         from aligntune.run.trackers import place
 
         handler = getattr(self.trainer, "callback_handler", None)  # transformers' Trainer; the native engine: .callbacks
@@ -329,6 +335,10 @@ class AlignmentJob:
             if self.run_dir.checkpoints.is_dir() and not any(self.run_dir.checkpoints.iterdir()):
                 self.run_dir.checkpoints.rmdir()  # the engine's working directory, unused without checkpoints
             final = final_metrics(self.recorder.history)
+            if self.phases.history:
+                from aligntune.run.phases import means
+
+                final.update(means(self.phases.history))  # the run's mean seconds per step in each phase
             if self.config.eval.after_training:
                 final.update(self._evaluate_after_training())
             summary = self.run_dir.finish(final)

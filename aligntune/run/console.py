@@ -21,6 +21,8 @@ LIVE_METRICS = [
     (("loss",), "loss"),
     (("completions/mean_length",), "len"),
     (("step_time",), "s/step"),
+    (("timing/generation",), "gen s"),
+    (("timing/forward_backward",), "fwd+bwd s"),
 ]
 
 

@@ -130,3 +130,37 @@ def write_compare_plots(runs: dict[str, list[dict]], out_dir: str | Path) -> lis
         if lines:
             written.append(_draw(Path(out_dir) / f"compare_{slug(key)}.png", key, lines, legend=True))
     return written
+
+
+def phase_means(summary: dict) -> dict[str, float]:
+    """{phase: mean seconds per step} from a summary's timing/* keys (aligntune.run.phases), in phase order."""
+    from aligntune.run.phases import PHASES, PREFIX
+
+    return {p: float(summary[PREFIX + p]) for p in PHASES if isinstance(summary.get(PREFIX + p), (int, float))}
+
+
+def write_phase_plot(run_dir: str | Path, summary: dict) -> Path | None:
+    """<run>/plots/phases.png: one stacked horizontal bar of the mean step, split into its phases (None if the
+    run logged no timings)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    phases = phase_means(summary)
+    total = sum(phases.values())
+    if total <= 0:
+        return None
+    fig = Figure(figsize=(6.4, 2.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    left = 0.0
+    for phase, seconds in phases.items():
+        ax.barh([0], [seconds], left=left, label=f"{phase} {seconds:.2f} s ({seconds / total:.0%})")
+        left += seconds
+    ax.set_yticks([])
+    ax.set_title(f"where a step's {total:.2f} s go (seconds per optimizer step, mean over the run)", fontsize="medium")
+    ax.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+    fig.tight_layout()
+    path = Path(run_dir) / "plots" / "phases.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import yaml
 
-from aligntune.run.plots import EVAL_SKIP, read_jsonl, write_run_plots
+from aligntune.run.plots import EVAL_SKIP, phase_means, read_jsonl, write_phase_plot, write_run_plots
 
 # Final metrics of the comparison tables, in this order, when any run has them (report.md lists them all).
 COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_last_20pct", "loss", "kl", "entropy",
@@ -121,6 +121,20 @@ def samples_markdown(samples: list[dict]) -> list[str]:
     return lines
 
 
+def phases_markdown(run_dir: Path, summary: dict) -> list[str]:
+    """report.md's "Where the time goes": the mean step split into phases (table + stacked bar)."""
+    phases = phase_means(summary)
+    total = sum(phases.values())
+    if total <= 0:
+        return []
+    out = ["", "## Where the time goes", "", "| phase | s per step | share |", "|---|---:|---:|"]
+    out += [f"| {p} | {_fmt(s)} | {s / total:.0%} |" for p, s in phases.items()]
+    plot = write_phase_plot(run_dir, summary)
+    if plot is not None:
+        out += ["", f"![phases](plots/{quote(plot.name)})"]
+    return out
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Plots into <run>/plots/ and <run>/report.md linking them. Returns the report's path."""
     run_dir = Path(run_dir)
@@ -139,6 +153,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     out += ["files: " + " · ".join(f"[{name}]({name})" for name in LINKED_FILES if (run_dir / name).is_file()), ""]
     out += ["## Summary", "", "| metric | value |", "|---|---:|"]
     out += [f"| {_md_cell(k)} | {_md_cell(_fmt(summary[k]))} |" for k in summary_keys(summary)]
+    out += phases_markdown(run_dir, summary)
     out += ["", "## Curves", ""]
     if plots:
         out += [f"![{p.stem}](plots/{quote(p.name)})" for p in plots]
