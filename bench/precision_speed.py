@@ -122,7 +122,9 @@ def worker(algorithm: str, side: str, steps: int, model: str) -> dict:
         params = sum(p.numel() for p in {id(p): p for p in trainer.model.parameters()}.values())
         dtype = str(next(trainer.model.parameters()).dtype)
     lengths = [h["completions/mean_length"] for h in history if "completions/mean_length" in h]
-    return {"side": side, "setup_s": setup_s, "step_s": clock.times[1:], "num_tokens": clock.tokens, "completion_lengths": lengths,
+    # aligntune's phase timings (aligntune.run.phases), the first logged step (warm-up) left out
+    timings = [{k: v for k, v in h.items() if k.startswith("timing/")} for h in history if "timing/other" in h][1:]
+    return {"side": side, "timings": timings, "setup_s": setup_s, "step_s": clock.times[1:], "num_tokens": clock.tokens, "completion_lengths": lengths,
             "params": params, "weights": dtype, "bf16_autocast": bool(trainer.args.bf16),
             "checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -194,6 +196,8 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
                                 for s in ("trl_default", "trl_fp32") if s in measured and "aligntune" in measured}}
     result["matmul_gflops"] = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
     for algorithm in algorithms:
+        result[algorithm]["phases"] = phase_table(result[algorithm], result["matmul_gflops"])
+    for algorithm in algorithms:
         a = result[algorithm]["sides"]["aligntune"]
         flops = 6 * a["params"] * (a["trained_tokens_per_step"] or 0) + 2 * a["params"] * a.get("generated_tokens_per_step", 0)
         if algorithm == "grpo":  # the reference model's forward for the KL term
@@ -204,6 +208,37 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
         result[algorithm]["fraction_of_peak"] = result[algorithm]["achieved_gflops"] / result["matmul_gflops"][dtype]
     result["other_cpu_cores"] = round(watch.cores(), 3)
     return result
+
+
+def phase_table(r: dict, peaks: dict) -> list[dict]:
+    """aligntune's step split into its phases: median seconds, share of the step, and the phase's compute rate
+    against the matmul peak of the dtype it runs in (FLOPs: 2 x params per token forward, 6 x forward+backward;
+    generation also as weight bytes read per second, since decoding one token reads every weight once)."""
+    runs = [x for x in r["runs"] if x["side"] == "aligntune" and x.get("timings")]
+    a = r["sides"].get("aligntune", {})
+    if not runs or "params" not in a:
+        return []
+    steps = [t for x in runs for t in x["timings"]]
+    phases = {k.removeprefix("timing/"): statistics.median(t.get(k, 0.0) for t in steps) for k in steps[0]}
+    total = sum(phases.values())
+    dtype = "bfloat16" if "bfloat16" in a["weights"] or a["bf16_autocast"] else "float32"
+    params, trained = a["params"], a["trained_tokens_per_step"] or 0
+    flops = {"forward_backward": 6 * params * trained, "logprobs": 2 * params * trained,
+             "generation": 2 * params * a.get("generated_tokens_per_step", 0)}
+    out = []
+    for phase, seconds in phases.items():
+        row = {"phase": phase, "seconds": seconds, "share": seconds / total if total else 0.0}
+        if flops.get(phase) and seconds > 0:
+            row["gflops"] = flops[phase] / seconds / 1e9
+            row["of_peak"] = row["gflops"] / peaks[dtype]
+        if phase == "generation" and seconds > 0 and a.get("generated_tokens_per_step"):
+            bytes_per = 2 if dtype == "bfloat16" else 4
+            completions = a["generated_tokens_per_step"] / max(1, statistics.median(
+                x for y in runs for x in y["completion_lengths"]))
+            decode_steps = a["generated_tokens_per_step"] / completions  # tokens per completion: one weight read each
+            row["weight_gb_per_s"] = params * bytes_per * decode_steps / seconds / 1e9
+        out.append(row)
+    return out
 
 
 def rows(result: dict) -> list[dict]:
@@ -237,6 +272,12 @@ def rows(result: dict) -> list[dict]:
         out.append({"name": f"{algorithm.upper()} step ({short}), share of the {short} matmul peak", "target": "",
                     "ok": None, "value": f"{result[algorithm]['fraction_of_peak']:.1%} "
                                          f"({result[algorithm]['achieved_gflops']:.1f} of {g[dtype]:.0f} GFLOP/s)"})
+    for algorithm in result["algorithms"]:
+        for p in result[algorithm].get("phases", []):
+            rate = f", {p['gflops']:.0f} GFLOP/s = {p['of_peak']:.0%} of peak" if "gflops" in p else ""
+            rate += f", weights read {p['weight_gb_per_s']:.1f} GB/s" if "weight_gb_per_s" in p else ""
+            out.append({"name": f"  {algorithm.upper()} aligntune phase {p['phase']}", "target": "", "ok": None,
+                        "value": f"{p['seconds']:.3f} s ({p['share']:.0%}){rate}"})
     out.append(interference_row(f"{result['model']} runs", result["other_cpu_cores"]))
     return out
 
