@@ -37,7 +37,7 @@ COMMANDS = {
 # Hydra flags that only print (no job runs): their overrides are not validated first.
 PRINT_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version"}
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name", "-cn", "--config-path", "-cp",
-               "--config-dir", "-cd", "--experimental-rerun"}
+               "--config-dir", "-cd", "--experimental-rerun"}  # --config-dir: aligntune.config.searchpath takes it
 
 COMMAND_USAGE = {
     "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
@@ -118,7 +118,11 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:
 
 
 def _is_hydra_override(o: str) -> bool:
-    return o.lstrip("+~").startswith(("hydra.", "hydra/"))
+    """Hydra's own settings (run dir, sweeper, ...), which the job's composition does not need. The search path is
+    not one of them: it decides which options exist."""
+    from aligntune.config.searchpath import is_searchpath
+
+    return o.lstrip("+~").startswith(("hydra.", "hydra/")) and not is_searchpath(o)
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -148,6 +152,13 @@ def validate(overrides: list[str], multirun: bool) -> int:
 
 def train_command(args: list[str]) -> int:
     flags, overrides, ours = split_args(args)
+    from aligntune.config import searchpath
+
+    try:
+        flags, overrides, ours["config_dirs"] = searchpath.split(flags, overrides)
+    except AligntuneError as exc:
+        report(exc)
+        return EXIT_USAGE
     saved_env = {k: os.environ.get(k) for k in ("ALIGNTUNE_TRACEBACK", "HYDRA_FULL_ERROR")}
     if ours["traceback"]:
         os.environ["ALIGNTUNE_TRACEBACK"] = "1"
@@ -168,8 +179,10 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
         overrides.append("verbose=true")
     typed = list(overrides)  # validated as typed, so an error can say which shortcut it came from
     overrides, _ = aliases.rewrite(overrides)
+    from aligntune.config.searchpath import as_override
+
     if any(f in ("-h", "--help") for f in flags):
-        return print_train_help(overrides)
+        return print_train_help(overrides, ours["config_dirs"])
     _failures.clear()
     from aligntune.config.sweeps import SWEEP
 
@@ -178,7 +191,10 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
         from aligntune.run import resume
 
         if resume.requested(overrides) and not ours["print_only"]:
-            typed = overrides = resume.plan(overrides, ours["multirun"])
+            # the run's recorded search path, unless this command names directories of its own
+            typed = overrides = resume.plan(overrides, ours["multirun"], as_override(ours["config_dirs"]))
+        else:
+            typed, overrides = typed + as_override(ours["config_dirs"]), overrides + as_override(ours["config_dirs"])
         if not ours["print_only"]:
             validate(typed, ours["multirun"])
         from aligntune.config import compose, sweeps
@@ -282,7 +298,7 @@ resume=<run dir> (or resume=latest).
 """
 
 
-def print_train_help(overrides: list[str]) -> int:
+def print_train_help(overrides: list[str], dirs: list | None = None) -> int:
     from pathlib import Path
 
     from aligntune.config import aliases, compose
@@ -296,7 +312,7 @@ def print_train_help(overrides: list[str]) -> int:
             defaults[group.strip()] = option.strip()
     rows = []
     for group in ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards", "hparams_search", "launcher"):
-        options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group)]
+        options = [o + ("*" if defaults.get(group) == o else "") for o in compose.group_options(group, dirs)]
         rows.append(f"  {group + ':':<16}{', '.join(options)}")
     shortcuts = [f"  {k + ' -> ' + v}" for k, v in aliases.SHORTCUTS.items()]
     print(TRAIN_HELP.format(groups="\n".join(rows), shortcuts="\n".join(shortcuts)))
@@ -367,7 +383,10 @@ def _task(cfg) -> float | None:
         launcher = hc.launcher
         parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")) else 1
         parallel = (os.cpu_count() or 1) if parallel < 0 else parallel  # joblib's -1: one job per core
-        summary = run_job(run, run_dir, list(hc.overrides.task), parallel_jobs=parallel)
+        from aligntune.config.searchpath import is_searchpath
+
+        recorded = list(hc.overrides.task) + [o for o in hc.overrides.hydra if is_searchpath(o)]  # recompose the same
+        summary = run_job(run, run_dir, recorded, parallel_jobs=parallel)
     except AligntuneError as exc:
         if traceback_requested():
             import traceback

@@ -31,12 +31,14 @@ def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
 
 
 def _run_overrides(location: Path) -> list[str]:
-    saved = location / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        saved = location / "overrides.yaml"
-    if not saved.is_file():
-        return []
-    return [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith("hydra")]
+    """The overrides a run was composed with (aligntune's record first: it holds the config search path too)."""
+    from aligntune.config.searchpath import is_searchpath
+
+    for saved in (location / "overrides.yaml", location / ".hydra" / "overrides.yaml"):
+        if saved.is_file():
+            return [o for o in yaml.safe_load(saved.read_text()) or []
+                    if not o.lstrip("+~").startswith("hydra") or is_searchpath(o)]
+    return []
 
 
 def eval_command(args: list[str]) -> int:

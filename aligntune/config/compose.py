@@ -64,9 +64,11 @@ def register() -> None:
     _registered = True
 
 
-def group_options(group: str) -> list[str]:
-    root = Path(config_dir()) / group
-    return sorted(p.stem for p in root.glob("*.yaml"))
+def group_options(group: str, dirs: list[Path] | None = None) -> list[str]:
+    """The options of a config group on the search path (shipped configs + the user directories `dirs`)."""
+    from aligntune.config.searchpath import options
+
+    return sorted(options(group, list(dirs or [])))
 
 
 def unknown_keys_error(keys: list[str]) -> ConfigError:
@@ -75,18 +77,33 @@ def unknown_keys_error(keys: list[str]) -> ConfigError:
                        "backend.trl_args, dataset.columns, rewards.<name>.args) take new entries, with +key=value.")
 
 
-def explain(exc: Exception, shortcuts: dict[str, str]) -> ConfigError:
-    """Turn a Hydra/OmegaConf composition error into one paragraph with the problem and the fix."""
+def explain(exc: Exception, shortcuts: dict[str, str], dirs: list[Path] | None = None) -> ConfigError:
+    """Turn a Hydra/OmegaConf composition error into one paragraph with the problem and the fix. `dirs`: the user
+    config directories on the search path (an unknown option lists every directory's options)."""
     from hydra.errors import MissingConfigException, OverrideParseException
+
+    from aligntune.config.searchpath import options, shipped_dir
 
     msg = str(exc).strip()
     cause = exc.__cause__ or exc.__context__
+    broken = _broken_yaml(exc, dirs)
+    if broken:
+        return broken
     if isinstance(exc, MissingConfigException):
         m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
         if m:
             group, option = m.groups()
-            return ConfigError(f"{group}={option} is not an option of the '{group}' group.",
-                               f"Valid options: {', '.join(group_options(group))}.")
+            found = options(group, list(dirs or []))
+            shipped = shipped_dir()
+            where = {}
+            for name, path in found.items():
+                root = "shipped" if path.is_relative_to(shipped) else str(path.parent.parent)
+                where.setdefault(root, []).append(name)
+            listing = "; ".join(f"{root}: {', '.join(names)}" for root, names in where.items())
+            searched = "the shipped configs" + "".join(f", {d}" for d in dirs or [])
+            return ConfigError(f"{group}={option} is not an option of the '{group}' group (searched {searched}).",
+                               f"Valid options: {listing}. A team's own options go in <dir>/{group}/<name>.yaml, "
+                               "with --config-dir <dir> (or ALIGNTUNE_CONFIG_PATH).")
         return ConfigError(msg.splitlines()[0], "Check the config name.")
     if isinstance(exc, OverrideParseException):
         return ConfigError(f"Cannot parse the override: {msg.splitlines()[0]}",
@@ -118,11 +135,44 @@ def explain(exc: Exception, shortcuts: dict[str, str]) -> ConfigError:
     return ConfigError(f"The configuration does not compose: {first}", "Check the overrides against `aligntune train --cfg job`.")
 
 
+def _broken_yaml(exc: BaseException, dirs: list[Path] | None) -> ConfigError | None:
+    """A YAML syntax error somewhere in the chain: Hydra does not say which file, so find the file on the search path
+    that fails to parse, and name it with the line."""
+    import yaml
+
+    from aligntune.config.searchpath import shipped_dir
+
+    seen, error = set(), None
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, yaml.YAMLError):
+            error = exc
+            break
+        exc = exc.__cause__ or exc.__context__
+    if error is None:
+        return None
+    for root in [*(dirs or []), shipped_dir()]:
+        for path in sorted(Path(root).rglob("*.yaml")):
+            try:
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as found:
+                mark = getattr(found, "problem_mark", None)
+                where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+                problem = getattr(found, "problem", None) or str(found).splitlines()[0]
+                return ConfigError(f"{where}: the YAML does not parse ({getattr(found, 'context', None) or ''} "
+                                   f"{problem}).".replace("( ", "("), "Fix the YAML syntax in that file.")
+            except OSError:
+                continue
+    return ConfigError(f"A config file does not parse as YAML: {str(error).splitlines()[0]}", "Fix its YAML syntax.")
+
+
 def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> DictConfig:
     """Compose configs/train.yaml with `overrides` (already alias-rewritten)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    from aligntune.config.searchpath import from_overrides
 
     register()
     GlobalHydra.instance().clear()
@@ -132,7 +182,7 @@ def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> Di
     except AligntuneError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many types; explain() sorts them out
-        raise explain(exc, shortcuts or {}) from exc
+        raise explain(exc, shortcuts or {}, from_overrides(overrides)) from exc
 
 
 def sweeper_params(overrides: list[str]) -> dict[str, str]:
@@ -148,7 +198,9 @@ def sweeper_params(overrides: list[str]) -> dict[str, str]:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = hydra_compose(config_name=CONFIG_NAME, overrides=rewritten, return_hydra_config=True)
     except Exception as exc:  # the same composition errors compose() explains
-        raise explain(exc, used) from exc
+        from aligntune.config.searchpath import from_overrides
+
+        raise explain(exc, used, from_overrides(rewritten)) from exc
     params = OmegaConf.select(cfg, "hydra.sweeper.params")
     return {str(k): str(v) for k, v in (params or {}).items()}
 

@@ -480,16 +480,18 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
 
 def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = None, algorithm: str = "grpo",
                       backend: str = "trl", overrides: list[str] | None = None, output_dir: str | Path | None = None,
-                      **config: Any) -> AlignmentJob:
+                      config_dir: str | Path | list | None = None, **config: Any) -> AlignmentJob:
     """Build a run from keyword arguments, through the same composition and checks as the CLI.
 
     Keywords are config keys: the seed's names and the shortcuts (`num_epochs`, `batch_size`,
     `learning_rate`, `group_size`, `beta`, ...), group selections (`experiment="smoke"`), or any
     dotted key (`**{"algorithm.beta": 0.0}`). `overrides` takes Hydra override strings as on the
     command line and is applied last. `output_dir` is the run directory (default
-    outputs/<date>/<time>_<id>).
+    outputs/<date>/<time>_<id>). `config_dir`: a team's config directory (or a list of them) on the search path,
+    as `--config-dir` on the command line (ALIGNTUNE_CONFIG_PATH is read too), e.g.
+    `create_rl_trainer(config_dir="configs", experiment="my_grpo")`.
     """
-    from aligntune.config import compose
+    from aligntune.config import compose, searchpath
 
     items: list[str] = [f"algorithm={algorithm}", f"backend={backend}"]
     if model_name is not None:
@@ -498,6 +500,9 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
         items.append(f"dataset_name={dataset_name}")
     items += [f"{key}={_override_value(value)}" for key, value in config.items()]
     items += list(overrides or [])
+    dirs = [config_dir] if isinstance(config_dir, (str, Path)) else list(config_dir or [])
+    _, items, found = searchpath.split([f"--config-dir={d}" for d in dirs], items)
+    items += searchpath.as_override(found)
     run, _ = compose.load(items)
     from aligntune.distributed import launch
 

@@ -88,9 +88,11 @@ def differences(saved: dict, new: dict) -> list[str]:
     return out
 
 
-def plan(overrides: list[str], multirun: bool) -> list[str]:
-    """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot."""
+def plan(overrides: list[str], multirun: bool, searchpath: list[str] | None = None) -> list[str]:
+    """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot.
+    `searchpath`: this command's config search path override ([] for none: the run's recorded one is used)."""
     from aligntune.config import compose
+    from aligntune.config.searchpath import is_searchpath
     from aligntune.run.checkpoints import step_of
 
     if multirun:
@@ -101,7 +103,10 @@ def plan(overrides: list[str], multirun: bool) -> list[str]:
     saved_file = run_dir / ".hydra" / "overrides.yaml"
     saved = [o for o in (yaml.safe_load(saved_file.read_text()) or []) if not o.startswith(_OWN_KEYS)] \
         if saved_file.is_file() else []
-    new = [o for o in overrides if not o.startswith(_OWN_KEYS)]
+    recorded = run_dir / "overrides.yaml"  # aligntune's record: it also holds the search path (Hydra's does not)
+    if not searchpath and recorded.is_file():
+        searchpath = [o for o in (yaml.safe_load(recorded.read_text()) or []) if is_searchpath(o)]
+    new = [o for o in overrides if not o.startswith(_OWN_KEYS)] + list(searchpath or [])
     run, _ = compose.load(saved + new + [f"resume_force={str(force).lower()}"])
     checkpoint, changed = check_resumable(run_dir, run)
     print(f"resuming {run_dir} from {checkpoint.name} (step {step_of(checkpoint)})"
