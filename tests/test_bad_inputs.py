@@ -90,6 +90,8 @@ CASES = [
     (C, ["algorithm=dpo", "group_size=4"], ["group_size", "shortcut", "Drop"]),
     (B, ["+backend.trl_args.foo=1"], ["backend.trl_args.foo", "trl.GRPOConfig"]),
     (B, ["+backend.trl_args.learning_rate=0.1"], ["backend.trl_args.learning_rate", "aligntune key"]),
+    (B, ["algorithm.dynamic_sampling=true", "+backend.trl_args.entropy_coef=0.01"],
+     ["algorithm.dynamic_sampling", "entropy_coef", "loss_type=dapo"]),
     (C, ["train.batch_size="], ["train.batch_size", "type"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
