@@ -52,6 +52,10 @@ def _write_files(root: Path) -> None:
     (root / "not_object.jsonl").write_text('{"prompt": "ok"}\n[1, 2, 3]\n')
     (root / "bad.csv").write_text('prompt,answer\n"unterminated,1\n')
     (root / "empty_dir").mkdir()
+    (root / "long_prompt.jsonl").write_text(json.dumps({"prompt": "Type a.", "answer": "a"}) + "\n"
+                                            + json.dumps({"prompt": "x" * 2000, "answer": "b"}) + "\n")
+    (root / "long_pair.jsonl").write_text(json.dumps({"prompt": "Pick a.", "chosen": "a" * 700, "rejected": "z"}) + "\n"
+                                          + json.dumps({"prompt": "Pick b.", "chosen": "b", "rejected": "z"}) + "\n")
     import shutil
 
     from transformers import ViTConfig, ViTModel
@@ -145,6 +149,17 @@ CASES = [
     (D, ["+dataset.columns.prompt=nope"], ["nope"]),
     (D, ["algorithm=dpo"], ["chosen", "rejected"]),
     (D, ["dataset=letters", "algorithm=sft"], ["letters"]),
+    (D, ["dataset_name=long_prompt.jsonl", "+rewards.letter_match.weight=1"],
+     ["Row 1 of dataset 'long_prompt.jsonl'", "2000 tokens", "512 positions", "dataset.max_prompt_length=500"]),
+    (B, ["dataset.max_prompt_length=600"], ["dataset.max_prompt_length=600", "512 positions",
+                                            "dataset.max_prompt_length=500 or less"]),
+    (C, ["algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"],
+     ["dataset.max_prompt_length=64", "algorithm=dpo", "algorithm.max_length"]),
+    (C, ["dataset.truncation_mode=keep_start"], ["dataset.truncation_mode=keep_start", "dataset.max_prompt_length"]),
+    (D, ["algorithm=dpo", "dataset=custom", "dataset_name=long_pair.jsonl", "algorithm.max_length=1024"],
+     ["Row 0 of dataset 'long_pair.jsonl'", "708 tokens", "512 positions", "algorithm.max_length=512 or less"]),
+    (D, ["algorithm=reward", "dataset=prefs", "algorithm.max_length=4"], ["would be dropped", "algorithm.max_length=4",
+                                                                          "Raise algorithm.max_length"]),
     # models
     (C, ["model_name=/nonexistent/model"], ["/nonexistent/model", "does not exist", "model=tiny"]),
     (C, ["model_name=empty_dir"], ["empty_dir", "config.json", "save_pretrained"]),

@@ -236,22 +236,34 @@ class AlignmentJob:
         return self.prompt_splits()[0]
 
     def prompt_splits(self):
-        """(train, held-out or None) prompt rows."""
-        from aligntune.data.loading import load
-
-        return load(self.config.dataset, self.config.seed, "prompts")
+        """(train, held-out or None) prompt rows, each fitted to the model's context (data/lengths.py)."""
+        return self._data("prompts")
 
     def preference_data(self):
-        """(train, held-out or None) preference pairs: prompt/chosen/rejected."""
-        from aligntune.data.loading import load
-
-        return load(self.config.dataset, self.config.seed, "preferences")
+        """(train, held-out or None) preference pairs: prompt/chosen/rejected, checked against the context."""
+        return self._data("preferences")
 
     def sft_data(self):
-        """(train, held-out or None) demonstrations: prompt/completion or messages."""
+        """(train, held-out or None) demonstrations: prompt/completion or messages, checked against the context."""
+        return self._data("sft")
+
+    def _data(self, kind: str):
+        from aligntune.data import lengths
         from aligntune.data.loading import load
 
-        return load(self.config.dataset, self.config.seed, "sft")
+        run, tok = self.config, self.tokenizer
+        if self._context is None:
+            self._context = (lengths.context_length(run),)
+
+        def fit(ds, rows, split):
+            if kind == "prompts":  # the native engine tokenizes prompts without special tokens, TRL with them
+                return lengths.fit_prompts(ds, rows, split, run, tok, self._context[0], special=run.algorithm.name != "ppo")
+            lengths.check_sequences(ds, rows, split, run, tok, self._context[0], kind)
+            return ds
+
+        return load(run.dataset, run.seed, kind, fit=fit)
+
+    _context: tuple[int | None] | None = None  # the model's context length, read once
 
     def reward_functions(self, rows: list[dict] | None = None) -> list:
         """The configured rewards in TRL's signature, each called once on a few dataset rows first (a broken
