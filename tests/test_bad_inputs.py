@@ -4,10 +4,11 @@
   * print exactly one paragraph on stderr that starts with 'error:' and names the problem and the fix,
   * print no traceback (none was asked for),
   * leave no run directory that claims to be complete (config errors leave none at all; errors found
-    while loading data, model or rewards leave one whose summary.json says 'failed', with the error).
+    while loading data, model or rewards, or a reward failing once training runs, leave one whose
+    summary.json says 'failed', with the error).
 
 Cases are grouped as config (caught before Hydra creates anything), data, model and reward (caught while
-the job is built, before any training step). `needles` are words the paragraph must contain: the
+the job is built, before any training step; or, for rewards that raise or hang later, during training). `needles` are words the paragraph must contain: the
 problem (the key, file or reward it is about) and the fix.
 """
 
@@ -40,6 +41,21 @@ def nan(completions, **kw):
 
 def text(completions, **kw):
     return ["high"] * len(completions)
+
+def hangs(completions, **kw):
+    import threading
+
+    threading.Event().wait()  # forever: its timeout_s must stop the run
+
+def raises_later(completions, trainer_state=None, **kw):
+    if trainer_state.global_step >= 1:  # passes the check before training and step 1, fails at step 2
+        raise ValueError("late boom")
+    return [float(len(str(c))) for c in completions]
+
+def hangs_later(completions, trainer_state=None, **kw):
+    if trainer_state.global_step >= 1:
+        hangs(completions)
+    return [float(len(str(c))) for c in completions]
 '''
 
 
@@ -178,6 +194,14 @@ CASES = [
     (R, ["+rewards.x.fn=rewards_mod.py:text"], ["Reward 'x'", "not a number"]),
     (R, ["+rewards.x.fn=rewards_mod.py:ok", "+rewards.x.args.nope=1"], ["rewards.x", "nope"]),
     (R, ["+rewards.x.fn=length", "+rewards.x.args.tagret=5"], ["rewards.x", "tagret"]),
+    (C, ["+rewards.letter_match.timeout_s=-1"], ["rewards.letter_match.timeout_s=-1", "positive number of seconds"]),
+    (R, ["+rewards.x.fn=rewards_mod.py:hangs", "+rewards.x.timeout_s=0.2"],
+     ["Reward 'x' did not return within rewards.x.timeout_s=0.2 s", "before training", "raise rewards.x.timeout_s"]),
+    # rewards that fail once training runs: the step is named, the last good state checkpointed
+    (R, ["+rewards.x.fn=rewards_mod.py:raises_later", "train.max_steps=3"],
+     ["Reward 'x' raised ValueError: late boom at step 2", "checkpointed in", "resume="]),
+    (R, ["+rewards.x.fn=rewards_mod.py:hangs_later", "+rewards.x.timeout_s=0.3", "train.max_steps=3"],
+     ["Reward 'x' did not return within rewards.x.timeout_s=0.3 s at step 2", "checkpointed in", "resume="]),
 ]
 
 

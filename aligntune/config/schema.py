@@ -477,22 +477,25 @@ class BackendConfig:
 @dataclass
 class RewardConfig:
     """One reward: `fn` is a registry name, `module:function` or `path/file.py:function`
-    (default: the entry's own key); `weight` scales it in the total; `args` are bound as keywords."""
+    (default: the entry's own key); `weight` scales it in the total; `args` are bound as keywords;
+    `timeout_s` bounds each call (rewards/watchdog.py): a reward that takes longer stops the run."""
 
     fn: Optional[str] = None
     weight: float = 1.0
     args: Dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 600.0  # seconds per call (one batch of completions); generous, so only a hang trips it
 
 
 def _reward_config(name: str, spec: Any) -> RewardConfig:
     if isinstance(spec, RewardConfig):
         return spec
-    fields = {"fn", "weight", "args"}
+    fields = {"fn", "weight", "args", "timeout_s"}
     _check(isinstance(spec, dict), f"rewards.{name} must be a mapping with fn/weight/args, not {spec!r}.",
            f"Write e.g. rewards.{name}.weight=1.0 (fn defaults to the entry's name).")
     unknown = sorted(set(spec) - fields)
     _check(not unknown, f"rewards.{name} has unknown key(s) {unknown}.",
-           f"A reward entry takes fn, weight and args; pass function arguments as rewards.{name}.args.<name>=value.")
+           f"A reward entry takes fn, weight, args and timeout_s; pass function arguments as "
+           f"rewards.{name}.args.<name>=value.")
     weight = spec.get("weight", 1.0)
     _check(isinstance(weight, (int, float)) and not isinstance(weight, bool),
            f"rewards.{name}.weight={weight!r} is not a number.", "Use a number such as 1.0 or 0.2.")
@@ -502,7 +505,11 @@ def _reward_config(name: str, spec: Any) -> RewardConfig:
     fn = spec.get("fn")
     _check(fn is None or isinstance(fn, str), f"rewards.{name}.fn={fn!r} is not a string.",
            "Use a registry name, 'module:function' or 'path/to/file.py:function'.")
-    return RewardConfig(fn=fn, weight=float(weight), args=dict(args))
+    timeout = spec.get("timeout_s", 600.0)
+    _check(isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
+           f"rewards.{name}.timeout_s={timeout!r} is not a positive number of seconds.",
+           "Use e.g. 600 (the default): the longest one call of the reward may take.")
+    return RewardConfig(fn=fn, weight=float(weight), args=dict(args), timeout_s=float(timeout))
 
 
 @dataclass

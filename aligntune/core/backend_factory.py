@@ -248,30 +248,20 @@ class AlignmentJob:
         return self._data("sft")
 
     def _data(self, kind: str):
-        from aligntune.data import lengths
+        from aligntune.data.lengths import fitter
         from aligntune.data.loading import load
 
-        run, tok = self.config, self.tokenizer
-        if self._context is None:
-            self._context = (lengths.context_length(run),)
-
-        def fit(ds, rows, split):
-            if kind == "prompts":  # the native engine tokenizes prompts without special tokens, TRL with them
-                return lengths.fit_prompts(ds, rows, split, run, tok, self._context[0], special=run.algorithm.name != "ppo")
-            lengths.check_sequences(ds, rows, split, run, tok, self._context[0], kind)
-            return ds
-
-        return load(run.dataset, run.seed, kind, fit=fit)
-
-    _context: tuple[int | None] | None = None  # the model's context length, read once
+        return load(self.config.dataset, self.config.seed, kind, fit=fitter(self.config, self.tokenizer, kind))
 
     def reward_functions(self, rows: list[dict] | None = None) -> list:
         """The configured rewards in TRL's signature, each called once on a few dataset rows first (a broken
         reward fails before training), and recorded for samples.jsonl. `rows`: default the first 4 prompt rows."""
         from aligntune.rewards.check import check_rewards
         from aligntune.rewards.registry import bind
+        from aligntune.rewards.watchdog import with_timeout
 
-        bound = {name: bind(name, spec.fn or name, spec.args) for name, spec in self.config.rewards.items()}
+        bound = {name: with_timeout(name, bind(name, spec.fn or name, spec.args), spec.timeout_s)
+                 for name, spec in self.config.rewards.items()}
         if rows is None:
             data = self.prompt_data()
             rows = [data[i] for i in range(min(len(data), 4))]
@@ -281,7 +271,7 @@ class AlignmentJob:
     def train(self) -> dict[str, Any]:
         from aligntune.errors import RunInterrupted, TrainingDiverged
         from aligntune.run import console, trackers
-        from aligntune.run.guards import NonFinite
+        from aligntune.run.guards import NonFinite, RewardFailure
 
         try:
             with self.interrupt:
@@ -293,11 +283,15 @@ class AlignmentJob:
                         self.trainer.train()
                 except NonFinite:
                     pass  # self.nonfinite.diverged says what and where; handled below
+                except RewardFailure as failure:
+                    self.reward_failure = failure
             self.progress.close()
             if self.interrupt.interrupted:
                 raise RunInterrupted(self._interrupted(self.interrupt.signal_name))
             if self.nonfinite.diverged is not None:
                 raise self._diverged()
+            if self.reward_failure is not None:
+                raise self._reward_failed(self.reward_failure) from self.reward_failure.error
             if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             if self.master_weights:
@@ -385,18 +379,35 @@ class AlignmentJob:
         return (f"interrupted ({signal_name}) at step {self._step()}: checkpoint written to {checkpoint}; "
                 f"{self.run_dir.path} is marked interrupted. Resume with:\n  aligntune train resume={self.run_dir.path}")
 
+    def _checkpoint_last_good(self) -> Path | None:
+        """Write a checkpoint of the trainer's state now (the step in progress not applied); None if it cannot."""
+        if not self.interrupt.can_checkpoint:
+            return None
+        self.trainer._save_checkpoint(self.trainer.model, trial=None)
+        from aligntune.run.checkpoints import latest
+
+        return latest(self.run_dir.checkpoints)
+
+    reward_failure = None  # the RewardFailure that stopped training, if one did
+
+    def _reward_failed(self, failure):
+        """A reward raised or hung mid-training: checkpoint the last good state (rewards are computed before the
+        step's update, so it was not applied) and name the reward and the step. The caller marks the run failed."""
+        import logging
+
+        from aligntune.run.guards import reward_failure_error
+
+        step = self.nonfinite.step
+        logging.getLogger("aligntune").error("reward %r failed at step %d", failure.name, step, exc_info=failure.error)
+        return reward_failure_error(failure, step, self._checkpoint_last_good(), self.run_dir.path)
+
     def _diverged(self):
         """Checkpoint the last good state (the bad step was not applied), mark the run failed, and say where."""
         from aligntune.errors import TrainingDiverged
 
         found = self.nonfinite.diverged
         what, step = found.what, found.step
-        checkpoint = None
-        if self.interrupt.can_checkpoint and not found.applied:
-            self.trainer._save_checkpoint(self.trainer.model, trial=None)
-            from aligntune.run.checkpoints import latest
-
-            checkpoint = latest(self.run_dir.checkpoints)
+        checkpoint = self._checkpoint_last_good() if not found.applied else None
         err = TrainingDiverged(
             f"Training diverged at step {step}: the {what} is NaN or infinite. "
             + ("The step was applied (the native engine checks after the update)" if found.applied else

@@ -48,6 +48,19 @@ def context_length(run: RunConfig) -> int | None:
     return None
 
 
+def fitter(run: RunConfig, tokenizer, kind: str):
+    """The `fit` hook of data.loading.load for `kind` (prompts | preferences | sft) on this run's model."""
+    context = context_length(run)
+
+    def fit(ds, rows: list[int], split: str):
+        if kind == "prompts":  # the native engine tokenizes prompts without special tokens, TRL with them
+            return fit_prompts(ds, rows, split, run, tokenizer, context, special=run.algorithm.name != "ppo")
+        check_sequences(ds, rows, split, run, tokenizer, context, kind)
+        return ds
+
+    return fit
+
+
 def count_tokens(tokenizer, items: list, special: bool = True, generation_prompt: bool = False) -> list[int]:
     """Token counts of texts (`special`: with the tokenizer's special tokens) or conversations (chat template)."""
     counts: list[int] = []
