@@ -252,3 +252,22 @@ def test_timeout_s_is_a_positive_number():
     assert compose.load(["model=tiny", "dataset=letters"])[0].rewards["letter_match"].timeout_s == 600.0
     with pytest.raises(ConfigError, match="rewards.letter_match.timeout_s=-1 is not a positive number of seconds"):
         compose.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=-1"])
+
+
+def test_the_worker_thread_runs_in_the_callers_grad_mode_and_cuda_device(monkeypatch):
+    import torch
+
+    from aligntune.rewards import watchdog
+
+    chosen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # e.g. LOCAL_RANK 3 of a distributed run
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.setdefault("device", device))
+
+    def seen(completions, **kw):
+        return [float(torch.is_grad_enabled())] * len(completions)
+
+    with torch.no_grad():
+        assert watchdog.with_timeout("seen", seen, 5)(completions=["a"]) == [0.0]
+    assert chosen == {"device": 3}

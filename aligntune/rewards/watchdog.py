@@ -33,12 +33,17 @@ def with_timeout(name: str, fn: Callable, timeout_s: float) -> Callable:
     def reward(*args, **kwargs):
         import torch
 
-        grad = torch.is_grad_enabled()  # autograd's mode is per thread: the worker runs in the caller's
+        # Per-thread state the worker takes over from the caller: autograd's mode and the current CUDA device
+        # (a reward model placed on "cuda" must land on this process's GPU, not on GPU 0).
+        grad = torch.is_grad_enabled()
+        cuda = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         outcome: dict = {}
         done = threading.Event()
 
         def work():
             try:
+                if cuda is not None:
+                    torch.cuda.set_device(cuda)
                 with torch.set_grad_enabled(grad):
                     outcome["value"] = fn(*args, **kwargs)
             except BaseException as exc:  # handed to the caller, which re-raises it
