@@ -326,6 +326,15 @@ def test_a_reward_failing_mid_training_is_named_with_its_step_after_checkpointin
         assert "ValueError: cannot score" in (run / "train.log").read_text()  # the reward's traceback is logged
 
 
+def test_a_run_stopped_by_a_slow_reward_resumes_with_a_longer_timeout():
+    from aligntune.run.resume import differences
+
+    ran = {"rewards": {"late": {"fn": "late.py:hangs", "weight": 1.0, "timeout_s": 0.5}}, "seed": 1}
+    longer = {"rewards": {"late": {"fn": "late.py:hangs", "weight": 1.0, "timeout_s": 60.0}}, "seed": 1}
+    assert differences(ran, longer) == []  # the message's fix ("raise rewards.late.timeout_s, then resume") works
+    assert differences(ran, {**longer, "seed": 2}) == ["seed: 1 -> 2"]
+
+
 @pytest.mark.slow  # ~5 s
 def test_a_reward_failing_mid_ppo_is_named_with_its_step(workdir, capsys):
     (workdir / "late.py").write_text(FAILS_LATER)
