@@ -1,3 +1,3 @@
-from aligntune.cli import main
+from aligntune.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

@@ -76,6 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE  # unreachable: known commands return above
 
 
+def console() -> int:
+    """The `aligntune` command (console script and `python -m aligntune`): `main`, then, if a reward call that timed
+    out is still stuck in its thread (rewards/watchdog.py: it cannot be killed), an immediate exit with the run's
+    code once the output is flushed, instead of finalizing the interpreter around it. In-process callers use main."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)
+    from aligntune.rewards import watchdog
+
+    if watchdog.hung():
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def _other_command(name: str, args: list[str]) -> int:
     from aligntune import commands
 

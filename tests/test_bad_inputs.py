@@ -4,10 +4,11 @@
   * print exactly one paragraph on stderr that starts with 'error:' and names the problem and the fix,
   * print no traceback (none was asked for),
   * leave no run directory that claims to be complete (config errors leave none at all; errors found
-    while loading data, model or rewards leave one whose summary.json says 'failed', with the error).
+    while loading data, model or rewards, or a reward failing once training runs, leave one whose
+    summary.json says 'failed', with the error).
 
 Cases are grouped as config (caught before Hydra creates anything), data, model and reward (caught while
-the job is built, before any training step). `needles` are words the paragraph must contain: the
+the job is built, before any training step; or, for rewards that raise or hang later, during training). `needles` are words the paragraph must contain: the
 problem (the key, file or reward it is about) and the fix.
 """
 
@@ -40,6 +41,21 @@ def nan(completions, **kw):
 
 def text(completions, **kw):
     return ["high"] * len(completions)
+
+def hangs(completions, **kw):
+    import threading
+
+    threading.Event().wait()  # forever: its timeout_s must stop the run
+
+def raises_later(completions, trainer_state=None, **kw):
+    if trainer_state.global_step >= 1:  # passes the check before training and step 1, fails at step 2
+        raise ValueError("late boom")
+    return [float(len(str(c))) for c in completions]
+
+def hangs_later(completions, trainer_state=None, **kw):
+    if trainer_state.global_step >= 1:
+        hangs(completions)
+    return [float(len(str(c))) for c in completions]
 '''
 
 
@@ -54,6 +70,10 @@ def _write_files(root: Path) -> None:
     (root / "same_pairs.jsonl").write_text('{"prompt": "Say a.", "chosen": "a", "rejected": "a"}\n'
                                            '{"prompt": "Say b.", "chosen": "b b", "rejected": "b b"}\n')
     (root / "empty_dir").mkdir()
+    (root / "long_prompt.jsonl").write_text(json.dumps({"prompt": "Type a.", "answer": "a"}) + "\n"
+                                            + json.dumps({"prompt": "x" * 2000, "answer": "b"}) + "\n")
+    (root / "long_pair.jsonl").write_text(json.dumps({"prompt": "Pick a.", "chosen": "a" * 700, "rejected": "z"}) + "\n"
+                                          + json.dumps({"prompt": "Pick b.", "chosen": "b", "rejected": "z"}) + "\n")
     import shutil
 
     from transformers import ViTConfig, ViTModel
@@ -92,6 +112,8 @@ CASES = [
     (C, ["algorithm=dpo", "group_size=4"], ["group_size", "shortcut", "Drop"]),
     (B, ["+backend.trl_args.foo=1"], ["backend.trl_args.foo", "trl.GRPOConfig"]),
     (B, ["+backend.trl_args.learning_rate=0.1"], ["backend.trl_args.learning_rate", "aligntune key"]),
+    (B, ["algorithm.dynamic_sampling=true", "+backend.trl_args.entropy_coef=0.01"],
+     ["algorithm.dynamic_sampling", "entropy_coef", "loss_type=dapo"]),
     (C, ["train.batch_size="], ["train.batch_size", "type"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
@@ -151,6 +173,17 @@ CASES = [
     (D, ["algorithm=dpo"], ["chosen", "rejected"]),
     (D, ["algorithm=dpo", "dataset_name=same_pairs.jsonl"], ["same_pairs.jsonl", "same chosen and rejected", "differ"]),
     (D, ["dataset=letters", "algorithm=sft"], ["letters"]),
+    (D, ["dataset_name=long_prompt.jsonl", "+rewards.letter_match.weight=1"],
+     ["Row 1 of dataset 'long_prompt.jsonl'", "2000 tokens", "512 positions", "dataset.max_prompt_length=500"]),
+    (B, ["dataset.max_prompt_length=600"], ["dataset.max_prompt_length=600", "512 positions",
+                                            "dataset.max_prompt_length=500 or less"]),
+    (C, ["algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"],
+     ["dataset.max_prompt_length=64", "algorithm=dpo", "algorithm.max_length"]),
+    (C, ["dataset.truncation_mode=keep_start"], ["dataset.truncation_mode=keep_start", "dataset.max_prompt_length"]),
+    (D, ["algorithm=dpo", "dataset=custom", "dataset_name=long_pair.jsonl", "algorithm.max_length=1024"],
+     ["Row 0 of dataset 'long_pair.jsonl'", "708 tokens", "512 positions", "algorithm.max_length=512 or less"]),
+    (D, ["algorithm=reward", "dataset=prefs", "algorithm.max_length=4"], ["would be dropped", "algorithm.max_length=4",
+                                                                          "Raise algorithm.max_length"]),
     # models
     (C, ["model_name=/nonexistent/model"], ["/nonexistent/model", "does not exist", "model=tiny"]),
     (C, ["model_name=empty_dir"], ["empty_dir", "config.json", "save_pretrained"]),
@@ -169,6 +202,14 @@ CASES = [
     (R, ["+rewards.x.fn=rewards_mod.py:text"], ["Reward 'x'", "not a number"]),
     (R, ["+rewards.x.fn=rewards_mod.py:ok", "+rewards.x.args.nope=1"], ["rewards.x", "nope"]),
     (R, ["+rewards.x.fn=length", "+rewards.x.args.tagret=5"], ["rewards.x", "tagret"]),
+    (C, ["+rewards.letter_match.timeout_s=-1"], ["rewards.letter_match.timeout_s=-1", "positive number of seconds"]),
+    (R, ["+rewards.x.fn=rewards_mod.py:hangs", "+rewards.x.timeout_s=0.2"],
+     ["Reward 'x' did not return within rewards.x.timeout_s=0.2 s", "before training", "raise rewards.x.timeout_s"]),
+    # rewards that fail once training runs: the step is named, the last good state checkpointed
+    (R, ["+rewards.x.fn=rewards_mod.py:raises_later", "train.max_steps=3"],
+     ["Reward 'x' raised ValueError: late boom at step 2", "checkpointed in", "resume="]),
+    (R, ["+rewards.x.fn=rewards_mod.py:hangs_later", "+rewards.x.timeout_s=0.3", "train.max_steps=3"],
+     ["Reward 'x' did not return within rewards.x.timeout_s=0.3 s at step 2", "checkpointed in", "resume="]),
 ]
 
 

@@ -166,3 +166,142 @@ def test_missing_column_for_an_explicit_format():
 def test_single_file_has_no_test_split():
     with pytest.raises(ConfigError, match="single file"):
         load(cfg("gsm8k.jsonl", eval_split="test"), seed=0, kind="prompts")
+
+
+# --- token lengths against the model's context (aligntune/data/lengths.py) -------------------------------------
+
+TINY_CONTEXT = 512  # model=tiny's max_position_embeddings
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _fit(tmp_path, rows: list[dict], *overrides: str, kind: str = "prompts"):
+    """(run, tokenizer, splits) for `rows` loaded as the job loads them: shuffled with the seed, then fitted."""
+    from aligntune.config import compose
+    from aligntune.data import lengths
+    from aligntune.models.loading import load_tokenizer
+
+    data = _jsonl(tmp_path / "data.jsonl", rows)
+    run, _ = compose.load(["model=tiny", "dataset=letters", f"dataset.name={data}", "dataset.format=auto", *overrides])
+    tok = load_tokenizer(run.model)
+    context = lengths.context_length(run)
+    assert context == TINY_CONTEXT
+
+    def fit(ds, source_rows, split):
+        if kind == "prompts":
+            return lengths.fit_prompts(ds, source_rows, split, run, tok, context, special=True)
+        lengths.check_sequences(ds, source_rows, split, run, tok, context, kind)
+        return ds
+
+    return run, tok, load(run.dataset, run.seed, kind, fit=fit)
+
+
+LETTERS = [{"prompt": f"Type {c}.", "answer": c} for c in "abcdefgh"]
+
+
+def test_a_prompt_longer_than_the_context_allows_is_refused_naming_its_file_row(tmp_path):
+    rows = [*LETTERS[:5], {"prompt": "x" * 2000, "answer": "a"}, *LETTERS[5:]]
+    with pytest.raises(DataError) as err:
+        _fit(tmp_path, rows)  # shuffled first: the message still names the row of the file
+    text = str(err.value)
+    for needle in ("Row 5 of dataset", "a prompt of 2000 tokens", f"context of {TINY_CONTEXT} positions",
+                   "leaves 500 for it after algorithm.max_completion_length=12", "dataset.max_prompt_length=500"):
+        assert needle in text, text
+
+
+@pytest.mark.parametrize("mode, kept", [("keep_end", "x" * 40 + " end."), ("keep_start", "start " + "x" * 39)])
+def test_max_prompt_length_cuts_long_prompts_and_reports_how_many(tmp_path, caplog, mode, kept):
+    long = "start " + "x" * 3000 + " end."
+    with caplog.at_level("WARNING"):
+        _, tok, (train, _) = _fit(tmp_path, [*LETTERS, {"prompt": long, "answer": "a"}],
+                                  "dataset.max_prompt_length=45", f"dataset.truncation_mode={mode}")
+    prompts = train["prompt"]
+    assert sorted(p for p in prompts if p.startswith("Type")) == sorted(r["prompt"] for r in LETTERS)  # untouched
+    (cut,) = [p for p in prompts if not p.startswith("Type")]
+    assert cut == kept and len(tok(cut)["input_ids"]) == 45
+    assert f"cut 1 of 9 prompts of dataset {tmp_path / 'data.jsonl'} (train) to dataset.max_prompt_length=45 tokens " \
+           f"({mode}): rows 8" in caplog.text
+
+
+def test_chat_prompts_are_cut_inside_the_messages_keeping_every_turn(tmp_path):
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "y" * 1000},
+            {"role": "assistant", "content": "ok"}, {"role": "user", "content": "Type a."}]
+    _, tok, (train, _) = _fit(tmp_path, [{"prompt": chat, "answer": "a"}], "dataset.max_prompt_length=60")
+    (prompt,) = train["prompt"]
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+    assert prompt[0]["content"] == "Be brief." and prompt[2:] == chat[2:]  # keep_end: the earliest user turn is cut
+    assert set(prompt[1]["content"]) == {"y"} and 0 < len(prompt[1]["content"]) < 1000
+    assert len(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) == 60
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["dataset.max_prompt_length=600"], "dataset.max_prompt_length=600 plus algorithm.max_completion_length=12"),
+    (["algorithm.max_completion_length=512"], "fills the model's whole context of 512"),
+])
+def test_prompt_budgets_the_context_cannot_hold_are_refused(tmp_path, overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        _fit(tmp_path, LETTERS, *overrides)
+
+
+def test_prompt_length_keys_are_checked_and_refused_where_they_do_nothing():
+    with pytest.raises(ConfigError, match="dataset.max_prompt_length=0 must be greater than 0"):
+        DatasetConfig(name="letters", max_prompt_length=0)
+    with pytest.raises(ConfigError, match="dataset.truncation_mode='left' is not a valid choice"):
+        DatasetConfig(name="letters", max_prompt_length=8, truncation_mode="left")
+    with pytest.raises(ConfigError, match="dataset.max_prompt_length is not set, so nothing is cut"):
+        DatasetConfig(name="letters", truncation_mode="keep_start")
+    from aligntune.config import compose
+
+    with pytest.raises(ConfigError, match="algorithm=dpo trains on whole sequences"):
+        compose.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"])
+
+
+PAIRS = [{"prompt": f"Pick {c}.", "chosen": c, "rejected": "z"} for c in "abcd"]
+
+
+def test_dpo_pairs_beyond_the_context_are_refused_when_max_length_does_not_cut_them(tmp_path):
+    rows = [*PAIRS, {"prompt": "Pick a.", "chosen": "a" * 700, "rejected": "z"}]
+    with pytest.raises(DataError) as err:
+        _fit(tmp_path, rows, "algorithm=dpo", "algorithm.max_length=1024", kind="preferences")
+    text = str(err.value)
+    for needle in ("Row 4 of dataset", "is 708 tokens long", "context of 512 positions", "algorithm.max_length=1024 does "
+                   "not cut it", "Set algorithm.max_length=512 or less"):
+        assert needle in text, text
+
+
+def test_sequences_longer_than_max_length_are_counted_cut_or_dropped(tmp_path, caplog):
+    rows = [*PAIRS, {"prompt": "Pick a.", "chosen": "a" * 300, "rejected": "z"}]
+    with caplog.at_level("WARNING"):
+        _fit(tmp_path, rows, "algorithm=dpo", "algorithm.max_length=128", kind="preferences")
+    assert "1 of 5 pairs of dataset" in caplog.text and "truncated to it (keep_start): rows 4" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _fit(tmp_path, rows, "algorithm=reward", "algorithm.max_length=128", kind="preferences")
+    assert "1 of 5 pairs of dataset" in caplog.text and "are dropped by TRL, longer than algorithm.max_length=128" \
+        in caplog.text
+    with pytest.raises(DataError, match="Every one of the 4 pairs .* would be dropped"):
+        _fit(tmp_path, PAIRS, "algorithm=reward", "algorithm.max_length=8", kind="preferences")
+    with pytest.raises(DataError, match="Row 0 of dataset .* is 1005 tokens long"):
+        _fit(tmp_path, [{"prompt": "Say:", "completion": "b" * 1000}], "algorithm=sft", "algorithm.max_length=2048",
+             kind="sft")
+
+
+def test_cut_prompts_reach_the_engine_and_the_cut_is_reported(workdir, capsys):
+    import json
+
+    from aligntune import cli
+
+    _jsonl(workdir / "long.jsonl", [{"prompt": "Type a.", "answer": "a"}, {"prompt": "x" * 2000 + " Type b.", "answer": "b"}])
+    run_dir = workdir / "run"
+    assert cli.main(["train", "model=tiny", "dataset=letters", "dataset_name=long.jsonl", "+rewards.letter_match.weight=1",
+                     "dataset.max_prompt_length=64", "train.batch_size=2", "group_size=2", "max_steps=1",
+                     f"hydra.run.dir={run_dir}"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "cut 1 of 2 prompts of dataset long.jsonl (train) to dataset.max_prompt_length=64 tokens (keep_end): rows 1" in out
+    prompts = {json.loads(line)["prompt"] for line in (run_dir / "samples.jsonl").read_text().splitlines()}
+    assert prompts == {"Type a.", "x" * 56 + " Type b."}  # what the trainer generated from: the last 64 tokens

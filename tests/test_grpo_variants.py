@@ -436,6 +436,98 @@ def test_select_groups_refuses_outputs_it_cannot_merge():
         ds.select_groups(rounds, picks=[(0, 0)], group_size=2, pad_token_id=0)
 
 
+# --- dynamic sampling: inert padding does not dilute the loss ------------------------------------------
+
+KEPT_GROUPS, INERT_GROUPS, GROUP = 3, 1, 2  # 6 kept rows and 2 inert ones: undiluted, 0.75 of the gradient
+
+
+@pytest.fixture(scope="module")
+def ds_trainer(tmp_path_factory):
+    """A DynamicSamplingGRPOTrainer on the tiny model in fp32 (numbers compared below), with a KL term so the
+    check covers more than the advantage-weighted part of the loss."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig
+
+    from aligntune.models import tiny
+
+    path = tiny.resolve("aligntune:tiny")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    args = GRPOConfig(output_dir=str(tmp_path_factory.mktemp("ds")), per_device_train_batch_size=GROUP,
+                      num_generations=GROUP, max_completion_length=6, beta=0.04, epsilon=0.2, bf16=False, fp16=False,
+                      use_cpu=True, report_to=[], logging_steps=1)
+    trainer = ds.DynamicSamplingGRPOTrainer(
+        model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=args,
+        train_dataset=Dataset.from_list([{"prompt": "a"}] * 4), processing_class=AutoTokenizer.from_pretrained(path),
+        max_retries=0)
+    trainer.model.train()
+    return trainer
+
+
+def _rollout(trainer, seed: int = 0) -> dict:
+    """One generation round's outputs (prompts, completions of varied lengths, advantages, old and reference
+    log-probabilities off the policy's, so ratios clip and the KL is not zero), for KEPT + INERT groups."""
+    g = torch.Generator().manual_seed(seed)
+    rows = (KEPT_GROUPS + INERT_GROUPS) * GROUP
+    vocab = trainer.model.config.vocab_size
+    completion_mask = (torch.arange(6).expand(rows, 6) < torch.randint(2, 7, (rows, 1), generator=g)).long()
+    return {"prompt_ids": torch.randint(4, vocab, (rows, 5), generator=g), "prompt_mask": torch.ones(rows, 5).long(),
+            "completion_ids": torch.randint(4, vocab, (rows, 6), generator=g), "completion_mask": completion_mask,
+            "old_per_token_logps": -4.5 + 0.3 * torch.randn(rows, 6, generator=g),
+            "ref_per_token_logps": -4.5 + 0.3 * torch.randn(rows, 6, generator=g),
+            "advantages": torch.randn(rows, generator=g), "num_items_in_batch": torch.tensor(0)}
+
+
+def _step_gradient(trainer, batch: dict, micro_batches: int) -> torch.Tensor:
+    """The gradient one optimizer step takes from `batch`, fed as TRL feeds a rollout: shuffled, split into
+    `micro_batches` accumulation steps (one mini-batch per rollout)."""
+    from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
+
+    trainer.model.zero_grad()
+    trainer.current_gradient_accumulation_steps = trainer.args.steps_per_generation = micro_batches
+    torch.manual_seed(0)
+    for chunk in split_tensor_dict(shuffle_sequence_dict(batch), micro_batches):
+        trainer._compute_loss(trainer.model, chunk).backward()
+    return torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+@pytest.mark.parametrize("loss_type", ["grpo", "sapo", "dr_grpo", "dapo", "cispo", "bnpo"])
+def test_inert_padding_leaves_the_kept_rows_gradient_unchanged(ds_trainer, loss_type, micro_batches):
+    """A padded rollout (3 kept groups + 1 inert) gives the gradient of the same kept groups alone. grpo, sapo and
+    dr_grpo count rows, so without the fix the padded gradient is 6/8 of it; dapo and cispo (rollout token count)
+    and bnpo (micro-batch token count) never counted inert rows. bnpo with 2 micro-batches is left out: its
+    per-micro-batch token mean depends on how rows fall into micro-batches even without padding.
+    Tolerance: fp32, every element within 1e-5 of the gradient's largest entry. The two sides differ only in
+    summation order (the batch's row count changes BLAS blocking, accumulation adds two micro-batches): measured
+    at most 2e-7 of the largest entry here; the dilution this catches is 25% of every entry."""
+    if loss_type == "bnpo" and micro_batches == 2:
+        pytest.skip("bnpo normalises per micro-batch: not partition-invariant, padding or not")
+    ds_trainer.loss_type = loss_type
+    ds_trainer.epsilon_high = 0.28 if loss_type == "cispo" else 0.2  # cispo caps its ratios at epsilon_high
+    rounds = [_rollout(ds_trainer)]
+    groups = [(0, i) for i in range(KEPT_GROUPS + INERT_GROUPS)]
+    kept, inert = groups[:KEPT_GROUPS], groups[KEPT_GROUPS:]
+    pad = ds_trainer.processing_class.pad_token_id
+    padded = ds.select_groups(rounds, groups, GROUP, pad, inert=inert)
+    assert float(padded[ds.KEPT_FRACTION]) == pytest.approx(KEPT_GROUPS / (KEPT_GROUPS + INERT_GROUPS))
+    alone = ds.select_groups(rounds, kept, GROUP, pad)
+    expected = _step_gradient(ds_trainer, alone, 1)
+    got = _step_gradient(ds_trainer, padded, micro_batches)
+    assert expected.abs().max() > 1e-4  # a real gradient
+    ratio = float(got.norm() / expected.norm())
+    worst = float((got - expected).abs().max() / expected.abs().max())
+    assert worst <= 1e-5, f"padded/kept-only gradient norm ratio {ratio:.4f} (worst entry off by {worst:.2g})"
+
+
+def test_dynamic_sampling_refuses_an_entropy_bonus_it_would_rescale(workdir, capsys):
+    code = cli.main(["train", "model=tiny", "dataset=letters", "algorithm.dynamic_sampling=true",
+                     "+backend.trl_args.entropy_coef=0.01", "max_steps=1", f"hydra.run.dir={workdir / 'run'}"])
+    assert code == 2
+    assert "entropy_coef" in capsys.readouterr().err
+    assert json.loads((workdir / "run" / "summary.json").read_text())["status"] == "failed"
+
+
 # --- real tiny runs through the CLI ---------------------------------------------------------------------
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -201,6 +201,52 @@ def test_rollout_masks_after_eos_and_scores(workdir):
     assert torch.all(batch["advantages"][rm == 0] == 0) and torch.all(batch["returns"][rm == 0] == 0)
 
 
+UNSCORED_PY = """
+def every_other(completions, **kwargs):
+    # even positions scored (by their length), odd ones: no reward can score them
+    return [None if i % 2 else float(len(str(c))) for i, c in enumerate(completions)]
+
+def never(completions, **kwargs):
+    return [None] * len(completions)
+"""
+
+
+def test_unscored_completions_are_masked_out_of_scores_and_advantages(workdir):
+    """Completions every reward returned None for carry no advantage, no value target and no loss tokens (TRL's
+    GRPO zeroes their advantage), the reward statistics and the advantage whitening leave them out, and the
+    step logs how many there were. Before: nansum scored them 0, they got advantages and skewed the scored ones'."""
+    (workdir / "unscored.py").write_text(UNSCORED_PY)
+    trainer = build_job(workdir, "train.batch_size=8", "model.dtype=fp32", "~rewards.letter_match",
+                        "+rewards.half.fn=unscored.py:every_other").trainer
+    batch = trainer._rollout(trainer._next_rows())
+    unscored = torch.arange(8) % 2 == 1
+    assert torch.all(batch["advantages"][unscored] == 0) and torch.all(batch["returns"][unscored] == 0)
+    assert batch["advantages"][~unscored].abs().sum() > 0
+    m = batch["metrics"]
+    assert m["reward"] == pytest.approx(m["rewards/half/mean"]) and m["reward"] > 0  # the scored ones' mean
+    assert m["rewards/unscored"] == 4.0
+    rm, lm = batch["rmask"].float(), batch["lmask"]
+    assert torch.equal(lm, rm * (~unscored)[:, None].float())  # the loss mask of the update
+    from aligntune.backends.native import ppo_math as pm
+
+    # whitened over the scored completions' tokens only: mean 0, variance 1 there
+    assert pm.masked_mean(batch["advantages"], lm).item() == pytest.approx(0.0, abs=1e-5)
+    assert pm.masked_var(batch["advantages"], lm).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_step_with_nothing_scored_leaves_the_policy_alone_and_logs_no_reward(workdir):
+    (workdir / "unscored.py").write_text(UNSCORED_PY)
+    trainer = build_job(workdir, "train.batch_size=4", "model.dtype=fp32", "~rewards.letter_match",
+                        "+rewards.none.fn=unscored.py:never").trainer
+    batch = trainer._rollout(trainer._next_rows())
+    m = batch["metrics"]
+    assert m["rewards/unscored"] == 4.0 and "reward" not in m and "rewards/none/mean" not in m
+    before = [p.detach().clone() for p in trainer.models.policy.parameters()]
+    stats = trainer._update(batch)
+    assert stats["ppo/updates"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.models.policy.parameters()))
+
+
 def test_first_update_starts_at_ratio_one_then_moves(workdir):
     trainer = build_job(workdir, "train.batch_size=8", "algorithm.ppo_epochs=1", "algorithm.early_stop_kl=null").trainer
     batch = trainer._rollout(trainer._next_rows())

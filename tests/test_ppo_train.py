@@ -16,7 +16,8 @@ from aligntune.models import tiny
 STEP_KEYS = ("reward", "reward_std", "rewards/letter_match/mean", "score", "non_score_reward", "rlhf_reward", "kl",
              "beta", "entropy", "policy/clipfrac", "value/clipfrac", "policy/approx_kl", "loss", "loss/policy",
              "loss/value", "returns/mean", "values/mean", "explained_variance", "completions/mean_length",
-             "completions/clipped_ratio", "step_time", "learning_rate", "ppo/updates", "ppo/early_stopped")
+             "completions/clipped_ratio", "step_time", "learning_rate", "ppo/updates", "ppo/early_stopped",
+             "rewards/unscored")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -287,6 +287,81 @@ def test_on_nonfinite_skip_skips_the_step_and_trains_on(workdir, capsys, monkeyp
     assert all(torch.isfinite(t).all() for t in _params(run).values())
 
 
+FAILS_LATER = """
+import threading
+
+def raises(completions, trainer_state=None, **kwargs):
+    if trainer_state.global_step >= 1:  # the check before training and step 1 pass; step 2 fails
+        raise ValueError("cannot score " + repr(completions[0])[:12])
+    return [float(len(str(c))) for c in completions]
+
+def hangs(completions, trainer_state=None, **kwargs):
+    if trainer_state.global_step >= 1:
+        threading.Event().wait()  # forever
+    return [float(len(str(c))) for c in completions]
+"""
+
+
+@pytest.mark.parametrize("fn, needle", [
+    pytest.param("raises", "Reward 'late' raised ValueError: cannot score", id="raises"),
+    pytest.param("hangs", "Reward 'late' did not return within rewards.late.timeout_s=0.5 s at step 2, so the run "
+                 "stopped", id="hangs"),
+])
+def test_a_reward_failing_mid_training_is_named_with_its_step_after_checkpointing(workdir, capsys, fn, needle):
+    """Items 9 and 10 of issue 18: a reward that raises at step 2, or hangs there past its timeout_s, stops the run
+    with one paragraph naming the reward and the step (not 'the run failed with ValueError'), after checkpointing
+    the last good state, as the divergence guards do; the run is marked failed, the command exits 2."""
+    (workdir / "late.py").write_text(FAILS_LATER)
+    limit = ["+rewards.late.timeout_s=0.5"] if fn == "hangs" else []
+    code = cli.main(["train", *SMOKE, "train.max_steps=3", f"+rewards.late.fn=late.py:{fn}", *limit])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == EXIT_USAGE, err
+    assert needle in err and "at step 2" in err and "the run failed with" not in err and "Traceback" not in err
+    (run,) = _runs(workdir)
+    assert "the last good state (step 1) is checkpointed in" in err and f"resume={run}" in err
+    assert (run / "checkpoints" / "checkpoint-1" / "optimizer.pt").is_file()
+    summary = _summary(run)
+    assert summary["status"] == "failed" and "Reward 'late'" in summary["error"] and not (run / "model").exists()
+    if fn == "raises":
+        assert "ValueError: cannot score" in (run / "train.log").read_text()  # the reward's traceback is logged
+
+
+def test_a_run_stopped_by_a_slow_reward_resumes_with_a_longer_timeout():
+    from aligntune.run.resume import differences
+
+    ran = {"rewards": {"late": {"fn": "late.py:hangs", "weight": 1.0, "timeout_s": 0.5}}, "seed": 1}
+    longer = {"rewards": {"late": {"fn": "late.py:hangs", "weight": 1.0, "timeout_s": 60.0}}, "seed": 1}
+    assert differences(ran, longer) == []  # the message's fix ("raise rewards.late.timeout_s, then resume") works
+    assert differences(ran, {**longer, "seed": 2}) == ["seed: 1 -> 2"]
+
+
+@pytest.mark.slow  # ~5 s
+def test_a_reward_failing_mid_ppo_is_named_with_its_step(workdir, capsys):
+    (workdir / "late.py").write_text(FAILS_LATER)
+    code = cli.main(["train", "experiment=ppo_smoke", "train.max_steps=3", "~rewards.letter_match",
+                     "+rewards.late.fn=late.py:raises"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == EXIT_USAGE and "Reward 'late' raised ValueError: cannot score" in err and "at step 2" in err
+    assert "The step was not applied." in err and "checkpointed" not in err  # the native engine writes none
+    (run,) = _runs(workdir)
+    assert _summary(run)["status"] == "failed"
+
+
+@pytest.mark.slow  # ~10 s: a process of its own
+def test_the_command_exits_although_a_hung_reward_thread_cannot_be_stopped(workdir):
+    import subprocess
+    import sys
+
+    (workdir / "late.py").write_text(FAILS_LATER)
+    done = subprocess.run([sys.executable, "-m", "aligntune", "train", *SMOKE, "train.max_steps=3",
+                           "+rewards.late.fn=late.py:hangs", "+rewards.late.timeout_s=0.5"], cwd=workdir, timeout=300,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert "Reward 'late' did not return within" in " ".join(done.stderr.split())
+    (run,) = _runs(workdir)
+    assert _summary(run)["status"] == "failed"
+
+
 def test_ppo_refuses_checkpoints_and_skip_clearly(workdir, capsys):
     assert cli.main(["train", "experiment=ppo_smoke", "train.save_steps=2"]) == EXIT_USAGE
     assert "does not write checkpoints" in capsys.readouterr().err

@@ -205,3 +205,69 @@ def test_rewards_command_lists_the_builtins(capsys):
     assert cli.main(["rewards"]) == 0
     out = capsys.readouterr().out
     assert all(f"  {name} " in out for name in BUILTIN) and "math-verify" in out
+
+
+# --- rewards.<name>.timeout_s (aligntune/rewards/watchdog.py) ---------------------------------------------------
+
+def _stuck(completions, **kwargs):
+    import threading
+
+    threading.Event().wait()  # never returns (releases the GIL: the abandoned daemon thread costs nothing)
+
+
+def test_a_timed_call_returns_raises_or_times_out_in_the_caller():
+    import time
+
+    from aligntune.rewards import watchdog
+
+    ok = watchdog.with_timeout("ok", lambda completions, **kw: [1.0] * len(completions), 5)
+    assert ok(completions=["a", "b"]) == [1.0, 1.0]
+
+    def boom(completions, **kw):
+        raise KeyError("column")
+
+    with pytest.raises(KeyError, match="column"):  # the reward's own exception, unchanged
+        watchdog.with_timeout("boom", boom, 5)(completions=["a"])
+    start = time.monotonic()
+    with pytest.raises(watchdog.RewardTimeout, match="reward 'stuck' did not return within 0.2 s"):
+        watchdog.with_timeout("stuck", _stuck, 0.2)(completions=["a"])
+    assert time.monotonic() - start < 2
+    assert watchdog.hung()  # the stuck call lives on in its daemon thread
+
+
+def test_check_reports_a_reward_that_hangs_with_its_timeout():
+    from aligntune.rewards import watchdog
+
+    with pytest.raises(RewardError, match=r"Reward 'slow' did not return within rewards.slow.timeout_s=0.2 s .* before "
+                                          r"training.*raise rewards.slow.timeout_s"):
+        check_rewards({"slow": watchdog.with_timeout("slow", _stuck, 0.2)}, ROWS)
+
+
+def test_timeout_s_is_a_positive_number():
+    from aligntune.config import compose
+    from aligntune.errors import ConfigError
+
+    run, _ = compose.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=30"])
+    assert run.rewards["letter_match"].timeout_s == 30.0
+    assert compose.load(["model=tiny", "dataset=letters"])[0].rewards["letter_match"].timeout_s == 600.0
+    with pytest.raises(ConfigError, match="rewards.letter_match.timeout_s=-1 is not a positive number of seconds"):
+        compose.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=-1"])
+
+
+def test_the_worker_thread_runs_in_the_callers_grad_mode_and_cuda_device(monkeypatch):
+    import torch
+
+    from aligntune.rewards import watchdog
+
+    chosen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # e.g. LOCAL_RANK 3 of a distributed run
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.setdefault("device", device))
+
+    def seen(completions, **kw):
+        return [float(torch.is_grad_enabled())] * len(completions)
+
+    with torch.no_grad():
+        assert watchdog.with_timeout("seen", seen, 5)(completions=["a"]) == [0.0]
+    assert chosen == {"device": 3}

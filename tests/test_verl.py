@@ -83,7 +83,8 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
                    "model.lora.alpha=16", "model.lora.dropout=0.0", "model.lora.target_modules=[q_proj,v_proj]",
                    "seed=7", "distributed.num_processes=16", "distributed.num_machines=2",
                    "backend.verl.rollout=sglang", "backend.verl.project=p", "logger=[tensorboard,wandb]",
-                   "train.save_steps=16", "train.save_total_limit=3")
+                   "train.save_steps=16", "train.save_total_limit=3", "dataset.max_prompt_length=1024",
+                   "dataset.truncation_mode=keep_start")
     intended = verl_overrides(run, exported(tmp_path))
     cfg = compose_verl(verl_config_dir, override_strings(intended))
     for key, value in intended.items():
@@ -100,6 +101,7 @@ def test_every_translated_key_holds_its_value_in_verls_composed_config(verl_conf
     assert cfg.trainer.nnodes == 2 and cfg.trainer.n_gpus_per_node == 8 and cfg.trainer.test_freq == 10
     assert list(cfg.trainer.logger) == ["console", "tensorboard", "wandb"]
     assert cfg.trainer.save_freq == 16 and cfg.trainer.max_actor_ckpt_to_keep == 3
+    assert cfg.data.max_prompt_length == 1024 and cfg.data.truncation == "right"  # keep_start: cut on the right
     # Interpolations in verl's tree follow: the rollout's response length is data.max_response_length.
     assert cfg.actor_rollout_ref.rollout.response_length == 300
 
@@ -134,6 +136,7 @@ def test_defaults_translate_and_compose_too(verl_config_dir, tmp_path):
     cfg = compose_verl(verl_config_dir, override_strings(intended))
     assert cfg.actor_rollout_ref.actor.loss_agg_mode == "seq-mean-token-mean"  # GRPO's per-sequence mean
     assert cfg.data.val_files == cfg.data.train_files and cfg.trainer.test_freq == -1
+    assert cfg.data.truncation == "error"  # no dataset.max_prompt_length: verl's own check stays
 
 
 def _leaf_keys(cls, prefix: str = "") -> list[str]:

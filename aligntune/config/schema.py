@@ -106,9 +106,20 @@ class DatasetConfig:
     system_prompt: Optional[str] = None  # prepended as a system message to conversational prompts
     eval_split: Optional[str] = None  # a held-out split of the dataset itself (e.g. "test")
     eval_fraction: Optional[float] = None  # or: hold out this fraction of the training split (seeded)
+    # Prompts (grpo, rloo, ppo) longer than this many tokens are cut to it, and the count is reported; null: a prompt
+    # that leaves the model's context too short for max_completion_length stops the run (aligntune/data/lengths.py).
+    max_prompt_length: Optional[int] = None
+    truncation_mode: str = "keep_end"  # what max_prompt_length keeps: keep_end (the question, usually) | keep_start
 
     def __post_init__(self):
         _one_of("dataset.format", self.format, DATASET_FORMATS)
+        if self.max_prompt_length is not None:
+            _positive("dataset.max_prompt_length", self.max_prompt_length, "It counts prompt tokens; or null.")
+        _one_of("dataset.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
+        _check(self.max_prompt_length is not None or self.truncation_mode == "keep_end",
+               f"dataset.truncation_mode={self.truncation_mode} says how dataset.max_prompt_length cuts prompts, and "
+               "dataset.max_prompt_length is not set, so nothing is cut.",
+               "Set dataset.max_prompt_length=<tokens> too, or drop dataset.truncation_mode.")
         _check(self.eval_split is None or self.eval_fraction is None,
                f"dataset.eval_split={self.eval_split!r} and dataset.eval_fraction={self.eval_fraction} are both set.",
                "Choose one: the dataset's own held-out split, or a fraction of the training split.")
@@ -499,22 +510,25 @@ class BackendConfig:
 @dataclass
 class RewardConfig:
     """One reward: `fn` is a registry name, `module:function` or `path/file.py:function`
-    (default: the entry's own key); `weight` scales it in the total; `args` are bound as keywords."""
+    (default: the entry's own key); `weight` scales it in the total; `args` are bound as keywords;
+    `timeout_s` bounds each call (rewards/watchdog.py): a reward that takes longer stops the run."""
 
     fn: Optional[str] = None
     weight: float = 1.0
     args: Dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 600.0  # seconds per call (one batch of completions); generous, so only a hang trips it
 
 
 def _reward_config(name: str, spec: Any) -> RewardConfig:
     if isinstance(spec, RewardConfig):
         return spec
-    fields = {"fn", "weight", "args"}
+    fields = {"fn", "weight", "args", "timeout_s"}
     _check(isinstance(spec, dict), f"rewards.{name} must be a mapping with fn/weight/args, not {spec!r}.",
            f"Write e.g. rewards.{name}.weight=1.0 (fn defaults to the entry's name).")
     unknown = sorted(set(spec) - fields)
     _check(not unknown, f"rewards.{name} has unknown key(s) {unknown}.",
-           f"A reward entry takes fn, weight and args; pass function arguments as rewards.{name}.args.<name>=value.")
+           f"A reward entry takes fn, weight, args and timeout_s; pass function arguments as "
+           f"rewards.{name}.args.<name>=value.")
     weight = spec.get("weight", 1.0)
     _check(isinstance(weight, (int, float)) and not isinstance(weight, bool),
            f"rewards.{name}.weight={weight!r} is not a number.", "Use a number such as 1.0 or 0.2.")
@@ -524,7 +538,11 @@ def _reward_config(name: str, spec: Any) -> RewardConfig:
     fn = spec.get("fn")
     _check(fn is None or isinstance(fn, str), f"rewards.{name}.fn={fn!r} is not a string.",
            "Use a registry name, 'module:function' or 'path/to/file.py:function'.")
-    return RewardConfig(fn=fn, weight=float(weight), args=dict(args))
+    timeout = spec.get("timeout_s", 600.0)
+    _check(isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
+           f"rewards.{name}.timeout_s={timeout!r} is not a positive number of seconds.",
+           "Use e.g. 600 (the default): the longest one call of the reward may take.")
+    return RewardConfig(fn=fn, weight=float(weight), args=dict(args), timeout_s=float(timeout))
 
 
 @dataclass
@@ -569,6 +587,11 @@ class RunConfig:
                    "Drop it (an interrupted PPO run stops cleanly but starts again from the beginning); the TRL "
                    "algorithms (grpo, rloo, dpo, reward, sft) checkpoint and resume.")
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
+        _check(self.dataset.max_prompt_length is None or self.algorithm.name in ONLINE_ALGORITHMS,
+               f"dataset.max_prompt_length={self.dataset.max_prompt_length} cuts the prompts of sampling algorithms "
+               f"(grpo, rloo, ppo), and algorithm={self.algorithm.name} trains on whole sequences.",
+               "Drop dataset.max_prompt_length; algorithm.max_length (and, for dpo, algorithm.truncation_mode) bounds "
+               "them.")
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
                "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")

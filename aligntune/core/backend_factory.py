@@ -270,30 +270,32 @@ class AlignmentJob:
         return self.prompt_splits()[0]
 
     def prompt_splits(self):
-        """(train, held-out or None) prompt rows."""
-        from aligntune.data.loading import load
-
-        return load(self.config.dataset, self.config.seed, "prompts")
+        """(train, held-out or None) prompt rows, each fitted to the model's context (data/lengths.py)."""
+        return self._data("prompts")
 
     def preference_data(self):
-        """(train, held-out or None) preference pairs: prompt/chosen/rejected."""
-        from aligntune.data.loading import load
-
-        return load(self.config.dataset, self.config.seed, "preferences")
+        """(train, held-out or None) preference pairs: prompt/chosen/rejected, checked against the context."""
+        return self._data("preferences")
 
     def sft_data(self):
-        """(train, held-out or None) demonstrations: prompt/completion or messages."""
+        """(train, held-out or None) demonstrations: prompt/completion or messages, checked against the context."""
+        return self._data("sft")
+
+    def _data(self, kind: str):
+        from aligntune.data.lengths import fitter
         from aligntune.data.loading import load
 
-        return load(self.config.dataset, self.config.seed, "sft")
+        return load(self.config.dataset, self.config.seed, kind, fit=fitter(self.config, self.tokenizer, kind))
 
     def reward_functions(self, rows: list[dict] | None = None) -> list:
         """The configured rewards in TRL's signature, each called once on a few dataset rows first (a broken
         reward fails before training), and recorded for samples.jsonl. `rows`: default the first 4 prompt rows."""
         from aligntune.rewards.check import check_rewards
         from aligntune.rewards.registry import bind
+        from aligntune.rewards.watchdog import with_timeout
 
-        bound = {name: bind(name, spec.fn or name, spec.args) for name, spec in self.config.rewards.items()}
+        bound = {name: with_timeout(name, bind(name, spec.fn or name, spec.args), spec.timeout_s)
+                 for name, spec in self.config.rewards.items()}
         if rows is None:
             data = self.prompt_data()
             rows = [data[i] for i in range(min(len(data), 4))]
@@ -303,7 +305,7 @@ class AlignmentJob:
     def train(self) -> dict[str, Any]:
         from aligntune.errors import RunInterrupted, TrainingDiverged
         from aligntune.run import console, trackers
-        from aligntune.run.guards import NonFinite
+        from aligntune.run.guards import NonFinite, RewardFailure
 
         try:
             with self.interrupt:
@@ -315,11 +317,15 @@ class AlignmentJob:
                         self.trainer.train()
                 except NonFinite:
                     pass  # self.nonfinite.diverged says what and where; handled below
+                except RewardFailure as failure:
+                    self.reward_failure = failure
             self.progress.close()
             if self.interrupt.interrupted:
                 raise RunInterrupted(self._interrupted(self.interrupt.signal_name))
             if self.nonfinite.diverged is not None:
                 raise self._diverged()
+            if self.reward_failure is not None:
+                raise self._reward_failed(self.reward_failure) from self.reward_failure.error
             if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training:
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             if self.master_weights:
@@ -423,18 +429,35 @@ class AlignmentJob:
         return (f"interrupted ({signal_name}) at step {self._step()}: checkpoint written to {checkpoint}; "
                 f"{self.run_dir.path} is marked interrupted. Resume with:\n  aligntune train resume={self.run_dir.path}")
 
+    def _checkpoint_last_good(self) -> Path | None:
+        """Write a checkpoint of the trainer's state now (the step in progress not applied); None if it cannot."""
+        if not self.interrupt.can_checkpoint:
+            return None
+        self.trainer._save_checkpoint(self.trainer.model, trial=None)
+        from aligntune.run.checkpoints import latest
+
+        return latest(self.run_dir.checkpoints)
+
+    reward_failure = None  # the RewardFailure that stopped training, if one did
+
+    def _reward_failed(self, failure):
+        """A reward raised or hung mid-training: checkpoint the last good state (rewards are computed before the
+        step's update, so it was not applied) and name the reward and the step. The caller marks the run failed."""
+        import logging
+
+        from aligntune.run.guards import reward_failure_error
+
+        step = self.nonfinite.step
+        logging.getLogger("aligntune").error("reward %r failed at step %d", failure.name, step, exc_info=failure.error)
+        return reward_failure_error(failure, step, self._checkpoint_last_good(), self.run_dir.path)
+
     def _diverged(self):
         """Checkpoint the last good state (the bad step was not applied), mark the run failed, and say where."""
         from aligntune.errors import TrainingDiverged
 
         found = self.nonfinite.diverged
         what, step = found.what, found.step
-        checkpoint = None
-        if self.interrupt.can_checkpoint and not found.applied:
-            self.trainer._save_checkpoint(self.trainer.model, trial=None)
-            from aligntune.run.checkpoints import latest
-
-            checkpoint = latest(self.run_dir.checkpoints)
+        checkpoint = self._checkpoint_last_good() if not found.applied else None
         err = TrainingDiverged(
             f"Training diverged at step {step}: the {what} is NaN or infinite. "
             + ("The step was applied (the native engine checks after the update)" if found.applied else

@@ -2,6 +2,7 @@
 
     source (shipped | file | dir | hub) -> dataset.columns mapping -> format (auto-detected or
     dataset.format) -> adapter per row -> shuffle (run seed) -> eval split -> max_samples -> system prompt
+    -> `fit` (the caller's check of the rows against the model, e.g. data/lengths.py)
 
 `kind` is what the algorithm consumes: "prompts" (GRPO, PPO), "preferences" (DPO, reward
 models) or "sft". Held-out rows come only from the dataset's own split (dataset.eval_split) or an
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 # Formats whose rows may legitimately fail to pair up (the hub's hh-rlhf has a few): such rows are
 # dropped and reported; any other bad row stops the run.
 DROPPABLE = ("hh_rlhf", "ultrafeedback")
+ROW = "__aligntune_row__"  # each row's position in its source split, for messages about it; removed before returning
 
 
 def _read(src: Source, cfg: DatasetConfig, split: str):
@@ -116,7 +118,7 @@ def _convert(ds, fmt: str, kind: str, cfg: DatasetConfig):
         if kind == "preferences" and out["chosen"] == out["rejected"]:
             identical.append(i)  # DPO's and a reward model's losses compare the two: no signal, zero gradient
             continue
-        rows.append({**row, **out} if keep_extra else out)
+        rows.append({**row, **out, ROW: i} if keep_extra else {**out, ROW: i})
     _report_dropped(dropped, len(ds), cfg.name, "whose chosen and rejected dialogues do not share a prompt")
     _report_dropped(identical, len(ds), cfg.name, "whose chosen and rejected responses are identical (no preference "
                     "to learn from)")
@@ -174,8 +176,11 @@ def _with_system(row: dict, system: str) -> dict:
     return out
 
 
-def load(cfg: DatasetConfig, seed: int, kind: str):
-    """(train, eval or None) with canonical columns for `kind` (prompts | preferences | sft)."""
+def load(cfg: DatasetConfig, seed: int, kind: str, fit=None):
+    """(train, eval or None) with canonical columns for `kind` (prompts | preferences | sft).
+
+    `fit(dataset, rows, split)` sees each final split (rows: each row's position in its source split) and returns
+    it, changed or not, or raises."""
     src = resolve(cfg.name)
     raw = _map_columns(_read(src, cfg, cfg.split), cfg)
     if len(raw) == 0:
@@ -200,4 +205,9 @@ def load(cfg: DatasetConfig, seed: int, kind: str):
         train = train.map(lambda row: _with_system(row, cfg.system_prompt))
         if held_out is not None:
             held_out = held_out.map(lambda row: _with_system(row, cfg.system_prompt))
-    return train, held_out
+    out = []
+    for ds, split in ((train, cfg.split), (held_out, cfg.eval_split or f"{cfg.split}, held out")):
+        if ds is not None and fit is not None:
+            ds = fit(ds, ds[ROW], split)
+        out.append(ds.remove_columns(ROW) if ds is not None else None)
+    return out[0], out[1]

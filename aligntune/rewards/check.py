@@ -10,7 +10,8 @@ return values), not about scores, so a reward's score on the dummy does not matt
 It raises RewardError, one paragraph naming the reward, the problem and the fix, when a reward:
 needs a keyword that is neither a dataset column nor set in `rewards.<name>.args`; does not accept
 the keywords the trainer passes (no `**kwargs`); raises; returns something that is not one score
-per completion; or returns a score that is not a number or None, or is NaN/infinite.
+per completion; or returns a score that is not a number or None, or is NaN/infinite; or does not return within
+its `rewards.<name>.timeout_s` (when the job wraps it with rewards.watchdog.with_timeout).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 from typing import Callable
 
 from aligntune.errors import AligntuneError, RewardError
+from aligntune.rewards.watchdog import RewardTimeout
 
 CHECK_COMPLETION = "This is a test completion written by aligntune's reward check."
 
@@ -95,6 +97,13 @@ def check_rewards(rewards: dict[str, Callable], rows: list[dict]) -> None:
             raise problem
         try:
             scores = fn(**keywords)
+        except RewardTimeout as exc:
+            raise RewardError(
+                f"Reward '{name}' did not return within rewards.{name}.timeout_s={exc.timeout_s:g} s when called once "
+                f"on {len(rows)} rows of the dataset before training, so it would hang the run (the call is abandoned in "
+                "a background thread, which cannot be stopped).",
+                f"Find what it waits on (a lock, the network, a model download), or raise rewards.{name}.timeout_s if it "
+                "is just slow.") from exc
         except AligntuneError as exc:  # the reward's own clear message (e.g. a reward model that is not cached)
             raise RewardError(f"Reward '{name}': {exc.problem}", exc.fix) from exc
         except Exception as exc:

@@ -10,6 +10,9 @@ NonFiniteGuard (train.on_nonfinite):
   (gradients set to None, so the optimizer leaves every parameter and its moments alone) or, for rewards,
   the non-finite scores (None: TRL leaves that reward out for those completions), and says so once.
 
+RewardFailure: a reward that raises or times out during training (SampleBook raises it, naming the reward) stops
+the run the same way: checkpoint of the last good state, the reward and the step in the message.
+
 TrainingWarnings: warns once each, with the numbers, when most GRPO groups have zero reward variance
 (no learning signal), when the entropy collapses, and when completions are (nearly) always truncated.
 """
@@ -29,6 +32,37 @@ class NonFinite(Exception):
     def __init__(self, what: str, step: int, applied: bool):
         self.what, self.step, self.applied = what, step, applied
         super().__init__(f"non-finite {what} at step {step}")
+
+
+class RewardFailure(Exception):
+    """A reward raised (or, `error` being a watchdog.RewardTimeout, outlived its timeout_s) while the run trained;
+    the job checkpoints the last good state and reports the reward and the step, as for NonFinite."""
+
+    def __init__(self, name: str, error: BaseException):
+        self.name, self.error = name, error
+        super().__init__(f"reward '{name}' failed: {type(error).__name__}: {error}")
+
+
+def reward_failure_error(failure: RewardFailure, step: int, checkpoint, run_dir):
+    """The paragraph for a reward that failed at `step`: which, how, where the last good state is, the fix."""
+    from aligntune.errors import RewardError
+    from aligntune.rewards.watchdog import RewardTimeout
+
+    name, error = failure.name, failure.error
+    saved = (f" The step was not applied; the last good state (step {step - 1}) is checkpointed in {checkpoint}."
+             if checkpoint else " The step was not applied.")
+    resume = f" Then resume with: aligntune train resume={run_dir}" if checkpoint else ""
+    if isinstance(error, RewardTimeout):
+        return RewardError(
+            f"Reward '{name}' did not return within rewards.{name}.timeout_s={error.timeout_s:g} s at step {step}, so "
+            f"the run stopped (the hung call is abandoned in a background thread, which cannot be stopped).{saved}",
+            f"Find what it waits on (a lock, the network, a slow model), or raise rewards.{name}.timeout_s if it is "
+            f"just slow.{resume}")
+    return RewardError(
+        f"Reward '{name}' raised {type(error).__name__}: {error} at step {step} (it passed the check before "
+        f"training, so this batch's completions or columns set it off).{saved}",
+        f"Fix the reward for such inputs: its traceback is in {run_dir / 'train.log'} (or run with --traceback)."
+        f"{resume}")
 
 
 def warn(text: str) -> None:

@@ -27,7 +27,7 @@ import sys
 from aligntune.config.schema import RunConfig
 
 log = logging.getLogger("aligntune")
-PROMPT_TOKENS = 256  # assumed prompt length of online algorithms (their prompts are not truncated)
+PROMPT_TOKENS = 256  # assumed prompt length of online algorithms without dataset.max_prompt_length
 
 
 def _meta_model(run: RunConfig):
@@ -65,9 +65,9 @@ def _shape(run: RunConfig) -> tuple[int, int]:
     algo, t = run.algorithm, run.train
     if algo.name in ("grpo", "rloo"):
         per_step = t.batch_size * algo.group_size // algo.num_mini_batches
-        return t.micro_batch_size or per_step, PROMPT_TOKENS + algo.max_completion_length
+        return t.micro_batch_size or per_step, (run.dataset.max_prompt_length or PROMPT_TOKENS) + algo.max_completion_length
     if algo.name == "ppo":
-        return t.micro_batch_size or t.batch_size, PROMPT_TOKENS + algo.max_completion_length
+        return t.micro_batch_size or t.batch_size, (run.dataset.max_prompt_length or PROMPT_TOKENS) + algo.max_completion_length
     pairs = 2 if algo.name in ("dpo", "reward") else 1  # chosen and rejected go through together
     return (t.micro_batch_size or t.batch_size) * pairs, algo.max_length
 

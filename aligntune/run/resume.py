@@ -17,9 +17,10 @@ import yaml
 
 from aligntune.errors import ConfigError
 
-# Keys that may differ on resume without changing the optimisation (prefixes end with a dot).
+# Keys that may differ on resume without changing the optimisation (prefixes end with a dot; a leading dot: the
+# last part of any key, e.g. rewards.<name>.timeout_s, which a run stopped by a slow reward is resumed with).
 RESUMABLE_CHANGES = ("resume", "resume_force", "verbose", "train.save_steps", "train.save_total_limit",
-                     "train.log_samples", "train.on_nonfinite", "eval.")
+                     "train.log_samples", "train.on_nonfinite", "eval.", ".timeout_s")
 _OWN_KEYS = ("resume=", "resume_force=")
 
 
@@ -81,7 +82,8 @@ def differences(saved: dict, new: dict) -> list[str]:
     a, b = flatten(saved), flatten(new)
     out = []
     for key in sorted(set(a) | set(b)):
-        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES):
+        if any(key == k or (k.endswith(".") and key.startswith(k)) or (k.startswith(".") and key.endswith(k))
+               for k in RESUMABLE_CHANGES):
             continue
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
             out.append(f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}")

@@ -21,7 +21,12 @@ class SampleBook:
         book = self
 
         def reward(prompts=None, completions=None, **kwargs):
-            scores = fn(prompts=prompts, completions=completions, **kwargs)
+            try:
+                scores = fn(prompts=prompts, completions=completions, **kwargs)
+            except Exception as exc:  # the engine would report it without the reward's name
+                from aligntune.run.guards import RewardFailure
+
+                raise RewardFailure(name, exc) from exc
             if book.check is not None:
                 scores = book.check(name, scores)
             if completions is not book.completions:

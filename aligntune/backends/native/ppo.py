@@ -50,6 +50,8 @@ HANDLED_ELSEWHERE = {
     "train.log_samples": "the run recorder (samples.jsonl)",
     "dataset.eval_split": "the job's held-out prompts (PPOTrainer.evaluate: reward of sampled completions)",
     "dataset.eval_fraction": "the job's held-out prompts (PPOTrainer.evaluate: reward of sampled completions)",
+    "dataset.max_prompt_length": "the job fits prompts to it (aligntune/data/lengths.py) before the engine sees them",
+    "dataset.truncation_mode": "the job fits prompts to it (aligntune/data/lengths.py) before the engine sees them",
     "backend.trl_args": "refused: the native engine is not TRL",
     "train.save_steps": "refused by RunConfig: the native engine writes no checkpoints (nor resumes)",
     "train.save_total_limit": "only bounds checkpoints, which the native engine does not write",

@@ -4,7 +4,10 @@ One step (Ziegler et al. 2019, sec. 2; Stiennon et al. 2020, sec. 3.4; the proce
  1. Rollout: sample one completion per prompt from the policy (temperature, top_p, top_k off, stop at EOS or
     max_completion_length; tokens after the first EOS are padding, the EOS itself is an action).
  2. Score each completion once with the reward functions (weighted sum; `missing_eos_penalty` subtracted when
-    no EOS was emitted; optional clip to [-reward_clip, reward_clip]).
+    no EOS was emitted; optional clip to [-reward_clip, reward_clip]). A completion for which every reward
+    returned None is unscored: it is left out of the scores, advantages, value targets and losses (its tokens
+    are masked, as TRL's GRPO zeroes such advantages) and counted per step as `rewards/unscored`; a step
+    with no scored completion makes no update.
  3. Per-token rewards: -beta * KL(policy || reference) at each token (k1 estimate) and the score at the
     last token; optionally rescaled (`whiten_rewards`, without shifting the mean, as TRL did).
  4. GAE advantages (gamma, lam) with the critic's values, then whitened over the batch's tokens; returns =
@@ -112,7 +115,7 @@ class PPOTrainer:
             losses.append(metrics["loss"])
             self._event("on_step_end")
             if state.global_step % cfg.logging_steps == 0 or state.global_step == self.total_steps:
-                self._log({k: float(sum(m[k] for m in window) / len(window)) for k in window[-1]})
+                self._log(_window_means(window))
                 window = []
             if cfg.eval_steps and state.global_step % cfg.eval_steps == 0 and state.global_step < self.total_steps:
                 self.evaluate()  # the final evaluation is the caller's (AlignmentJob.train evaluates after training)
@@ -219,17 +222,26 @@ class PPOTrainer:
         words = tok.batch_decode([x[:-1] if has_eos[i] else x for i, x in enumerate(ids)], skip_special_tokens=True)
         completions = [[{"role": "assistant", "content": w}] for w in words] if chat else words
         per_func, reward_logs = self._score(rows, prompts, completions, ids)
-        total = (per_func * torch.tensor(cfg.reward_weights)).nansum(1).to(self.device)  # None/NaN counts 0, as in TRL
+        scored = ~torch.isnan(per_func).all(1)  # some reward scored it (a None of one reward counts 0, as in TRL)
+        total = (per_func * torch.tensor(cfg.reward_weights)).nansum(1)
+        total[~scored] = math.nan  # unscored: no reward at all, not a reward of 0
         return {"query": query, "qmask": qmask, "response": response, "rmask": rmask, "has_eos": has_eos,
-                "per_func": per_func, "total": total, "reward_logs": reward_logs}
+                "per_func": per_func, "total": total.to(self.device), "scored": scored.to(self.device),
+                "reward_logs": reward_logs}
 
     def _reward_metrics(self, s: dict, prefix: str = "") -> dict:
-        total, lengths = s["total"], s["rmask"].sum(1).float()
-        out = {"reward": total.mean().item(), "reward_std": total.std().item() if len(total) > 1 else 0.0,
-               "completions/mean_length": lengths.mean().item(),
+        """Reward statistics over the scored completions (a statistic nothing was scored for is left out, not NaN:
+        a logged NaN reward would read as divergence), and how many completions no reward could score."""
+        total, lengths = s["total"][s["scored"]], s["rmask"].sum(1).float()
+        out = {"completions/mean_length": lengths.mean().item(),
                "completions/clipped_ratio": (~s["has_eos"]).float().mean().item(),
-               **{f"rewards/{name}/mean": torch.nanmean(s["per_func"][:, j]).item()
-                  for j, name in enumerate(self.cfg.reward_names)}}
+               "rewards/unscored": float((~s["scored"]).sum().item())}
+        if len(total):
+            out.update({"reward": total.mean().item(), "reward_std": total.std().item() if len(total) > 1 else 0.0})
+        for j, name in enumerate(self.cfg.reward_names):
+            column = s["per_func"][:, j]
+            if not torch.isnan(column).all():
+                out[f"rewards/{name}/mean"] = torch.nanmean(column).item()
         return {prefix + k: v for k, v in out.items()}
 
     @torch.no_grad()
@@ -241,6 +253,7 @@ class PPOTrainer:
                  for i in range(0, len(self.eval_dataset), self.cfg.batch_size)]
         width = max(p["rmask"].shape[1] for p in parts)
         joined = {"total": torch.cat([p["total"] for p in parts]), "has_eos": torch.cat([p["has_eos"] for p in parts]),
+                  "scored": torch.cat([p["scored"] for p in parts]),
                   "per_func": torch.cat([p["per_func"] for p in parts]),
                   "rmask": torch.cat([nn.functional.pad(p["rmask"], (0, width - p["rmask"].shape[1])) for p in parts])}
         logs = self._reward_metrics(joined, prefix="eval_")
@@ -262,28 +275,31 @@ class PPOTrainer:
             values.append(self._values(*args))
         logprobs, ref_logprobs, entropy, values = map(torch.cat, (logprobs, ref_logprobs, entropy, values))
 
-        score = s["total"].clone()
+        scored = s["scored"]
+        score = s["total"].nan_to_num(0.0)  # unscored rows: masked out below, their 0 is never used
         if cfg.missing_eos_penalty is not None:
             score[~has_eos] -= cfg.missing_eos_penalty
         if cfg.reward_clip is not None:
             score = score.clamp(-cfg.reward_clip, cfg.reward_clip)
 
-        mask = rmask.float()
-        kl = pm.kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * mask
+        kl = pm.kl_estimate(logprobs, ref_logprobs, cfg.kl_estimator) * rmask.float()  # every completion's drift
+        mask = rmask.float() * scored[:, None]  # what trains: the tokens of scored completions
         rewards, non_score = pm.token_rewards(score, kl, mask, self.kl_ctl.value)
         if cfg.whiten_rewards:
             rewards = pm.whiten(rewards, mask, shift_mean=False)
         advantages, returns = pm.gae(rewards, values, mask, cfg.gamma, cfg.lam)
         advantages = pm.whiten(advantages, mask)
 
-        metrics = {**self._reward_metrics(s), "score": score.mean().item(), "kl": kl.sum(1).mean().item(),
-                   "non_score_reward": non_score.sum(1).mean().item(),
-                   "rlhf_reward": (score + non_score.sum(1)).mean().item(),
+        kept = {}
+        if scored.any():
+            kept = {"score": score[scored].mean().item(), "non_score_reward": non_score.sum(1)[scored].mean().item(),
+                    "rlhf_reward": (score + non_score.sum(1))[scored].mean().item()}
+        metrics = {**self._reward_metrics(s), **kept, "kl": kl.sum(1).mean().item(),
                    "entropy": pm.masked_mean(entropy, mask).item(),
                    "values/mean": pm.masked_mean(values, mask).item(), "returns/mean": pm.masked_mean(returns, mask).item(),
                    "explained_variance": pm.explained_variance(values, returns, mask),
                    **s["reward_logs"]}  # what reward functions reported through log_metric(name, value)
-        return {"query": query, "qmask": qmask, "response": response, "rmask": rmask, "logprobs": logprobs,
+        return {"query": query, "qmask": qmask, "response": response, "rmask": rmask, "lmask": mask, "logprobs": logprobs,
                 "values": values, "advantages": advantages, "returns": returns, "metrics": metrics}
 
     def _score(self, rows: dict, prompts: list, completions: list, ids: list) -> tuple[torch.Tensor, dict]:
@@ -317,7 +333,7 @@ class PPOTrainer:
         sums = {"loss": 0.0, "loss/policy": 0.0, "loss/value": 0.0, "policy/clipfrac": 0.0, "value/clipfrac": 0.0,
                 "policy/approx_kl": 0.0}
         updates, stopped = 0, False
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.ppo_epochs if b["lmask"].any() else 0):  # nothing scored: nothing to learn from
             order = torch.randperm(n, generator=self._generator).to(self.device)
             for start in range(0, n, cfg.mini_batch_size):
                 mini = order[start:start + cfg.mini_batch_size]
@@ -326,7 +342,7 @@ class PPOTrainer:
                 for c in self._chunks(len(mini)):
                     i = mini[c]
                     args = (b["query"][i], b["qmask"][i], b["response"][i], b["rmask"][i])
-                    mask = b["rmask"][i].float()
+                    mask = b["lmask"][i]  # response tokens of scored completions
                     logprobs = pm.logprobs_of(self._logits(policy, *args), b["response"][i])
                     values = self._values(*args)
                     pg, clipfrac, approx_kl = pm.policy_loss(logprobs, b["logprobs"][i], b["advantages"][i], mask,
@@ -356,3 +372,10 @@ class PPOTrainer:
         # Means over the applied updates. In train() the first always applies: it starts at the rollout policy.
         return {**{k: v / max(updates, 1) for k, v in sums.items()}, "ppo/updates": float(updates),
                 "ppo/early_stopped": float(stopped)}
+
+
+def _window_means(window: list[dict]) -> dict:
+    """Each metric's mean over the steps of a logging window that have it (reward statistics are missing from a
+    step where no completion was scored); a NaN still shows, so the divergence guard sees a NaN loss."""
+    keys = dict.fromkeys(k for m in window for k in m)
+    return {k: float(sum(vals) / len(vals)) for k in keys for vals in [[m[k] for m in window if k in m]]}

@@ -11,6 +11,16 @@ shortfall with dropped groups. Those pad rows are made inert (advantage 0 and lo
 keeps its configured shape but trains on what was kept; the counts are logged per rollout as
 `dynamic_sampling/{filtered_groups,retries,padded_groups,sampled_groups}`.
 
+Inert rows carry no loss tokens, but TRL's `grpo` and `sapo` losses average per-row means over every row
+of a micro-batch and `dr_grpo` divides by rows x max_completion_length, so they would still count in the
+denominator and shrink the kept rows' gradient by kept/total. For those three the micro-batch loss is
+divided by the rollout's kept-row fraction (`KEPT_FRACTION`, a scalar that travels with the batch), which
+makes a rollout's gradient equal that of the kept rows alone. It is a rollout-wide factor, like the token
+count TRL's `dapo` loss normalises by: exact per optimizer step with one mini-batch per rollout, exact
+over the rollout (and per step in expectation) with several. `dapo`, `cispo` (normalised by the rollout's
+loss tokens, recomputed here) and `bnpo` (by the micro-batch's loss tokens) never counted inert rows.
+The factor would scale TRL's entropy bonus and MoE router loss too, so those are refused with it.
+
 Deviations from the paper and its released recipe (verl recipe/dapo), on purpose:
 - The filter tests the total weighted reward, which is what advantages are computed from, rather than
   accuracy alone. With a single correctness reward the two coincide; with a shaping reward added, a group
@@ -118,13 +128,16 @@ LEFT_PADDED = {"prompt_ids": None, "prompt_mask": 0}  # None: the tokenizer's pa
 RIGHT_PADDED = {"completion_ids": None, "completion_mask": 0, "tool_mask": 1, "old_per_token_logps": 0.0,
                 "ref_per_token_logps": 0.0, "sampling_per_token_logps": 0.0, "importance_sampling_ratio": 0.0}
 PER_ROW = {"advantages"}
-RECOMPUTED = {"num_items_in_batch"}
+KEPT_FRACTION = "dynamic_sampling_kept_fraction"  # our own 0-dim key: kept rows / rows of the rollout
+RECOMPUTED = {"num_items_in_batch", KEPT_FRACTION}
+ROW_NORMALISED = ("grpo", "sapo", "dr_grpo")  # TRL losses whose normaliser counts rows, so inert ones dilute them
 
 
 def select_groups(rounds: Sequence[dict], picks: Sequence[tuple[int, int]], group_size: int, pad_token_id: int,
                   inert: Sequence[tuple[int, int]] = ()) -> dict:
     """One batch of the picked groups' rows from several rounds' outputs; `inert` groups get advantage 0
-    and loss mask 0. `num_items_in_batch` (the loss-token count, TRL's dapo normaliser) is recomputed."""
+    and loss mask 0. `num_items_in_batch` (the loss-token count, TRL's dapo normaliser) is recomputed, and
+    `KEPT_FRACTION` says which share of the rows is not inert (0-dim: TRL's split gives it to every chunk)."""
     known = set(LEFT_PADDED) | set(RIGHT_PADDED) | PER_ROW | RECOMPUTED
     unknown = sorted({k for out in rounds for k in out} - known)
     if unknown:
@@ -152,6 +165,7 @@ def select_groups(rounds: Sequence[dict], picks: Sequence[tuple[int, int]], grou
         batch["completion_mask"] = batch["completion_mask"].index_fill(0, index, 0)
     loss_mask = batch["completion_mask"] * batch["tool_mask"] if "tool_mask" in batch else batch["completion_mask"]
     batch["num_items_in_batch"] = loss_mask.sum()
+    batch[KEPT_FRACTION] = torch.tensor(1.0 - len(inert_rows) / (len(picks) * group_size))
     return batch
 
 
@@ -185,6 +199,12 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         if not hasattr(self.train_dataset, "__getitem__") or not hasattr(self.train_dataset, "__len__"):
             raise ConfigError("algorithm.dynamic_sampling needs a map-style training set to draw refill prompts from.",
                               "Load the dataset without streaming, or set algorithm.dynamic_sampling=false.")
+        if self.loss_type in ROW_NORMALISED and (self._entropy_bonus_enabled or self.aux_loss_enabled):
+            extra = "TRL's entropy bonus (entropy_coef)" if self._entropy_bonus_enabled else "the model's router auxiliary loss"
+            raise ConfigError(f"algorithm.dynamic_sampling with algorithm.loss_type={self.loss_type} reweights the loss of "
+                              f"a padded rollout by rows / kept rows, which would scale {extra} too.",
+                              "Use algorithm.loss_type=dapo, bnpo or cispo (token-normalised: nothing to reweight), or "
+                              "drop the entropy bonus from backend.trl_args.")
         self.max_retries = max_retries
         self.refill = PromptStream(len(self.train_dataset), self.args.seed + 1)
         self.rollouts: list[Rollout] = []  # since the last log
@@ -217,6 +237,13 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         rollout = fill_rollout(draw, len(inputs) // size, self.max_retries)
         self.rollouts.append(rollout)
         return select_groups(outputs, rollout.picks, size, self.processing_class.pad_token_id, rollout.padding)
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        kept = inputs.get(KEPT_FRACTION)
+        if kept is not None and self.loss_type in ROW_NORMALISED and 0 < float(kept) < 1:
+            loss = loss / kept.to(loss.device)  # the kept rows' mean, not diluted by the inert ones (module doc)
+        return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.rollouts and not any(key.startswith("eval_") for key in logs):

@@ -8,7 +8,8 @@ on the same prompts.
 
 The reward file defines verl's `compute_score(data_source, solution_str, ground_truth, extra_info)` and
 calls aligntune's reward functions (built-ins by name, yours by `module:function` / file path) with
-TRL's signature, summing them with their weights. It imports aligntune from the path recorded in it, so
+TRL's signature, summing them with their weights, each call bounded by its `rewards.<name>.timeout_s`
+(rewards/watchdog.py). It imports aligntune from the path recorded in it, so
 the verl environment needs aligntune's reward dependencies (e.g. `pip install math-verify`).
 """
 
@@ -30,15 +31,16 @@ import sys
 sys.path.insert(0, {package_root!r})  # aligntune's installation, for its reward functions
 
 from aligntune.rewards.registry import bind  # noqa: E402
+from aligntune.rewards.watchdog import with_timeout  # noqa: E402
 
-REWARDS = {rewards!r}  # name -> (reference, weight, args)
+REWARDS = {rewards!r}  # name -> (reference, weight, args, timeout_s per call)
 _BOUND = {{}}
 
 
 def _rewards():
     if not _BOUND:
-        for name, (ref, weight, args) in REWARDS.items():
-            _BOUND[name] = (bind(name, ref, args), weight)
+        for name, (ref, weight, args, timeout_s) in REWARDS.items():
+            _BOUND[name] = (with_timeout(name, bind(name, ref, args), timeout_s), weight)
     return _BOUND
 
 
@@ -98,7 +100,7 @@ def write_reward_file(run: RunConfig, path: Path, run_dir: Path) -> None:
         where, sep, func = ref.rpartition(":")
         if sep and where.endswith(".py"):
             ref = f"{Path(where).expanduser().resolve()}:{func}"  # verl runs elsewhere: absolute path
-        rewards[name] = (ref, spec.weight, dict(spec.args))
+        rewards[name] = (ref, spec.weight, dict(spec.args), spec.timeout_s)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(REWARD_FILE.format(run_dir=run_dir, path=path, package_root=package_root, rewards=rewards),
                     encoding="utf-8")

@@ -51,6 +51,8 @@ TRANSLATED: dict[str, tuple[str, ...]] = {
     "model.lora.target_modules": (f"{M}.target_modules",),
     "dataset.*": ("data.train_files", "data.val_files", "data.prompt_key"),
     "dataset.shuffle": ("data.shuffle",),
+    "dataset.max_prompt_length": ("data.max_prompt_length", "data.truncation"),
+    "dataset.truncation_mode": ("data.truncation",),
     "seed": ("data.seed", f"{R}.seed"),
     "train.batch_size": ("data.train_batch_size",),
     "train.micro_batch_size": (f"{A}.ppo_micro_batch_size_per_gpu", f"{R}.log_prob_micro_batch_size_per_gpu",
@@ -117,6 +119,7 @@ LAUNCH_KEYS = {"backend.name": "selects this backend", "backend.verl.python": "t
                "dry_run": "print instead of launching", "eval": "aligntune eval's settings (after_training: refused above)",
                "optimized_metric": "what a hyper-parameter search reads from summary.json"}
 
+TRUNCATION = {"keep_end": "left", "keep_start": "right"}  # dataset.truncation_mode -> verl's data.truncation
 LOSS_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "dr_grpo": "seq-mean-token-sum-norm"}
 KL_LOSS = {"k3": "low_var_kl"}
 KL_PENALTY = {"k1": "kl"}  # PPO: the KL in the reward (k3, verl's low_var_kl, is refused there: schema.K3_IN_REWARD)
@@ -273,6 +276,9 @@ def verl_overrides(run: RunConfig, ex: Exported) -> dict[str, object]:
     })
     if run.model.dtype in DTYPES:
         out[f"{R}.dtype"] = DTYPES[run.model.dtype]
+    if run.dataset.max_prompt_length is not None:  # else verl's own: 512 tokens, longer prompts are an error
+        out["data.max_prompt_length"] = run.dataset.max_prompt_length
+        out["data.truncation"] = TRUNCATION[run.dataset.truncation_mode]
     return out
 
 
