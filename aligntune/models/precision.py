@@ -3,9 +3,9 @@
 The rule of `auto` (the fastest precision measured for the model on the device, never one measured slower):
 - CUDA: bf16 where the device supports it, else fp16 (mixed precision: fp32 weights, autocast).
 - CPU with native bf16 (AVX512-BF16 or AMX-BF16): bf16 for models at least `BF16_CPU_MIN_HIDDEN` wide, fp32 for
-  narrower ones. `bench/dtype_choice.py` on a 2-core Xeon with AMX: SmolLM2-135M (hidden 576) runs a GRPO step's
-  generation 1.88x and its forward+backward 1.78x faster in bf16; the 64-wide test model runs 0.89x (slower: its
-  matrices are too small for AMX to pay for the casts). Unknown width (a hub id not in the cache): bf16.
+  narrower ones. `bench/dtype_choice.py` on a 2-core AMD EPYC (Zen 4: AVX512-BF16, no AMX): SmolLM2-135M (hidden
+  576) runs a GRPO step's generation 1.88x and its forward+backward 1.78x faster in bf16; the 64-wide test model
+  runs 0.89x (slower: its matrices are too small for the bf16 kernels to pay for the casts). Unknown width (a hub id not in the cache): bf16.
 - Other CPUs (AVX2, most laptops, ARM): fp32. bf16 matrix products are emulated through fp32 there and run
   several times *slower*. (TRL's own default, `bf16=True` whenever fp16 is off, takes bf16 autocast on such CPUs too.)
 
