@@ -48,7 +48,8 @@ def _summary(run: Path) -> dict:
 
 def _metrics(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.endswith(("_runtime", "_per_second"))} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("timing/")
+             and not k.endswith(("_runtime", "_per_second"))} for r in rows]
 
 
 def _params(run: Path) -> dict[str, torch.Tensor]:
