@@ -174,6 +174,9 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     SWEEP.clear()
     try:
+        from aligntune.config import compose
+
+        compose.check_grammar(typed, ours["multirun"])  # before Hydra, which would print its own multi-line error
         from aligntune.run import resume
 
         if resume.requested(overrides) and not ours["print_only"]:
