@@ -12,6 +12,7 @@ Import paths, not imports: listing backends costs nothing, and torch loads only 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import traceback
 from pathlib import Path
@@ -451,8 +452,8 @@ SUMMARY_ALIASES = {"eval_rewards/accuracies": "eval_preference_accuracy", "eval_
 
 
 def final_metrics(history: list[dict]) -> dict[str, Any]:
-    """The last value of every logged metric (training, held-out, the trainer's totals), and the
-    reward's first/last 20% means."""
+    """The last value of every logged metric (training, held-out, the trainer's totals), and the reward's means over
+    the first and last 20% of the logged steps with their standard errors (`_se`, from 10 steps on: two per window)."""
     out: dict[str, Any] = {"steps": max((h["step"] for h in history), default=0)}
     for h in history:
         out.update({k: v for k, v in h.items() if isinstance(v, (int, float)) and k not in ("step", "time_s", "epoch")})
@@ -463,8 +464,10 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
     rewards = [h["reward"] for h in steps if isinstance(h.get("reward"), (int, float))]
     if rewards:
         k = max(1, len(rewards) // 5)
-        out["reward_first_20pct"] = sum(rewards[:k]) / k
-        out["reward_last_20pct"] = sum(rewards[-k:]) / k
+        for name, window in (("reward_first_20pct", rewards[:k]), ("reward_last_20pct", rewards[-k:])):
+            out[name] = sum(window) / k
+            if k >= 2:  # the standard error of that mean over its logged steps (sample std / sqrt(k))
+                out[f"{name}_se"] = math.sqrt(sum((r - out[name]) ** 2 for r in window) / (k - 1) / k)
     return out
 
 

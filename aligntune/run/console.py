@@ -59,7 +59,8 @@ def format_live(logs: dict) -> str:
     return "  ".join(parts)
 
 
-SUMMARY_KEYS = ["status", "steps", "wall_time_s", "device", "compute_dtype", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
+SUMMARY_KEYS = ["status", "steps", "wall_time_s", "device", "compute_dtype", "train_runtime", "reward_first_20pct", "reward_first_20pct_se",
+                "reward_last_20pct", "reward_last_20pct_se", "reward",
                 "reward_std", "kl", "entropy", "loss", "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_preference_accuracy", "eval_margin", "eval_loss"]
 
@@ -72,7 +73,12 @@ def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list
     keys = [k for k in SUMMARY_KEYS if k in summary] + sorted(k for k in summary if k.startswith("rewards/") and k.endswith("/mean"))
     for key in keys:
         value = summary[key]
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key.endswith("_se") and key[:-3] in summary:
+            continue  # shown beside its mean
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if isinstance(summary.get(f"{key}_se"), float):
+            text += f" ± {summary[key + '_se']:.2g} (s.e.)"
+        table.add_row(key, text)
     console.print(table)
     if first_samples and last_samples:
         samples = Table(title="sample completions, first and last logged step", show_lines=False)

@@ -21,7 +21,8 @@ import yaml
 from aligntune.run.plots import EVAL_SKIP, read_jsonl, write_run_plots
 
 # Final metrics of the comparison tables, in this order, when any run has them (report.md lists them all).
-COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_last_20pct", "loss", "kl", "entropy",
+COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_first_20pct_se", "reward_last_20pct",
+                "reward_last_20pct_se", "loss", "kl", "entropy",
                 "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_reward", "eval_loss", "eval_preference_accuracy", "eval_margin", "eval_kl"]
 # The terminal's sweep table: these columns when present, dropped from the end of this list when the terminal is
