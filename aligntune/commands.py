@@ -55,9 +55,14 @@ def eval_command(args: list[str]) -> int:
     run, _ = compose.load(_run_overrides(path) + overrides)
     quiet_engines()
     result = evaluate(run, path)
-    out = write_result(result, (path if (path / "summary.json").exists() else Path.cwd()) / "eval.json")
+    is_run = (path / "summary.json").exists()
+    out = write_result(result, path if is_run else Path.cwd())
     console.print(eval_table(result))
-    console.print(f"written to {out}")
+    console.print(f"written to {out} (and {out.parent.parent / 'eval.json'}, the latest)", soft_wrap=True)
+    if is_run:
+        from aligntune.run.report import write_run_report_or_warn
+
+        write_run_report_or_warn(path)  # report.md lists every evaluation
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_eval_command_writes_eval_json(trained_run, capsys):
     assert cli.main(["eval", f"run={run_dir}", "eval.num_prompts=4", "eval.samples=2"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["trained"]["prompts"] == 4 and result["trained"]["samples_per_prompt"] == 2
+    assert result["by"] == "eval" and result["settings"]["num_prompts"] == 4 and result["settings"]["samples"] == 2
     assert "rewards/letter_match/mean" in capsys.readouterr().out
 
 
@@ -105,3 +107,19 @@ def test_train_can_end_with_a_before_after_evaluation(tmp_path, capsys):
     assert "eval_reward" not in summary  # the engine's own final eval is replaced, not run twice
     out = capsys.readouterr().out
     assert "before" in out and "after" in out and "rewards/letter_match/mean" in out
+
+    # A later `aligntune eval` keeps the after-training evaluation: every evaluation has its own file.
+    (after,) = (run_dir / "eval").glob("*.json")
+    assert re.fullmatch(r"\d{8}-\d{6}_after_training_letters_n8_k2_t0\.7\.json", after.name), after.name
+    assert json.loads(after.read_text()) == result
+    assert cli.main(["eval", f"run={run_dir}", "eval.num_prompts=4", "eval.samples=1", "eval.temperature=0"]) == 0
+    files = sorted((run_dir / "eval").glob("*.json"))
+    assert len(files) == 2 and after in files and json.loads(after.read_text()) == result
+    latest = json.loads((run_dir / "eval.json").read_text())
+    assert latest["by"] == "eval" and latest["settings"]["num_prompts"] == 4 and latest["trained"]["prompts"] == 4
+    assert json.loads(next(f for f in files if f != after).read_text()) == latest
+    assert "_eval_letters_n4_k1_t0.json" in capsys.readouterr().out
+    report = (run_dir / "report.md").read_text()  # rewritten by aligntune eval: both evaluations listed
+    rows = [line for line in report.split("## Evaluations")[1].split("##")[0].splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2 and "after_training" in rows[0] and "| eval |" in rows[1]
+    assert f"{result['trained']['reward']:.4g}" in rows[0] and f"(eval/{after.name})" in rows[0]

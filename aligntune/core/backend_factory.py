@@ -357,13 +357,14 @@ class AlignmentJob:
 
     def _evaluate_after_training(self) -> dict[str, float]:
         """eval.after_training: the trained and the starting model on held-out prompts, side by side (as
-        `aligntune eval`); eval.json in the run directory; the numbers as eval/base/* and eval/trained/*."""
+        `aligntune eval`); eval/<time>_after_training_<settings>.json and eval.json in the run directory; the numbers
+        as eval/base/* and eval/trained/* in the summary."""
         from aligntune.evaluation import write_result
         from aligntune.run.logs import quiet_engines
 
         quiet_engines()
         self.eval_result = self.evaluate()
-        write_result(self.eval_result, self.run_dir.path / "eval.json")
+        write_result(self.eval_result, self.run_dir.path, by="after_training")
         return {f"eval/{side}/{key}": value for side in ("base", "trained") if side in self.eval_result
                 for key, value in self.eval_result[side].items() if isinstance(value, (int, float))}
 

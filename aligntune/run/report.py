@@ -122,6 +122,31 @@ def samples_markdown(samples: list[dict]) -> list[str]:
     return lines
 
 
+def evaluations_markdown(run_dir: Path) -> list[str]:
+    """Every evaluation of the run (eval/*.json, oldest first): when, by what, its settings, the headline metric of
+    the starting and the trained model, and a link to the file. [] when it has none."""
+    import time
+
+    from aligntune.evaluation import history
+
+    if not (run_dir / "eval.json").is_file() and not (run_dir / "eval").is_dir():
+        return []
+    rows = history(run_dir)
+    if not rows:
+        return []
+    lines = ["| when | by | settings | metric | base | trained | file |", "|---|---|---|---|---:|---:|---|"]
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if isinstance(r.get("created"), (int, float)) else ""
+        settings = r.get("settings", {})
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in settings.items() if k in ("dataset", "num_prompts", "samples", "temperature"))
+        trained = r.get("trained", {})
+        metric = next((k for k in ("reward", "preference_accuracy") if k in trained), "")
+        cells = [when, r.get("by", ""), shown, metric, _fmt(r.get("base", {}).get(metric)), _fmt(trained.get(metric)),
+                 f"[{r['file']}]({quote(r['file'])})"]
+        lines.append("| " + " | ".join(_md_cell(str(c)) for c in cells) + " |")
+    return lines
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Plots into <run>/plots/ and <run>/report.md linking them. Returns the report's path."""
     run_dir = Path(run_dir)
@@ -140,6 +165,9 @@ def write_run_report(run_dir: str | Path) -> Path:
     out += ["files: " + " · ".join(f"[{name}]({name})" for name in LINKED_FILES if (run_dir / name).is_file()), ""]
     out += ["## Summary", "", "| metric | value |", "|---|---:|"]
     out += [f"| {_md_cell(k)} | {_md_cell(_fmt(summary[k]))} |" for k in summary_keys(summary)]
+    evaluations = evaluations_markdown(run_dir)
+    if evaluations:
+        out += ["", "## Evaluations", "", *evaluations]
     out += ["", "## Curves", ""]
     if plots:
         out += [f"![{p.stem}](plots/{quote(p.name)})" for p in plots]
