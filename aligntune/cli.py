@@ -40,9 +40,10 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
                "--config-dir", "-cd", "--experimental-rerun"}
 
 COMMAND_USAGE = {
-    "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
-    "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
-                "max_new_tokens=N seed=S system=\"...\"] [-i]",
+    "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8), "
+            "or aligntune eval model=<preset, aligntune:<id>, path or hub id> [dataset=... KEY=VALUE ...]",
+    "generate": "Usage: aligntune generate run=<run dir or model path> | model=<preset, aligntune:<id>, path or hub id> "
+                "prompt=\"...\" [samples=N temperature=T max_new_tokens=N seed=S system=\"...\"] [-i]",
     "rewards": "Usage: aligntune rewards",
     "report": "Usage: aligntune report <run dir or sweep dir>",
     "compare": "Usage: aligntune compare <run dir> <run dir> ... [--out DIR] (a sweep dir stands for its jobs; "

@@ -123,3 +123,48 @@ def test_train_can_end_with_a_before_after_evaluation(tmp_path, capsys):
     rows = [line for line in report.split("## Evaluations")[1].split("##")[0].splitlines() if line.startswith("| 20")]
     assert len(rows) == 2 and "after_training" in rows[0] and "| eval |" in rows[1]
     assert f"{result['trained']['reward']:.4g}" in rows[0] and f"(eval/{after.name})" in rows[0]
+
+
+# --- a model on its own: model= instead of run= ----------------------------------------------------
+
+@pytest.mark.parametrize("model", ["tiny", "aligntune:tiny", "path"])
+def test_generate_takes_a_model_preset_a_shipped_id_or_a_path(model, capsys):
+    from aligntune.models import tiny
+
+    model = str(tiny.resolve("aligntune:tiny")) if model == "path" else model
+    assert cli.main(["generate", f"model={model}", "prompt=Repeat the letter q.", "samples=2", "max_new_tokens=4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line[:4] for line in lines[-2:]] == ["[0] ", "[1] "]
+
+
+def test_generate_and_eval_take_a_run_directory_given_as_model(trained_run, capsys):
+    run_dir = trained_run.run_dir.path
+    assert cli.main(["generate", f"model={run_dir}", "prompt=Repeat the letter q.", "max_new_tokens=4"]) == 0
+    capsys.readouterr()
+
+
+def test_eval_of_a_model_on_its_own_composes_with_the_other_overrides(workdir, capsys):
+    assert cli.main(["eval", "model=tiny", "dataset=letters", "dataset.eval_fraction=0.1", "eval.num_prompts=3",
+                     "eval.samples=2", "eval.max_new_tokens=4"]) == 0
+    result = json.loads((workdir / "eval.json").read_text())
+    assert "base" not in result and result["base_model"] is None  # nothing was trained: no before/after
+    assert result["trained"]["prompts"] == 3 and 0 <= result["trained"]["rewards/letter_match/mean"] <= 1
+    assert result["settings"]["dataset"] == "letters" and len(list((workdir / "eval").glob("*.json"))) == 1
+    out = capsys.readouterr().out
+    assert "rewards/letter_match/mean" in out and "model" in out
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["generate", "model=nope", "prompt=hi"], ["'nope' does not exist", "model=tiny"]),
+    (["generate", "model=custom", "prompt=hi"], ["model=custom", "model=/path/to/model"]),
+    (["generate", "run=a", "model=tiny", "prompt=hi"], ["both run=a and model=tiny", "Give one"]),
+    (["generate", "run=nope", "prompt=hi"], ["run=nope does not exist", "model=<a model preset (qwen3_0_6b, smollm2_135m, tiny)"]),
+    (["eval", "model=tiny", "algorithm=dpo"], ["Preference evaluation", "run=<run dir>"]),
+    (["eval"], ["needs run=", "model=smollm2_135m"]),
+])
+def test_model_and_run_mistakes_exit_2_with_the_fix(workdir, capsys, args, needles):
+    assert cli.main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)

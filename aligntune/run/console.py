@@ -112,8 +112,8 @@ def eval_table(result: dict) -> Table:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     columns = [c for c in ("base", "trained") if c in result]
-    for c in columns:
-        table.add_column(c, justify="right")
+    for c in columns:  # a model evaluated on its own (aligntune eval model=...) has no base: its column is "model"
+        table.add_column(c if "base" in result else "model", justify="right")
     keys = [k for k in result["trained"] if k != "samples"]
     for key in keys:
         cells = []
