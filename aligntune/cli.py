@@ -146,6 +146,23 @@ def validate(overrides: list[str], multirun: bool) -> int:
     return len(jobs)
 
 
+def _inherited_changes(typed: list[str], ours: dict) -> list[str]:
+    """The overrides aligntune.inherited adds (a preset's value the run cannot use), each noticed in one line. For
+    the print-only flags (--cfg job) the notices go to stderr, and a config that does not compose is left to Hydra."""
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    try:
+        extra, notices = inherited.apply_to_jobs(_jobs(typed, ours["multirun"]))
+    except AligntuneError:
+        if ours["print_only"]:
+            return []
+        raise
+    for text in notices:
+        show_notice(text, stderr=ours["print_only"])
+    return extra
+
+
 def train_command(args: list[str]) -> int:
     flags, overrides, ours = split_args(args)
     saved_env = {k: os.environ.get(k) for k in ("ALIGNTUNE_TRACEBACK", "HYDRA_FULL_ERROR")}
@@ -182,9 +199,11 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
         if resume.requested(overrides) and not ours["print_only"]:
             typed = overrides = resume.plan(overrides, ours["multirun"])
+        extra = _inherited_changes(typed, ours)
+        typed, overrides = typed + extra, overrides + extra
         if not ours["print_only"]:
             validate(typed, ours["multirun"])
-        from aligntune.config import compose, sweeps
+        from aligntune.config import sweeps
 
         compose.new_run_id()
         if ours["multirun"] and not ours["print_only"]:

@@ -44,6 +44,16 @@ def _run_overrides(location: Path) -> list[str]:
     return [o for o in yaml.safe_load(saved.read_text()) or [] if not o.lstrip("+~").startswith("hydra")]
 
 
+def _with_inherited_changes(overrides: list[str]) -> list[str]:
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    overrides, notices = inherited.apply(overrides)
+    for text in notices:
+        show_notice(text)
+    return overrides
+
+
 def _is_run(path: Path) -> bool:
     return (path / "summary.json").is_file() or (path / "model").is_dir()
 
@@ -101,7 +111,7 @@ def eval_command(args: list[str]) -> int:
     path = Path(location)
     if not path.exists():
         raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
-    run, _ = compose.load(_run_overrides(path) + overrides)
+    run, _ = compose.load(_with_inherited_changes(_run_overrides(path) + overrides))
     quiet_engines()
     result = evaluate(run, path)
     is_run = (path / "summary.json").exists()
@@ -124,7 +134,7 @@ def _eval_model(model: str, overrides: list[str]) -> int:
     from aligntune.run.console import console, eval_table
     from aligntune.run.logs import quiet_engines
 
-    run, _ = compose.load([_model_override(model), *overrides])
+    run, _ = compose.load(_with_inherited_changes([_model_override(model), *overrides]))
     if run.algorithm.name in ("dpo", "reward"):
         raise ConfigError(f"Preference evaluation (algorithm={run.algorithm.name}) scores a model against the model it "
                           "started from, and model= gives a model on its own.",

@@ -492,6 +492,12 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
         items.append(f"dataset_name={dataset_name}")
     items += [f"{key}={_override_value(value)}" for key, value in config.items()]
     items += list(overrides or [])
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    items, notices = inherited.apply(items)
+    for text in notices:
+        show_notice(text)
     run, _ = compose.load(items)
     from aligntune.distributed import launch
 

@@ -43,6 +43,12 @@ def show_start(run, run_dir) -> None:
     console.print(f"[bold]run directory:[/bold] {run_dir}")
 
 
+def show_notice(text: str, stderr: bool = False) -> None:
+    """One line about something aligntune changed or decided for the user (aligntune.inherited)."""
+    (Console(stderr=True, highlight=False) if stderr else console).print(f"[bold]note[/bold]: {escape(text)}",
+                                                                         soft_wrap=True)
+
+
 def show_compute(device: str, precision: str) -> None:
     from aligntune.models.precision import describe
 
