@@ -126,3 +126,44 @@ def test_lora_run_saves_an_adapter_that_changed(workdir):
     adapted = PeftModel.from_pretrained(base, run_dir / "model")
     lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero; training moved it
+
+
+# --- the console on a first run: one line per one-time step, no engine progress bars ------------------------
+
+ENGINE_BARS = ("Loading weights", "Writing model shards", "de-quantizing", "it/s]", "%|")
+
+
+def test_a_first_run_shows_its_one_time_steps_as_lines_and_no_engine_progress_bars(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("ALIGNTUNE_CACHE", str(workdir / "fresh-cache"))  # the tiny model is built during the run
+    assert cli.main(["train", "experiment=smoke", "max_steps=1", f"hydra.run.dir={workdir / 'run'}"]) == 0
+    captured = capsys.readouterr()
+    assert "built the tiny model in" in captured.out
+    for bar in ENGINE_BARS:
+        assert bar not in captured.out + captured.err, bar
+    # a launched backend's dry run builds the model outside any run's logging set-up: no bars there either
+    monkeypatch.setenv("ALIGNTUNE_CACHE", str(workdir / "fresh-cache-2"))
+    assert cli.main(["train", "backend=verl", "dry_run=true", "model=tiny", "dataset=letters",
+                     f"hydra.run.dir={workdir / 'verl'}"]) == 0
+    captured = capsys.readouterr()
+    assert "built the tiny model in" in captured.out
+    for bar in ENGINE_BARS:
+        assert bar not in captured.out + captured.err, bar
+
+
+def test_a_one_time_step_keeps_even_a_bare_tqdm_bar_off_the_console_unless_verbose(capsys, monkeypatch):
+    """transformers' GGUF conversion draws a tqdm bar directly (no switch of theirs turns it off)."""
+    from tqdm.auto import tqdm
+
+    from aligntune.run import console
+
+    monkeypatch.setattr(console, "engine_bars", False)
+    with console.one_time_step("converting", "converted it"):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    captured = capsys.readouterr()
+    assert "de-quantizing" not in captured.err + captured.out and "converted it (" in captured.out
+    monkeypatch.setattr(console, "engine_bars", True)  # -v
+    with console.one_time_step("converting", "converted it"):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "de-quantizing" in capsys.readouterr().err

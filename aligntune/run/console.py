@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import asdict
 
 from rich.console import Console
@@ -10,6 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 console = Console(stderr=False, highlight=False)
+engine_bars = False  # the engines' own progress bars on the console: -v (set by aligntune.run.logs.setup)
 
 # Progress-bar fields: (log key, label). The first key found among alternatives is shown.
 LIVE_METRICS = [
@@ -41,6 +44,22 @@ def config_tree(run) -> Tree:
 def show_start(run, run_dir) -> None:
     console.print(config_tree(run))
     console.print(f"[bold]run directory:[/bold] {run_dir}")
+
+
+@contextlib.contextmanager
+def one_time_step(doing: str, done: str):
+    """A step done once per machine (building the tiny model, converting the GGUF file): a status line while it runs
+    and `done` (with the seconds it took) after, instead of the engines' progress bars (-v keeps those)."""
+    from aligntune.run.logs import progress_bars_off
+
+    start = time.monotonic()
+    if engine_bars:
+        console.print(f"{doing} ...", soft_wrap=True)
+        yield
+    else:
+        with console.status(doing), progress_bars_off():  # the status first: its own stderr redirect is outside ours
+            yield
+    console.print(f"[dim]{escape(done)} ({time.monotonic() - start:.1f} s)[/dim]", soft_wrap=True)
 
 
 def show_notice(text: str, stderr: bool = False) -> None:
