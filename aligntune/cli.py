@@ -383,7 +383,7 @@ def _task(cfg) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         run = compose.to_run_config(cfg)
-        console.show_start(run, run_dir)
+        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else compose.default_run())
         from aligntune.core.backend_factory import run_job
 
         launcher = hc.launcher

@@ -302,6 +302,18 @@ def load(overrides: list[str], check_sources: bool = True) -> tuple[schema.RunCo
     return run, cfg
 
 
+def default_run() -> schema.RunConfig:
+    """The config plain `aligntune train` composes (no overrides): what the console's start panel compares a run
+    with. Inside a running Hydra app (a job) it is composed by that app's own config loader, left as it is."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose as hydra_compose
+
+        return to_run_config(hydra_compose(config_name=CONFIG_NAME, overrides=[]))
+    return load([], check_sources=False)[0]
+
+
 def default_run_dir(root: str | Path = "outputs") -> Path:
     """outputs/<date>/<time>_<id>, the same shape Hydra's hydra.run.dir produces for the CLI."""
     return Path(root) / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}_{new_run_id()}"
