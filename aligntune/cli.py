@@ -369,6 +369,20 @@ def _job_failed(run_dir: str, exc: BaseException, code: int, multirun: bool) -> 
     print(f"job {Path(run_dir).name} failed; the sweep goes on with the next job.", file=sys.stderr)
 
 
+def _default_run():
+    """The default job's config, for the start panel to compare with; None (the panel falls back to the whole
+    config tree) if it cannot be composed here: the panel is a view, never a reason for a run to fail."""
+    import logging
+
+    from aligntune.config import compose
+
+    try:
+        return compose.default_run()
+    except Exception as exc:
+        logging.getLogger("aligntune").warning("the start panel shows the whole config: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def _task(cfg) -> float | None:
     """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1 (in a sweep:
     the job is marked failed, and the others still run)."""
@@ -383,7 +397,7 @@ def _task(cfg) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         run = compose.to_run_config(cfg)
-        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else compose.default_run())
+        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run())
         from aligntune.core.backend_factory import run_job
 
         launcher = hc.launcher

@@ -169,7 +169,7 @@ def generate_command(args: list[str]) -> int:
 
     interactive = any(a in ("-i", "--interactive") for a in args)
     args = [a for a in args if a not in ("-i", "--interactive")]
-    location, model, args = _location_or_run(args, "generate")
+    location, model_arg, args = _location_or_run(args, "generate")
     prompt, args = _take(args, "prompt")
     settings = {"samples": "1", "temperature": "0.7", "max_new_tokens": "128", "seed": "42", "system": "",
                 "device": "auto", "dtype": "auto"}
@@ -179,7 +179,7 @@ def generate_command(args: list[str]) -> int:
             raise ConfigError(f"aligntune generate does not take {a!r}.",
                               f"It takes run= or model=, prompt=, -i and {', '.join(k + '=' for k in settings)}.")
         settings[key] = value
-    if not (location or model) or (prompt is None and not interactive):
+    if not (location or model_arg) or (prompt is None and not interactive):
         raise ConfigError("aligntune generate needs run=<run directory or model path> or model=<model>, and "
                           "prompt=\"...\" (or -i).",
                           "e.g. aligntune generate run=outputs/.../ prompt=\"Repeat the letter q.\", or aligntune "
@@ -190,10 +190,14 @@ def generate_command(args: list[str]) -> int:
     from aligntune.run.logs import quiet_engines
 
     quiet_engines()
-    if model is not None:
-        location = _inference_location(model)
+    if model_arg is not None:
+        location = _inference_location(model_arg)
     elif not Path(location).exists():
-        raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
+        from aligntune import hub
+
+        if not hub.looks_like_hub_id(location) or location.startswith((".", "/", "~")):
+            raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
+        location = _inference_location(location)  # a hub id: reachable, or in the cache
     model, tokenizer = load_for_inference(location, *inference_placement(location, settings["device"], settings["dtype"]))
 
     def answer(text: str) -> None:
