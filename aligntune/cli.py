@@ -40,9 +40,11 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
                "--config-dir", "-cd", "--experimental-rerun"}  # --config-dir: aligntune.config.searchpath takes it
 
 COMMAND_USAGE = {
-    "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
-    "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
-                "max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda dtype=auto|fp32|bf16|fp16] [-i]",
+    "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8), "
+            "or aligntune eval model=<preset, aligntune:<id>, path or hub id> [dataset=... KEY=VALUE ...]",
+    "generate": "Usage: aligntune generate run=<run dir or model path> | model=<preset, aligntune:<id>, path or hub id> "
+                "prompt=\"...\" [samples=N temperature=T max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda "
+                "dtype=auto|fp32|bf16|fp16] [-i]",
     "rewards": "Usage: aligntune rewards",
     "report": "Usage: aligntune report <run dir or sweep dir> [--mark-crashed] (a run whose process is gone shows as "
               "crashed; --mark-crashed writes that into its summary.json)",
@@ -170,6 +172,23 @@ def validate(overrides: list[str], multirun: bool) -> int:
     return len(jobs)
 
 
+def _inherited_changes(typed: list[str], ours: dict) -> list[str]:
+    """The overrides aligntune.inherited adds (a preset's value the run cannot use), each noticed in one line. For
+    the print-only flags (--cfg job) the notices go to stderr, and a config that does not compose is left to Hydra."""
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    try:
+        extra, notices = inherited.apply_to_jobs(_jobs(typed, ours["multirun"]))
+    except AligntuneError:
+        if ours["print_only"]:
+            return []
+        raise
+    for text in notices:
+        show_notice(text, stderr=ours["print_only"])
+    return extra
+
+
 def train_command(args: list[str]) -> int:
     flags, overrides, ours = split_args(args)
     from aligntune.config import searchpath
@@ -208,6 +227,9 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     SWEEP.clear()
     try:
+        from aligntune.config import compose
+
+        compose.check_grammar(typed, ours["multirun"])  # before Hydra, which would print its own multi-line error
         from aligntune.run import resume
 
         if resume.requested(overrides) and not ours["print_only"]:
@@ -215,9 +237,11 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
             typed = overrides = resume.plan(overrides, ours["multirun"], as_override(ours["config_dirs"]))
         else:
             typed, overrides = typed + as_override(ours["config_dirs"]), overrides + as_override(ours["config_dirs"])
+        extra = _inherited_changes(typed, ours)
+        typed, overrides = typed + extra, overrides + extra
         if not ours["print_only"]:
             validate(typed, ours["multirun"])
-        from aligntune.config import compose, sweeps
+        from aligntune.config import sweeps
 
         compose.new_run_id()
         if ours["multirun"] and not ours["print_only"]:
@@ -383,6 +407,20 @@ def _job_failed(run_dir: str, exc: BaseException, code: int, multirun: bool) -> 
     print(f"job {Path(run_dir).name} failed; the sweep goes on with the next job.", file=sys.stderr)
 
 
+def _default_run():
+    """The default job's config, for the start panel to compare with; None (the panel falls back to the whole
+    config tree) if it cannot be composed here: the panel is a view, never a reason for a run to fail."""
+    import logging
+
+    from aligntune.config import compose
+
+    try:
+        return compose.default_run()
+    except Exception as exc:
+        logging.getLogger("aligntune").warning("the start panel shows the whole config: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def _task(cfg) -> float | None:
     """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1 (in a sweep:
     the job is marked failed, and the others still run)."""
@@ -397,7 +435,7 @@ def _task(cfg) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         run = compose.to_run_config(cfg)
-        console.show_start(run, run_dir)
+        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run())
         from aligntune.core.backend_factory import run_job
 
         launcher = hc.launcher

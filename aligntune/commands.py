@@ -1,13 +1,18 @@
 """`aligntune eval`, `generate`, `rewards`, `report` and `compare`: commands around trained runs.
 
     aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd [eval.num_prompts=32] [dataset=...] [rewards=...]
+    aligntune eval model=smollm2_135m [dataset=...] [KEY=VALUE ...]      # a model on its own (no training)
     aligntune generate run=<run dir or model path> prompt="Repeat the letter q." [samples=2] [-i]
+    aligntune generate model=smollm2_135m prompt="What is 2+3?"           # a preset, aligntune:<id>, path or hub id
     aligntune rewards
     aligntune report <run dir or sweep dir>
     aligntune compare <run dir> <run dir> ... [--out DIR]
 
 `eval` recomposes the run's own config (its .hydra/overrides.yaml) with the extra overrides, so the
-held-out data and rewards are the run's unless you say otherwise.
+held-out data and rewards are the run's unless you say otherwise. `model=` (instead of `run=`) takes a
+model as `train` does: a model preset (configs/model/*.yaml: tiny, smollm2_135m, ...), a shipped id
+(aligntune:tiny), a local model directory or a hub id; `eval` composes `model=<it>` with the other
+overrides (the preset's dataset, rewards and eval settings, as `aligntune train model=<it>` would use).
 """
 
 from __future__ import annotations
@@ -41,19 +46,73 @@ def _run_overrides(location: Path) -> list[str]:
     return []
 
 
+def _with_inherited_changes(overrides: list[str]) -> list[str]:
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    overrides, notices = inherited.apply(overrides)
+    for text in notices:
+        show_notice(text)
+    return overrides
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "model").is_dir()
+
+
+def _model_override(value: str) -> str:
+    """`model=<value>` as a train override: a model preset stays a group selection, anything else (a shipped id, a
+    path, a hub id) goes through the model_name shortcut, which picks the preset that has it or model=custom."""
+    from aligntune.config import compose
+
+    if value in compose.group_options("model"):
+        if value == "custom":
+            raise ConfigError("model=custom is the preset for a model given by path or hub id.",
+                              "Give the model itself: model=/path/to/model (or a hub id).")
+        return f"model={value}"
+    return f"model_name={value}"
+
+
+def _location_or_run(args: list[str], command: str) -> tuple[str | None, str | None, list[str]]:
+    """(run=, model=, the other arguments); at most one of run= and model=. A model= that is a run directory counts
+    as run=."""
+    run, args = _take(args, "run")
+    model, args = _take(args, "model")
+    if run is not None and model is not None:
+        raise ConfigError(f"aligntune {command} got both run={run} and model={model}.",
+                          "Give one: run=<run directory> for a trained run, or model=<preset, aligntune:<id>, path or "
+                          "hub id> for a model on its own.")
+    if model is not None and _is_run(Path(model).expanduser()):
+        return model, None, args
+    return run, model, args
+
+
+MODEL_FIX = ("Give run=<run directory or model directory>, or model=<a model preset ({presets}), a shipped id such as "
+             "aligntune:tiny, a local model directory or a hub id>")
+
+
+def _model_fix() -> str:
+    from aligntune.config import compose
+
+    return MODEL_FIX.format(presets=", ".join(o for o in compose.group_options("model") if o != "custom"))
+
+
 def eval_command(args: list[str]) -> int:
     from aligntune.config import compose
     from aligntune.evaluation import evaluate, write_result
     from aligntune.run.console import console, eval_table
     from aligntune.run.logs import quiet_engines
 
-    location, overrides = _take(args, "run")
-    if not location:
-        raise ConfigError("aligntune eval needs run=<run directory or model path>.",
-                          "e.g. aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd")
+    location, model, overrides = _location_or_run(args, "eval")
+    if not location and model is None:
+        raise ConfigError("aligntune eval needs run=<run directory or model path>, or model=<model>.",
+                          "e.g. aligntune eval run=outputs/2026-11-24/10-00-00_ab12cd, or aligntune eval "
+                          "model=smollm2_135m (the base model on its preset's data and rewards).")
+    if model is not None:
+        return _eval_model(model, overrides)
     path = Path(location)
     if not path.exists():
-        raise ConfigError(f"run={location} does not exist.", "Give a run directory (outputs/...) or a model directory.")
+        raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
     from aligntune.run.liveness import read_status
 
     status = read_status(path).get("status") if (path / "summary.json").is_file() else None
@@ -61,13 +120,57 @@ def eval_command(args: list[str]) -> int:
         raise ConfigError(f"run={location} has no trained model to evaluate: the run is {status}"
                           + (" (its process is gone)." if status == "crashed" else "."),
                           "Resume it first (aligntune train resume=" + str(path) + "), or evaluate a completed run.")
-    run, _ = compose.load(_run_overrides(path) + overrides)
+    run, _ = compose.load(_with_inherited_changes(_run_overrides(path) + overrides))
     quiet_engines()
     result = evaluate(run, path)
-    out = write_result(result, (path if (path / "summary.json").exists() else Path.cwd()) / "eval.json")
+    is_run = (path / "summary.json").exists()
+    out = write_result(result, path if is_run else Path.cwd())
     console.print(eval_table(result))
-    console.print(f"written to {out}")
+    console.print(f"written to {out} (and {out.parent.parent / 'eval.json'}, the latest)", soft_wrap=True)
+    if is_run:
+        from aligntune.run.report import write_run_report_or_warn
+
+        write_run_report_or_warn(path)  # report.md lists every evaluation
     return 0
+
+
+def _eval_model(model: str, overrides: list[str]) -> int:
+    """`aligntune eval model=...`: the model on its own, on the held-out rows and rewards the composition gives (its
+    preset's, or the overrides'); no starting model to compare with. Results go to the current directory."""
+    from aligntune.config import compose
+    from aligntune.evaluation import evaluate, write_result
+    from aligntune.models.loading import model_location
+    from aligntune.run.console import console, eval_table
+    from aligntune.run.logs import quiet_engines
+
+    run, _ = compose.load(_with_inherited_changes([_model_override(model), *overrides]))
+    if run.algorithm.name in ("dpo", "reward"):
+        raise ConfigError(f"Preference evaluation (algorithm={run.algorithm.name}) scores a model against the model it "
+                          "started from, and model= gives a model on its own.",
+                          "Evaluate a trained run instead (aligntune eval run=<run dir>), or drop algorithm= to "
+                          "score completions with rewards.")
+    run.eval.compare_base = False  # nothing was trained: the model is its own starting point
+    quiet_engines()
+    result = evaluate(run, model_location(run.model))
+    out = write_result(result, Path.cwd())
+    console.print(eval_table(result))
+    console.print(f"written to {out} (and {out.parent.parent / 'eval.json'}, the latest)", soft_wrap=True)
+    return 0
+
+
+def _inference_location(model: str) -> str:
+    """A local directory (or hub id) to load for generation from a model= value."""
+    from aligntune.config import compose
+    from aligntune.config.schema import ModelConfig
+    from aligntune.models.loading import model_location
+
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    if model in compose.group_options("model"):
+        _model_override(model)  # refuses model=custom
+        run, _ = compose.load([f"model={model}"], check_sources=False)
+        model = run.model.name_or_path
+    return model_location(ModelConfig(name_or_path=model))
 
 
 def generate_command(args: list[str]) -> int:
@@ -75,7 +178,7 @@ def generate_command(args: list[str]) -> int:
 
     interactive = any(a in ("-i", "--interactive") for a in args)
     args = [a for a in args if a not in ("-i", "--interactive")]
-    location, args = _take(args, "run")
+    location, model_arg, args = _location_or_run(args, "generate")
     prompt, args = _take(args, "prompt")
     settings = {"samples": "1", "temperature": "0.7", "max_new_tokens": "128", "seed": "42", "system": "",
                 "device": "auto", "dtype": "auto"}
@@ -83,17 +186,27 @@ def generate_command(args: list[str]) -> int:
         key, sep, value = a.partition("=")
         if not sep or key not in settings:
             raise ConfigError(f"aligntune generate does not take {a!r}.",
-                              f"It takes run=, prompt=, -i and {', '.join(k + '=' for k in settings)}.")
+                              f"It takes run= or model=, prompt=, -i and {', '.join(k + '=' for k in settings)}.")
         settings[key] = value
-    if not location or (prompt is None and not interactive):
-        raise ConfigError("aligntune generate needs run=<run directory or model path> and prompt=\"...\" (or -i).",
-                          "e.g. aligntune generate run=outputs/.../ prompt=\"Repeat the letter q.\"")
+    if not (location or model_arg) or (prompt is None and not interactive):
+        raise ConfigError("aligntune generate needs run=<run directory or model path> or model=<model>, and "
+                          "prompt=\"...\" (or -i).",
+                          "e.g. aligntune generate run=outputs/.../ prompt=\"Repeat the letter q.\", or aligntune "
+                          "generate model=smollm2_135m prompt=\"What is 2+3?\"")
     if settings["dtype"] not in ("auto", "fp32", "bf16", "fp16") or settings["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"aligntune generate: device={settings['device']} dtype={settings['dtype']} is not a "
                           "placement it knows.", "Use device=auto|cpu|cuda and dtype=auto|fp32|bf16|fp16.")
     from aligntune.run.logs import quiet_engines
 
     quiet_engines()
+    if model_arg is not None:
+        location = _inference_location(model_arg)
+    elif not Path(location).exists():
+        from aligntune import hub
+
+        if not hub.looks_like_hub_id(location) or location.startswith((".", "/", "~")):
+            raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
+        location = _inference_location(location)  # a hub id: reachable, or in the cache
     model, tokenizer = load_for_inference(location, *inference_placement(location, settings["device"], settings["dtype"]))
 
     def answer(text: str) -> None:

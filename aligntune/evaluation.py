@@ -170,12 +170,54 @@ def held_out_rows(run: RunConfig, kind: str, limit: int) -> list[dict]:
     return [held_out[i] for i in range(min(limit, len(held_out)))]
 
 
-def write_result(result: dict, path: Path) -> Path:
-    """eval.json: what `aligntune eval` and `eval.after_training` write."""
+def history_name(result: dict) -> str:
+    """<time>_<who>_<settings>, e.g. 20261124-100000_after_training_arith_n100_k1_t0: the file name of one evaluation."""
+    import re
+    import time
+
+    settings = result.get("settings", {})
+    parts = [time.strftime("%Y%m%d-%H%M%S", time.localtime(result.get("created", time.time()))), result.get("by", "eval")]
+    if settings.get("dataset"):
+        parts.append(re.sub(r"[^A-Za-z0-9.-]+", "-", Path(str(settings["dataset"])).stem).strip("-")[:40])
+    parts.append(f"n{settings.get('num_prompts', '')}")
+    if "samples" in settings:
+        parts.append(f"k{settings['samples']}_t{settings['temperature']:g}")
+    return "_".join(p for p in parts if p)
+
+
+def write_result(result: dict, directory: Path, by: str = "eval") -> Path:
+    """Keep every evaluation: <directory>/eval/<time>_<who>_<settings>.json, and eval.json, the latest (what
+    `aligntune eval` and `eval.after_training` write). Returns the history file."""
+    import json
+    import time
+
+    result = {"by": by, "created": round(time.time(), 3), **{k: v for k, v in result.items() if k not in ("by", "created")}}
+    text = json.dumps(result, indent=2, default=str) + "\n"
+    history = directory / "eval"
+    history.mkdir(parents=True, exist_ok=True)
+    name = history_name(result)
+    path, n = history / f"{name}.json", 1
+    while path.exists():  # two evaluations within a second
+        n += 1
+        path = history / f"{name}_{n}.json"
+    path.write_text(text)
+    (directory / "eval.json").write_text(text)
+    return path
+
+
+def history(directory: Path) -> list[dict]:
+    """Every evaluation kept in <directory>/eval/, oldest first, each with its "file" (relative to `directory`);
+    a run from before the history has only eval.json."""
     import json
 
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return path
+    files = sorted((directory / "eval").glob("*.json"), key=lambda p: p.name) or [directory / "eval.json"]
+    out = []
+    for f in files:
+        try:
+            out.append({**json.loads(f.read_text()), "file": str(f.relative_to(directory))})
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
@@ -190,7 +232,8 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     device, precision = inference_placement(model_location, run.device, run.model.dtype)
     model, tokenizer = load_for_inference(model_location, device, precision)
     result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None,
-                    "device": device, "compute_dtype": precision}
+                    "device": device, "compute_dtype": precision,
+                    "settings": {"dataset": run.dataset.name, "num_prompts": e.num_prompts}}
     if run.algorithm.name in ("dpo", "reward"):
         rows = held_out_rows(run, "preferences", e.num_prompts)
         reference = load_for_inference(base_location, device, precision)[0] if base_location else None
@@ -208,6 +251,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     temperature = e.temperature if e.temperature is not None else getattr(run.algorithm, "temperature", 0.7)
     max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
     args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
+    result["settings"].update(args, rewards={name: spec.weight for name, spec in run.rewards.items()})
     result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args)
     if base_location:
         base, base_tok = load_for_inference(base_location, device, precision)

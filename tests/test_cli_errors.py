@@ -201,3 +201,32 @@ def test_every_train_help_example_validates(args, monkeypatch):
 
     overrides, _ = aliases.rewrite(overrides)
     assert cli.validate(overrides, ours["multirun"]) >= 1
+
+
+# --- values Hydra's override grammar reserves ---------------------------------------------------
+
+@pytest.mark.parametrize("override, fix", [
+    ("dataset.system_prompt=Think, then answer.", "'dataset.system_prompt=\"Think, then answer.\"'"),
+    ("dataset.system_prompt=Think (then) answer", "'dataset.system_prompt=\"Think (then) answer\"'"),
+    ("dataset.system_prompt=it's fine", "\"dataset.system_prompt=\\\"it's fine\\\"\""),
+])
+@pytest.mark.parametrize("flags", [[], ["--cfg", "job"]], ids=["run", "print"])
+def test_an_unquoted_value_says_how_to_quote_it(in_empty_dir, capsys, override, fix, flags):
+    assert cli.main(["train", override, *flags]) == 2
+    flat = _assert_one_error_paragraph(capsys.readouterr(), override, "Quote the value", fix)
+    assert "Ambiguous value" not in flat and "HYDRA_FULL_ERROR" not in flat
+    _assert_nothing_written(in_empty_dir)
+
+
+def test_the_quoted_form_the_error_suggests_composes(in_empty_dir):
+    fix = compose.quoted("dataset.system_prompt=Think, then answer.")
+    (override,) = shlex.split(fix)  # what the shell hands over
+    run, _ = compose.load(["model=tiny", override], check_sources=False)
+    assert run.dataset.system_prompt == "Think, then answer."
+    assert cli.validate([override], multirun=False) == 1
+
+
+def test_a_comma_sweep_still_works_with_multirun(in_empty_dir):
+    compose.check_grammar(["group_size=2,4"], multirun=True)
+    with pytest.raises(AligntuneError, match="add -m"):
+        compose.check_grammar(["group_size=2,4"], multirun=False)

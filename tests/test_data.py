@@ -305,3 +305,67 @@ def test_cut_prompts_reach_the_engine_and_the_cut_is_reported(workdir, capsys):
     assert "cut 1 of 2 prompts of dataset long.jsonl (train) to dataset.max_prompt_length=64 tokens (keep_end): rows 1" in out
     prompts = {json.loads(line)["prompt"] for line in (run_dir / "samples.jsonl").read_text().splitlines()}
     assert prompts == {"Type a.", "x" * 56 + " Type b."}  # what the trainer generated from: the last 64 tokens
+
+# --- a file named with dataset.name under a preset that has another format --------------------------
+
+def test_an_explicit_format_that_does_not_fit_suggests_detection_and_dataset_name_first(tmp_path):
+    data = tmp_path / "my.jsonl"
+    data.write_text('{"prompt": "What is 2+2?", "answer": "4"}\n')
+    with pytest.raises(DataError) as exc:
+        load(DatasetConfig(name=str(data), format="gsm8k"), seed=0, kind="prompts")
+    text = str(exc.value)
+    assert "lacks column(s) ['question']" in text
+    assert text.index("dataset.format=auto") < text.index("dataset.columns") and f"dataset_name={data}" in text
+    assert "fit format prompt" in text
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_first_row_reads_each_file_type_without_datasets(tmp_path, suffix):
+    import json
+
+    from aligntune.data.sources import first_row
+
+    rows = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n" + "".join(json.dumps(r) + "\n" for r in rows))
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".csv":
+        path.write_text("prompt,answer\na,1\nb,2\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    assert first_row(str(path)) == rows[0]
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    assert first_row(str(tmp_path / "bad.jsonl")) is None and first_row(str(tmp_path)) is None  # the loader reports
+
+
+def test_dataset_name_under_a_preset_detects_the_files_format_and_says_so(workdir, capsys):
+    """`dataset.name=my.jsonl` keeps the default preset's (arith's) format gsm8k unless the file fits it: here it has
+    prompt/answer columns, so the run reads it as `prompt`, in one line, and trains (arith's correctness reads answer)."""
+    import json
+
+    import yaml
+
+    from aligntune import cli, inherited
+
+    (workdir / "my.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i}+{i}?", "answer": str(2 * i)}) + "\n"
+                                              for i in range(20)))
+    (change,) = inherited.changes(["model=tiny", "dataset.name=my.jsonl"])
+    assert change.override == "dataset.format=prompt"
+    assert "gsm8k" in change.notice and "my.jsonl" in change.notice and "dataset_name=my.jsonl" in change.notice
+    assert "\n" not in change.notice
+    assert inherited.changes(["model=tiny", "dataset.name=my.jsonl", "dataset.format=gsm8k"]) == []  # the user's: kept
+    assert inherited.changes(["model=tiny", "dataset_name=my.jsonl"]) == []  # no preset: auto-detected anyway
+    assert inherited.changes(["model=tiny"]) == []  # the shipped arith file fits its own preset
+
+    run_dir = workdir / "run"
+    assert cli.main(["train", "model=tiny", "dataset.name=my.jsonl", "max_steps=1", "group_size=2", "batch_size=2",
+                     f"hydra.run.dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "note: dataset.format=gsm8k came with the dataset preset" in " ".join(out.split())
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"]["format"] == "prompt"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"

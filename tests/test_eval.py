@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_eval_command_writes_eval_json(trained_run, capsys):
     assert cli.main(["eval", f"run={run_dir}", "eval.num_prompts=4", "eval.samples=2"]) == 0
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["trained"]["prompts"] == 4 and result["trained"]["samples_per_prompt"] == 2
+    assert result["by"] == "eval" and result["settings"]["num_prompts"] == 4 and result["settings"]["samples"] == 2
     assert "rewards/letter_match/mean" in capsys.readouterr().out
 
 
@@ -105,3 +107,64 @@ def test_train_can_end_with_a_before_after_evaluation(tmp_path, capsys):
     assert "eval_reward" not in summary  # the engine's own final eval is replaced, not run twice
     out = capsys.readouterr().out
     assert "before" in out and "after" in out and "rewards/letter_match/mean" in out
+
+    # A later `aligntune eval` keeps the after-training evaluation: every evaluation has its own file.
+    (after,) = (run_dir / "eval").glob("*.json")
+    assert re.fullmatch(r"\d{8}-\d{6}_after_training_letters_n8_k2_t0\.7\.json", after.name), after.name
+    assert json.loads(after.read_text()) == result
+    assert cli.main(["eval", f"run={run_dir}", "eval.num_prompts=4", "eval.samples=1", "eval.temperature=0"]) == 0
+    files = sorted((run_dir / "eval").glob("*.json"))
+    assert len(files) == 2 and after in files and json.loads(after.read_text()) == result
+    latest = json.loads((run_dir / "eval.json").read_text())
+    assert latest["by"] == "eval" and latest["settings"]["num_prompts"] == 4 and latest["trained"]["prompts"] == 4
+    assert json.loads(next(f for f in files if f != after).read_text()) == latest
+    assert "_eval_letters_n4_k1_t0.json" in capsys.readouterr().out
+    report = (run_dir / "report.md").read_text()  # rewritten by aligntune eval: both evaluations listed
+    rows = [line for line in report.split("## Evaluations")[1].split("##")[0].splitlines() if line.startswith("| 20")]
+    assert len(rows) == 2 and "after_training" in rows[0] and "| eval |" in rows[1]
+    assert f"{result['trained']['reward']:.4g}" in rows[0] and f"(eval/{after.name})" in rows[0]
+
+
+# --- a model on its own: model= instead of run= ----------------------------------------------------
+
+@pytest.mark.parametrize("model", ["tiny", "aligntune:tiny", "path"])
+def test_generate_takes_a_model_preset_a_shipped_id_or_a_path(model, capsys):
+    from aligntune.models import tiny
+
+    model = str(tiny.resolve("aligntune:tiny")) if model == "path" else model
+    assert cli.main(["generate", f"model={model}", "prompt=Repeat the letter q.", "samples=2", "max_new_tokens=4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line[:4] for line in lines[-2:]] == ["[0] ", "[1] "]
+
+
+def test_generate_and_eval_take_a_run_directory_given_as_model(trained_run, capsys):
+    run_dir = trained_run.run_dir.path
+    assert cli.main(["generate", f"model={run_dir}", "prompt=Repeat the letter q.", "max_new_tokens=4"]) == 0
+    capsys.readouterr()
+
+
+def test_eval_of_a_model_on_its_own_composes_with_the_other_overrides(workdir, capsys):
+    assert cli.main(["eval", "model=tiny", "dataset=letters", "dataset.eval_fraction=0.1", "eval.num_prompts=3",
+                     "eval.samples=2", "eval.max_new_tokens=4"]) == 0
+    result = json.loads((workdir / "eval.json").read_text())
+    assert "base" not in result and result["base_model"] is None  # nothing was trained: no before/after
+    assert result["trained"]["prompts"] == 3 and 0 <= result["trained"]["rewards/letter_match/mean"] <= 1
+    assert result["settings"]["dataset"] == "letters" and len(list((workdir / "eval").glob("*.json"))) == 1
+    out = capsys.readouterr().out
+    assert "rewards/letter_match/mean" in out and "model" in out
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["generate", "model=nope", "prompt=hi"], ["'nope' does not exist", "model=tiny"]),
+    (["generate", "model=custom", "prompt=hi"], ["model=custom", "model=/path/to/model"]),
+    (["generate", "run=a", "model=tiny", "prompt=hi"], ["both run=a and model=tiny", "Give one"]),
+    (["generate", "run=nope", "prompt=hi"], ["run=nope does not exist", "model=<a model preset (qwen3_0_6b, smollm2_135m, tiny)"]),
+    (["eval", "model=tiny", "algorithm=dpo"], ["Preference evaluation", "run=<run dir>"]),
+    (["eval"], ["needs run=", "model=smollm2_135m"]),
+])
+def test_model_and_run_mistakes_exit_2_with_the_fix(workdir, capsys, args, needles):
+    assert cli.main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: ") and "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (needle, err)

@@ -234,3 +234,50 @@ def test_a_failing_job_does_not_stop_the_sweep(workdir, capsys):
     assert json.loads((sweep / rows[0]["job"] / "summary.json").read_text())["status"] == "failed"
     assert "failed" in out.out and "1 of 2 jobs failed" in out.out
     assert "boom" in out.err
+
+
+# --- smoothing and the noise of short runs --------------------------------------------------------
+
+def test_ema_is_debiased_and_matches_hand_computed_values():
+    from aligntune.run.plots import ema, ema_factor
+
+    assert ema([0.0, 1.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75, 0.75 / 0.875])  # (0.25*0 + 0.5*1) / 0.75, ...
+    assert ema([3.0, 3.0], 0.9) == pytest.approx([3.0, 3.0])  # a constant stays put (no pull towards 0)
+    assert ema_factor(12) == ema_factor(40) == 0.6 and ema_factor(1000) == 0.98
+
+
+def test_run_and_compare_figures_draw_raw_points_under_an_ema_named_in_the_legend():
+    from aligntune.run.plots import figure
+
+    steps = list(range(1, 13))
+    noisy = [0.1, 0.5, 0.0, 0.6, 0.2, 0.7, 0.3, 0.8, 0.4, 0.9, 0.5, 1.0]
+    fig = figure("reward", [("reward", steps, noisy)])
+    (ax,) = fig.axes
+    raw, smooth = ax.lines
+    assert list(raw.get_ydata()) == noisy and raw.get_alpha() < 1
+    assert max(abs(a - b) for a, b in zip(smooth.get_ydata()[1:], smooth.get_ydata()[:-1])) < 0.3  # steps of 0.5 damped
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["reward (EMA 0.6)"]
+    fig = figure("reward", [("run_a", steps, noisy), ("run_b", steps[:2], noisy[:2])], legend=True)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["run_a (EMA 0.6)", "run_b"]  # 2 points: raw
+
+
+def test_final_metrics_give_the_first_and_last_20pct_with_standard_errors():
+    import math
+
+    from aligntune.core.backend_factory import final_metrics
+
+    rewards = [0.0, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 1.0]  # 10 steps: 2 per window
+    out = final_metrics([{"step": i + 1, "reward": r} for i, r in enumerate(rewards)])
+    assert out["reward_first_20pct"] == pytest.approx(0.1) and out["reward_last_20pct"] == pytest.approx(0.8)
+    assert out["reward_first_20pct_se"] == pytest.approx(math.sqrt(0.02) / math.sqrt(2))  # sample std 0.1414, / sqrt 2
+    assert out["reward_last_20pct_se"] == pytest.approx(math.sqrt(0.08) / math.sqrt(2))
+    short = final_metrics([{"step": 1, "reward": 0.3}, {"step": 2, "reward": 0.4}])
+    assert "reward_first_20pct" in short and "reward_first_20pct_se" not in short  # one step per window: no error bar
+
+
+def test_the_console_summary_shows_the_standard_error_beside_its_mean(capsys):
+    from aligntune.run.console import show_summary
+
+    show_summary({"status": "completed", "reward_first_20pct": 0.1, "reward_first_20pct_se": 0.05}, "run", [], [])
+    out = capsys.readouterr().out
+    assert "0.1 ± 0.05 (s.e.)" in out and "reward_first_20pct_se" not in out

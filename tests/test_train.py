@@ -126,3 +126,79 @@ def test_lora_run_saves_an_adapter_that_changed(workdir):
     adapted = PeftModel.from_pretrained(base, run_dir / "model")
     lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero; training moved it
+
+
+# --- the console on a first run: one line per one-time step, no engine progress bars ------------------------
+
+ENGINE_BARS = ("Loading weights", "Writing model shards", "de-quantizing", "it/s]", "%|")
+
+
+def test_a_first_run_shows_its_one_time_steps_as_lines_and_no_engine_progress_bars(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("ALIGNTUNE_CACHE", str(workdir / "fresh-cache"))  # the tiny model is built during the run
+    assert cli.main(["train", "experiment=smoke", "max_steps=1", f"hydra.run.dir={workdir / 'run'}"]) == 0
+    captured = capsys.readouterr()
+    assert "built the tiny model in" in captured.out
+    for bar in ENGINE_BARS:
+        assert bar not in captured.out + captured.err, bar
+    # a launched backend's dry run builds the model outside any run's logging set-up: no bars there either
+    monkeypatch.setenv("ALIGNTUNE_CACHE", str(workdir / "fresh-cache-2"))
+    assert cli.main(["train", "backend=verl", "dry_run=true", "model=tiny", "dataset=letters",
+                     f"hydra.run.dir={workdir / 'verl'}"]) == 0
+    captured = capsys.readouterr()
+    assert "built the tiny model in" in captured.out
+    for bar in ENGINE_BARS:
+        assert bar not in captured.out + captured.err, bar
+
+
+def test_a_one_time_step_keeps_even_a_bare_tqdm_bar_off_the_console_unless_verbose(capsys, monkeypatch):
+    """transformers' GGUF conversion draws a tqdm bar directly (no switch of theirs turns it off)."""
+    from tqdm.auto import tqdm
+
+    from aligntune.run import console
+
+    monkeypatch.setattr(console, "engine_bars", False)
+    with console.one_time_step("converting", "converted it"):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    captured = capsys.readouterr()
+    assert "de-quantizing" not in captured.err + captured.out and "converted it (" in captured.out
+    monkeypatch.setattr(console, "engine_bars", True)  # -v
+    with console.one_time_step("converting", "converted it"):
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "de-quantizing" in capsys.readouterr().err
+
+
+# --- the start of a run: a short panel of what differs from the default job ----------------------------------
+
+def test_the_console_opens_with_what_the_run_changes_not_the_whole_config(workdir, capsys):
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=smoke", "max_steps=1", "group_size=4", f"hydra.run.dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    start = out.split("compute:")[0]  # everything before the job's own first line
+    assert "├──" not in start and len(start.splitlines()) < 25  # not the ~100-line tree
+    flat = " ".join(start.replace("│", " ").split())
+    assert "aligntune train" in flat and "grpo on aligntune:tiny · dataset letters · 1 step of 4 prompts × 4 samples" in flat
+    assert "command line experiment=smoke train.max_steps=1 algorithm.group_size=4" in flat
+    for item in ("name_or_path=aligntune:tiny", "name=letters", "group_size=4", "learning_rate=0.01", "max_steps=1",
+                 "rewards letter_match"):  # the command line's values and the smoke experiment's / tiny recipe's
+        assert item in flat, item
+    assert "cliprange=" not in flat and "seed=" not in flat  # what the run shares with the default job is left out
+    unbroken = "".join(flat.split())  # a long path folds over lines of the panel
+    assert f"rundirectory{run_dir}" in unbroken and f"{run_dir}/config.yaml" in unbroken and "compute: cpu" in out
+
+
+def test_the_start_panel_of_the_default_job_and_of_another_algorithm(capsys):
+    from aligntune.config import compose
+    from aligntune.run.console import changes_from, show_start
+
+    default = compose.default_run()
+    assert changes_from(default, default) == {}
+    show_start(default, "outputs/x", [], default)
+    assert "nothing: this is the default job" in capsys.readouterr().out
+    dpo = compose.load(["algorithm=dpo", "model=tiny", "dataset=prefs"], check_sources=False)[0]
+    changed = changes_from(dpo, default)
+    assert changed["algorithm"][0] == "name=dpo" and "rewards" not in changed  # DPO has no rewards to list
+    verbose = compose.load(["model=tiny", "verbose=true"], check_sources=False)[0]
+    show_start(verbose, "outputs/x", ["verbose=true"], None)  # -v: the whole tree, as before
+    assert "├── seed: 42" in capsys.readouterr().out

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from aligntune import cli
@@ -232,3 +233,28 @@ def test_dry_run_exports_verl_data_and_a_reward_file_that_scores_like_aligntune(
     assert f"reward.custom_reward_function.path={verl_dir / 'reward_fn.py'}" in overrides
     assert f"data.train_files={verl_dir / 'train.parquet'}" in overrides
     assert json.dumps(row["extra_info"])  # plain JSON-able values, as parquet/verl need
+
+
+def test_a_presets_eval_after_training_is_turned_off_with_a_notice(workdir, capsys, monkeypatch):
+    """The default job's recipe sets eval.after_training=true, which verl cannot run: `backend=verl dry_run=true` on it
+    turns it off in one line naming the key and the `aligntune eval` to run afterwards (typed by the user: refused)."""
+    from aligntune import inherited
+    from aligntune.models import loading, smollm2, tiny
+
+    (change,) = inherited.changes(["backend=verl", "dry_run=true", "dataset.eval_fraction=0.1"])
+    assert change.override == "eval.after_training=false"
+    assert "eval.after_training=true" in change.notice and "aligntune eval run=" in change.notice
+    assert "dataset.eval_fraction=0.1" in change.notice and "dry_run" not in change.notice  # the run's data, not verl's
+    assert inherited.changes(["backend=verl", "dry_run=true", "eval.after_training=true"]) == []
+    with pytest.raises(ConfigError, match="eval.after_training=True has no equivalent"):
+        cli.validate(["backend=verl", "dry_run=true", "eval.after_training=true"], multirun=False)
+    assert inherited.changes([]) == []  # on TRL the recipe's evaluation runs
+
+    # The whole command, on the default job (its SmolLM2 stood in for by the tiny model: no GGUF conversion here).
+    monkeypatch.setattr(smollm2, "gguf_file", lambda: workdir / "stand-in.gguf")
+    monkeypatch.setitem(loading.SHIPPED, smollm2.PRESET, lambda: tiny.resolve("aligntune:tiny"))
+    run_dir = workdir / "run"
+    assert cli.main(["train", "backend=verl", "dry_run=true", f"hydra.run.dir={run_dir}"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "note: eval.after_training=true came with a preset" in out and "-m verl.trainer.main_ppo" in out
+    assert "eval.after_training=false" in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())

@@ -107,7 +107,11 @@ def explain(exc: Exception, shortcuts: dict[str, str], dirs: list[Path] | None =
         return ConfigError(msg.splitlines()[0], "Check the config name.")
     if isinstance(exc, OverrideParseException):
         return ConfigError(f"Cannot parse the override: {msg.splitlines()[0]}",
-                           "Overrides look like key=value, +new_key=value or ~key; quote values with spaces.")
+                           "Overrides look like key=value, +new_key=value or ~key; quote a value with spaces, commas "
+                           "or brackets: 'key=\"a value, quoted\"'.")
+    m = re.match(r"Ambiguous value for argument '(.*)'$", msg.splitlines()[0]) if msg else None
+    if m:
+        return sweep_without_multirun(m.group(1))
     inner = cause if isinstance(cause, OmegaConfBaseException) else exc
     while isinstance(inner.__cause__, OmegaConfBaseException):
         inner = inner.__cause__
@@ -165,6 +169,45 @@ def _broken_yaml(exc: BaseException, dirs: list[Path] | None) -> ConfigError | N
                 continue
     return ConfigError(f"A config file does not parse as YAML: {str(error).splitlines()[0]}", "Fix its YAML syntax.")
 
+def quoted(override: str) -> str:
+    """`override` as a shell word whose value Hydra reads as one string: double quotes for Hydra inside single
+    quotes for the shell (inside shell double quotes when the value has a single quote)."""
+    key, _, value = override.partition("=")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    hydra = f'{key}="' + value.replace('"', '\\"') + '"'  # Hydra: a backslash escapes only a quote
+    if "'" not in hydra:
+        return f"'{hydra}'"
+    return '"' + "".join("\\" + c if c in '\\"$`' else c for c in hydra) + '"'
+
+
+def sweep_without_multirun(override: str) -> ConfigError:
+    return ConfigError(f"{override!r} reads as several values: Hydra takes a comma (or choice(), range(), glob()) "
+                       "as a sweep, and this is a single run.",
+                       f"Quote the value to pass one string: {quoted(override)} (single quotes for the shell, "
+                       "double quotes for Hydra); for a list, key=[a,b]; to sweep over the values, add -m.")
+
+
+def check_grammar(overrides: list[str], multirun: bool = False) -> None:
+    """Each override against Hydra's grammar, one at a time, so the error names it and shows it quoted. Values with
+    spaces, commas, parentheses, brackets, quotes, '!' or ';' need quoting; a comma makes a sweep (-m only)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parsed = parser.parse_override(override)
+        except HydraException as exc:  # the parser's syntax errors (parse_overrides wraps them in OverrideParseException)
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"Hydra cannot parse the override {override!r} ({detail}): its value has characters "
+                              "Hydra's override grammar reserves (spaces, commas, parentheses, brackets, quotes, "
+                              "'=', '!', ';').",
+                              f"Quote the value: {quoted(override)} (single quotes for the shell, double quotes for "
+                              "Hydra).") from None
+        if not multirun and parsed.is_sweep_override() and not parsed.get_key_element().lstrip("+~").startswith("hydra"):
+            raise sweep_without_multirun(override)
+
 
 def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> DictConfig:
     """Compose configs/train.yaml with `overrides` (already alias-rewritten)."""
@@ -174,6 +217,8 @@ def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> Di
 
     from aligntune.config.searchpath import from_overrides
 
+
+    check_grammar(overrides)
     register()
     GlobalHydra.instance().clear()
     try:
@@ -307,6 +352,18 @@ def load(overrides: list[str], check_sources: bool = True) -> tuple[schema.RunCo
     if check_sources:
         preflight(run)
     return run, cfg
+
+
+def default_run() -> schema.RunConfig:
+    """The config plain `aligntune train` composes (no overrides): what the console's start panel compares a run
+    with. Inside a running Hydra app (a job) it is composed by that app's own config loader, left as it is."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra import compose as hydra_compose
+
+        return to_run_config(hydra_compose(config_name=CONFIG_NAME, overrides=[]))
+    return load([], check_sources=False)[0]
 
 
 def default_run_dir(root: str | Path = "outputs") -> Path:

@@ -12,6 +12,7 @@ Import paths, not imports: listing backends costs nothing, and torch loads only 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import traceback
 from pathlib import Path
@@ -372,13 +373,14 @@ class AlignmentJob:
 
     def _evaluate_after_training(self) -> dict[str, float]:
         """eval.after_training: the trained and the starting model on held-out prompts, side by side (as
-        `aligntune eval`); eval.json in the run directory; the numbers as eval/base/* and eval/trained/*."""
+        `aligntune eval`); eval/<time>_after_training_<settings>.json and eval.json in the run directory; the numbers
+        as eval/base/* and eval/trained/* in the summary."""
         from aligntune.evaluation import write_result
         from aligntune.run.logs import quiet_engines
 
         quiet_engines()
         self.eval_result = self.evaluate()
-        write_result(self.eval_result, self.run_dir.path / "eval.json")
+        write_result(self.eval_result, self.run_dir.path, by="after_training")
         return {f"eval/{side}/{key}": value for side in ("base", "trained") if side in self.eval_result
                 for key, value in self.eval_result[side].items() if isinstance(value, (int, float))}
 
@@ -484,8 +486,8 @@ SUMMARY_ALIASES = {"eval_rewards/accuracies": "eval_preference_accuracy", "eval_
 
 
 def final_metrics(history: list[dict]) -> dict[str, Any]:
-    """The last value of every logged metric (training, held-out, the trainer's totals), and the
-    reward's first/last 20% means."""
+    """The last value of every logged metric (training, held-out, the trainer's totals), and the reward's means over
+    the first and last 20% of the logged steps with their standard errors (`_se`, from 10 steps on: two per window)."""
     out: dict[str, Any] = {"steps": max((h["step"] for h in history), default=0)}
     for h in history:
         out.update({k: v for k, v in h.items() if isinstance(v, (int, float)) and k not in ("step", "time_s", "epoch")})
@@ -496,8 +498,10 @@ def final_metrics(history: list[dict]) -> dict[str, Any]:
     rewards = [h["reward"] for h in steps if isinstance(h.get("reward"), (int, float))]
     if rewards:
         k = max(1, len(rewards) // 5)
-        out["reward_first_20pct"] = sum(rewards[:k]) / k
-        out["reward_last_20pct"] = sum(rewards[-k:]) / k
+        for name, window in (("reward_first_20pct", rewards[:k]), ("reward_last_20pct", rewards[-k:])):
+            out[name] = sum(window) / k
+            if k >= 2:  # the standard error of that mean over its logged steps (sample std / sqrt(k))
+                out[f"{name}_se"] = math.sqrt(sum((r - out[name]) ** 2 for r in window) / (k - 1) / k)
     return out
 
 
@@ -526,6 +530,12 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     dirs = [config_dir] if isinstance(config_dir, (str, Path)) else list(config_dir or [])
     _, items, found = searchpath.split([f"--config-dir={d}" for d in dirs], items)
     items += searchpath.as_override(found)
+    from aligntune import inherited
+    from aligntune.run.console import show_notice
+
+    items, notices = inherited.apply(items)
+    for text in notices:
+        show_notice(text)
     run, _ = compose.load(items)
     from aligntune.distributed import launch
 

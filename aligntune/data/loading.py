@@ -95,8 +95,16 @@ def _format(ds, cfg: DatasetConfig) -> str:
                             "(canonical: prompt, chosen, rejected, completion, messages, question, answer).") from exc
     missing = [c for c in formats.REQUIRED[fmt] if c not in ds.column_names]
     if missing:
+        try:
+            fits = formats.detect(ds.column_names, ds[0])
+        except formats.RowError:
+            fits = None
+        mapping = "map your columns with dataset.columns.<needed>=<your column>"
+        fix = (f"Its columns fit format {fits}: set dataset.format=auto (or ={fits}), or give the data as "
+               f"dataset_name={cfg.name}, which starts from no dataset preset; or {mapping}." if fits else
+               f"Set dataset.format to the data's format (dataset.format=auto detects it), or {mapping}.")
         raise DataError(f"Dataset {cfg.name!r} lacks column(s) {missing} that format {fmt} needs (its columns: "
-                        f"{ds.column_names}).", "Map them with dataset.columns.<needed>=<your column>, or set dataset.format.")
+                        f"{ds.column_names}).", fix)
     return fmt
 
 

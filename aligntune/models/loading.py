@@ -87,7 +87,9 @@ def compute_precision(cfg: ModelConfig, device: str) -> str:
     return resolve_dtype(cfg.dtype, device, hidden_size(cfg.name_or_path) if cfg.dtype == "auto" else None)
 
 
-def _location(cfg: ModelConfig) -> str:
+def model_location(cfg: ModelConfig) -> str:
+    """A loadable location of `cfg.name_or_path`: a local directory (shipped models built or converted on first use)
+    or a hub id. Raises ConfigError/ModelError with the fix when there is none."""
     source = resolve_source(cfg.name_or_path)
     return str(SHIPPED[source]()) if source in SHIPPED else source
 
@@ -95,7 +97,7 @@ def _location(cfg: ModelConfig) -> str:
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    location = _location(cfg)
+    location = model_location(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(location, trust_remote_code=cfg.trust_remote_code)
     except Exception as exc:
@@ -115,7 +117,7 @@ def load_model(cfg: ModelConfig, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    location = _location(cfg)
+    location = model_location(cfg)
     try:
         return AutoModelForCausalLM.from_pretrained(location, dtype=dtype or torch.float32,
                                                     trust_remote_code=cfg.trust_remote_code)

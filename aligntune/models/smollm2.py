@@ -74,6 +74,10 @@ def resolve() -> Path:
     source = gguf_file()
     directory = cache_root() / "models" / f"smollm2-135m-instruct-{source.stat().st_size}"
     if not (directory / "config.json").exists():
+        from aligntune.run.console import one_time_step
+
         directory.parent.mkdir(parents=True, exist_ok=True)
-        _convert(source, directory)
+        with one_time_step("converting SmolLM2-135M-Instruct from its GGUF file (once, about 30 s)",
+                           f"converted SmolLM2-135M-Instruct into {directory}"):
+            _convert(source, directory)
     return directory

@@ -108,6 +108,9 @@ def resolve(name_or_path: str) -> Path:
     digest = hashlib.sha256(json.dumps([asdict(spec), vocabulary(), CHAT_TEMPLATE]).encode()).hexdigest()[:12]
     directory = cache_root() / "models" / f"{name}-{digest}"
     if not (directory / "config.json").exists():
+        from aligntune.run.console import one_time_step
+
         directory.parent.mkdir(parents=True, exist_ok=True)
-        build(name, directory)
+        with one_time_step(f"building the {name} model and tokenizer (once)", f"built the {name} model in {directory}"):
+            build(name, directory)
     return directory

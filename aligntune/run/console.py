@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import asdict
 
 from rich.console import Console
@@ -10,6 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 console = Console(stderr=False, highlight=False)
+engine_bars = False  # the engines' own progress bars on the console: -v (set by aligntune.run.logs.setup)
 
 # Progress-bar fields: (log key, label). The first key found among alternatives is shown.
 LIVE_METRICS = [
@@ -40,9 +43,123 @@ def config_tree(run) -> Tree:
     return tree
 
 
-def show_start(run, run_dir) -> None:
-    console.print(config_tree(run))
-    console.print(f"[bold]run directory:[/bold] {run_dir}")
+def _text(value) -> str:
+    """A config value as it would be typed: null, true, 0.01, letters, [all-linear], {}."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_text(v)}" for k, v in value.items()) + "}"
+    return str(value) if str(value) else "''"
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, val in value.items():
+        if isinstance(val, dict) and val:
+            out.update(_flat(val, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = val
+    return out
+
+
+def changes_from(run, default) -> dict[str, list[str]]:
+    """section -> ["key=value", ...]: what `run` changes from `default` (the config of plain `aligntune train`).
+    Another algorithm is compared with its own schema's defaults; the rewards are listed by name (and weight)."""
+    from aligntune.config.schema import ONLINE_ALGORITHMS
+
+    mine, base = asdict(run), asdict(default)
+    if type(run.algorithm) is not type(default.algorithm):
+        base["algorithm"] = asdict(type(run.algorithm)())
+        base["algorithm"]["name"] = None  # always shown: it is the change
+    sections: dict[str, list[str]] = {}
+    for section, value in mine.items():
+        if section == "rewards":
+            if value != base.get("rewards") and (value or run.algorithm.name in ONLINE_ALGORITHMS):  # DPO/SFT have none
+                sections["rewards"] = [name + (f"×{_text(spec['weight'])}" if spec["weight"] != 1 else "")
+                                       for name, spec in value.items()] or ["none"]
+            continue
+        if not isinstance(value, dict):
+            if value != base.get(section):
+                sections.setdefault("run", []).append(f"{section}={_text(value)}")
+            continue
+        ours, theirs = _flat(value), _flat(base.get(section) or {})
+        items = [f"{k}={_text(v)}" for k, v in ours.items() if k not in theirs or theirs[k] != v]
+        items += [f"{k}=(removed)" for k in theirs if k not in ours and not any(o.startswith(k + ".") for o in ours)]
+        if items:
+            sections[section] = items
+    return sections
+
+
+def headline(run) -> str:
+    """What the run trains, in one line: algorithm on model (LoRA) · dataset · steps of prompts x samples · backend."""
+    from aligntune.core.backend_factory import resolve_backend
+
+    algo, t = run.algorithm, run.train
+    name = algo.name + (f" ({algo.variant})" if getattr(algo, "variant", algo.name) != algo.name else "")
+    model = run.model.name_or_path + (f" + LoRA r{run.model.lora.r}" if run.model.lora.enabled else "")
+    unit = {"dpo": "pairs", "reward": "pairs", "sft": "rows"}.get(algo.name, "prompts")
+    batch = f"{t.batch_size} {unit}" + (f" × {algo.group_size} samples" if hasattr(algo, "group_size") else "")
+    steps = f"{t.max_steps} step{'s' if t.max_steps != 1 else ''}" if t.max_steps else f"{t.num_epochs:g} epoch{'s' if t.num_epochs != 1 else ''}"
+    return f"{name} on {model} · dataset {run.dataset.name} · {steps} of {batch} · backend {resolve_backend(run)}"
+
+
+def start_panel(run, run_dir, overrides: list[str], default):
+    """The run in a short panel: what it trains, what the command line said, what differs from the default job
+    (the command line's values and the presets' it selected), and where it goes. -v prints the whole tree instead."""
+    from rich.panel import Panel
+    from rich.text import Text
+
+    typed = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")  # a long run directory folds, whole, rather than ending in an ellipsis
+    grid.add_row("run", Text(headline(run)))
+    grid.add_row("command line", Text(" ".join(typed) if typed else "(nothing: the default job)"))
+    changed = changes_from(run, default)
+    grid.add_row("changed", Text("from plain `aligntune train` (the default job):" if changed else
+                                 "nothing: this is the default job"))
+    for section, items in changed.items():
+        grid.add_row(Text(f"  {section}", style="cyan"), Text("  ".join(items)))
+    grid.add_row("run directory", Text(str(run_dir)))
+    grid.add_row("full config", Text(f"{run_dir}/config.yaml (or -v, or --cfg job)"))
+    return Panel(grid, title="aligntune train", title_align="left", expand=False)
+
+
+def show_start(run, run_dir, overrides: list[str] | None = None, default=None) -> None:
+    """The start of a run: the short panel (start_panel), or with verbose=true the whole config as a tree."""
+    if run.verbose or default is None:
+        console.print(config_tree(run))
+        console.print(f"[bold]run directory:[/bold] {run_dir}")
+        return
+    console.print(start_panel(run, run_dir, list(overrides or []), default))
+
+
+@contextlib.contextmanager
+def one_time_step(doing: str, done: str):
+    """A step done once per machine (building the tiny model, converting the GGUF file): a status line while it runs
+    and `done` (with the seconds it took) after, instead of the engines' progress bars (-v keeps those)."""
+    from aligntune.run.logs import progress_bars_off
+
+    start = time.monotonic()
+    if engine_bars:
+        console.print(f"{doing} ...", soft_wrap=True)
+        yield
+    else:
+        with console.status(doing), progress_bars_off():  # the status first: its own stderr redirect is outside ours
+            yield
+    console.print(f"[dim]{escape(done)} ({time.monotonic() - start:.1f} s)[/dim]", soft_wrap=True)
+
+
+def show_notice(text: str, stderr: bool = False) -> None:
+    """One line about something aligntune changed or decided for the user (aligntune.inherited)."""
+    (Console(stderr=True, highlight=False) if stderr else console).print(f"[bold]note[/bold]: {escape(text)}",
+                                                                         soft_wrap=True)
 
 
 def show_compute(device: str, precision: str) -> None:
@@ -61,7 +178,8 @@ def format_live(logs: dict) -> str:
     return "  ".join(parts)
 
 
-SUMMARY_KEYS = ["status", "steps", "wall_time_s", "device", "compute_dtype", "train_runtime", "reward_first_20pct", "reward_last_20pct", "reward",
+SUMMARY_KEYS = ["status", "steps", "wall_time_s", "device", "compute_dtype", "train_runtime", "reward_first_20pct", "reward_first_20pct_se",
+                "reward_last_20pct", "reward_last_20pct_se", "reward",
                 "reward_std", "kl", "entropy", "loss", "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_preference_accuracy", "eval_margin", "eval_loss"]
 
@@ -74,7 +192,12 @@ def show_summary(summary: dict, run_dir, first_samples: list, last_samples: list
     keys = [k for k in SUMMARY_KEYS if k in summary] + sorted(k for k in summary if k.startswith("rewards/") and k.endswith("/mean"))
     for key in keys:
         value = summary[key]
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        if key.endswith("_se") and key[:-3] in summary:
+            continue  # shown beside its mean
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if isinstance(summary.get(f"{key}_se"), float):
+            text += f" ± {summary[key + '_se']:.2g} (s.e.)"
+        table.add_row(key, text)
     console.print(table)
     if first_samples and last_samples:
         samples = Table(title="sample completions, first and last logged step", show_lines=False)
@@ -108,8 +231,8 @@ def eval_table(result: dict) -> Table:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     columns = [c for c in ("base", "trained") if c in result]
-    for c in columns:
-        table.add_column(c, justify="right")
+    for c in columns:  # a model evaluated on its own (aligntune eval model=...) has no base: its column is "model"
+        table.add_column(c if "base" in result else "model", justify="right")
     keys = [k for k in result["trained"] if k != "samples"]
     for key in keys:
         cells = []

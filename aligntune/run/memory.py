@@ -35,9 +35,9 @@ def _meta_model(run: RunConfig):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from aligntune.errors import ModelError
-    from aligntune.models.loading import _location
+    from aligntune.models.loading import model_location
 
-    location = _location(run.model)
+    location = model_location(run.model)
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=run.model.trust_remote_code)
         with torch.device("meta"):

@@ -3,8 +3,10 @@
     write_run_plots(run_dir)                -> <run>/plots/reward.png, kl.png, loss.png, ...
     write_compare_plots({label: rows}, out) -> out/compare_<metric>.png, one figure per metric
 
-Only metrics a run actually logged are plotted. matplotlib (Agg, no pyplot and no global state) is
-imported inside the functions that draw, so importing this module costs nothing.
+Only metrics a run actually logged are plotted. Each curve is its raw points (faint) under an exponential
+moving average (the legend states its factor): a short run's per-step reward is mostly sampling noise.
+matplotlib (Agg, no pyplot and no global state) is imported inside the functions that draw, so importing
+this module costs nothing.
 """
 
 from __future__ import annotations
@@ -75,7 +77,30 @@ def slug(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
 
 
-def _draw(path: Path, title: str, lines: list[tuple[str, list[float], list[float]]], legend: bool = False) -> Path:
+SMOOTH_MIN_POINTS = 3  # fewer points are drawn as they are
+
+
+def ema_factor(points: int) -> float:
+    """The smoothing factor for a curve of `points` points: an EMA spanning a tenth of the curve (at least 4 points:
+    factor 1 - 2 / (span + 1), 0.6 for runs up to 40 steps), rounded to two decimals."""
+    span = max(4.0, points / 10)
+    return round(1 - 2 / (span + 1), 2)
+
+
+def ema(values: list[float], factor: float) -> list[float]:
+    """Exponential moving average s_t = factor * s_(t-1) + (1 - factor) * x_t, debiased by the weight it has
+    accumulated (as TensorBoard's smoothing), so the first value is x_0 rather than pulled towards 0."""
+    out, acc, weight = [], 0.0, 0.0
+    for value in values:
+        acc = factor * acc + (1 - factor) * value
+        weight = factor * weight + (1 - factor)
+        out.append(acc / weight)
+    return out
+
+
+def figure(title: str, lines: list[tuple[str, list[float], list[float]]], legend: bool = False):
+    """A matplotlib Figure of `lines` (label, steps, values): each as faint raw points under its EMA (one factor for
+    the whole figure, stated in the legend), or as they are when shorter than SMOOTH_MIN_POINTS."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -83,17 +108,30 @@ def _draw(path: Path, title: str, lines: list[tuple[str, list[float], list[float
     fig = Figure(figsize=(6.4, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    factor = ema_factor(max((len(xs) for _, xs, _ in lines), default=0))
+    smoothed = False
     for label, xs, ys in lines:
         component = not legend and label.startswith("rewards/")  # a reward component, under the total
-        ax.plot(xs, ys, marker="o", markersize=10 if len(set(xs)) == 1 else 4,  # one point (a final eval) must show
-                linewidth=1.2 if component else 2.2, linestyle="--" if component else "-", label=label)
+        style = {"linewidth": 1.2 if component else 2.2, "linestyle": "--" if component else "-"}
+        if len(xs) < SMOOTH_MIN_POINTS:
+            ax.plot(xs, ys, marker="o", markersize=10 if len(set(xs)) == 1 else 4,  # one point (a final eval) must show
+                    label=label, **style)
+            continue
+        (raw,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=0.8, alpha=0.35)
+        ax.plot(xs, ema(ys, factor), color=raw.get_color(), label=f"{label} (EMA {factor:g})", **style)
+        smoothed = True
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(True, alpha=0.3)
-    if legend or len(lines) > 1:
+    if legend or smoothed or len(lines) > 1:
         ax.legend(fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def _draw(path: Path, title: str, lines: list[tuple[str, list[float], list[float]]], legend: bool = False) -> Path:
+    fig = figure(title, lines, legend)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path

@@ -21,7 +21,8 @@ import yaml
 from aligntune.run.plots import EVAL_SKIP, phase_means, read_jsonl, write_phase_plot, write_run_plots
 
 # Final metrics of the comparison tables, in this order, when any run has them (report.md lists them all).
-COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_last_20pct", "loss", "kl", "entropy",
+COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_first_20pct_se", "reward_last_20pct",
+                "reward_last_20pct_se", "loss", "kl", "entropy",
                 "completions/mean_length", "rewards/accuracies", "rewards/margins",
                 "eval_reward", "eval_loss", "eval_preference_accuracy", "eval_margin", "eval_kl"]
 # The terminal's sweep table: these columns when present, dropped from the end of this list when the terminal is
@@ -134,6 +135,30 @@ def phases_markdown(run_dir: Path, summary: dict) -> list[str]:
         out += ["", f"![phases](plots/{quote(plot.name)})"]
     return out
 
+def evaluations_markdown(run_dir: Path) -> list[str]:
+    """Every evaluation of the run (eval/*.json, oldest first): when, by what, its settings, the headline metric of
+    the starting and the trained model, and a link to the file. [] when it has none."""
+    import time
+
+    from aligntune.evaluation import history
+
+    if not (run_dir / "eval.json").is_file() and not (run_dir / "eval").is_dir():
+        return []
+    rows = history(run_dir)
+    if not rows:
+        return []
+    lines = ["| when | by | settings | metric | base | trained | file |", "|---|---|---|---|---:|---:|---|"]
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])) if isinstance(r.get("created"), (int, float)) else ""
+        settings = r.get("settings", {})
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in settings.items() if k in ("dataset", "num_prompts", "samples", "temperature"))
+        trained = r.get("trained", {})
+        metric = next((k for k in ("reward", "preference_accuracy") if k in trained), "")
+        cells = [when, r.get("by", ""), shown, metric, _fmt(r.get("base", {}).get(metric)), _fmt(trained.get(metric)),
+                 f"[{r['file']}]({quote(r['file'])})"]
+        lines.append("| " + " | ".join(_md_cell(str(c)) for c in cells) + " |")
+    return lines
+
 
 def write_run_report(run_dir: str | Path) -> Path:
     """Plots into <run>/plots/ and <run>/report.md linking them. Returns the report's path."""
@@ -154,6 +179,10 @@ def write_run_report(run_dir: str | Path) -> Path:
     out += ["## Summary", "", "| metric | value |", "|---|---:|"]
     out += [f"| {_md_cell(k)} | {_md_cell(_fmt(summary[k]))} |" for k in summary_keys(summary)]
     out += phases_markdown(run_dir, summary)
+
+    evaluations = evaluations_markdown(run_dir)
+    if evaluations:
+        out += ["", "## Evaluations", "", *evaluations]
     out += ["", "## Curves", ""]
     if plots:
         out += [f"![{p.stem}](plots/{quote(p.name)})" for p in plots]

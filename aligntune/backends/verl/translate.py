@@ -113,6 +113,9 @@ NOT_TRANSLATED: dict[str, str] = {
     "eval.after_training": "verl trains in its own process and writes its own checkpoints; evaluate one afterwards "
                            "with `aligntune eval run=<checkpoint dir>`",
 }
+# Keys a preset may set that verl cannot honour and the run does without: when a recipe or preset (not the command
+# line) set one, it is turned off with a notice (aligntune/inherited.py); typed on the command line, it is refused.
+OFF_WHEN_INHERITED: dict[str, object] = {"eval.after_training": False}
 # Keys that shape the launch or the record, not verl's training config.
 LAUNCH_KEYS = {"backend.name": "selects this backend", "backend.verl.python": "the interpreter that runs verl",
                "algorithm.variant": "a record of the preset", "verbose": "aligntune's console",
