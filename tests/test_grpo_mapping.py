@@ -295,6 +295,7 @@ TRAIN_VARIATIONS = {
     "eval_steps": (10, "eval_steps"),
     "save_steps": (10, "save_strategy"),
     "save_total_limit": (5, "save_total_limit"),
+    "log_completions": (True, "log_completions"),
 }
 # Fields that legitimately do not reach GRPOConfig, with where they are used instead.
 NOT_MAPPED = {

@@ -295,7 +295,7 @@ def preflight(run: schema.RunConfig) -> None:
     """Checks that need no torch: an engine exists for the algorithm, the model and dataset exist."""
     from aligntune.core.backend_factory import builder_target, check_launch
     from aligntune.data.sources import resolve as resolve_dataset
-    from aligntune.models.loading import resolve_source
+    from aligntune.models.loading import check_model_options, resolve_source
 
     builder_target(run)
     check_launch(run)
@@ -303,6 +303,10 @@ def preflight(run: schema.RunConfig) -> None:
 
     check_installed(run.logger)
     resolve_source(run.model.name_or_path)
+    check_model_options(run.model)
+    from aligntune.backends.trl.common import check_rollout_engine
+
+    check_rollout_engine(run)
     resolve_dataset(run.dataset.name)
     check_rewards_configured(run)
 

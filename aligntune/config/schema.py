@@ -22,6 +22,11 @@ from omegaconf import MISSING
 from aligntune.errors import ConfigError
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes, through transformers' BitsAndBytesConfig (CUDA, LoRA only)
+QUANT_TYPES = ("nf4", "fp4")
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+ROLLOUT_ENGINES = ("hf", "vllm")
+VLLM_MODES = ("colocate", "server")
 DEVICES = ("auto", "cpu", "cuda")
 DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf", "ultrafeedback",
                    "prompt_chosen_rejected", "gsm8k")
@@ -63,8 +68,16 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
     save_merged: bool = False  # also write model_merged/: the adapter merged into the base (algorithm=reward: model/ is)
+    use_dora: bool = False  # DoRA (Liu et al. 2024): magnitude + direction; slower steps, often closer to full fine-tuning
+    use_rslora: bool = False  # rank-stabilised scaling alpha/sqrt(r) (Kalajdzievski 2023) instead of alpha/r
+    modules_to_save: List[str] = field(default_factory=list)  # modules trained in full beside the adapter (e.g. [lm_head])
 
     def __post_init__(self):
+        if not self.enabled:
+            for key, value, default in (("use_dora", self.use_dora, False), ("use_rslora", self.use_rslora, False),
+                                        ("modules_to_save", self.modules_to_save, [])):
+                _check(value == default, f"model.lora.{key}={value} configures the LoRA adapter, and LoRA is off.",
+                       f"Set model.lora.enabled=true, or drop model.lora.{key}.")
         _check(self.enabled or not self.save_merged, "model.lora.save_merged=true, but LoRA is off "
                "(model.lora.enabled=false), so there is no adapter to merge: the run's model/ is already full weights.",
                "Drop model.lora.save_merged, or set model.lora.enabled=true.")
@@ -82,12 +95,27 @@ class ModelConfig:
     """The policy. `name_or_path`: a shipped preset (`aligntune:tiny`), a local directory or a hub id."""
 
     name_or_path: str = MISSING
-    dtype: str = "auto"  # compute precision (models/precision.py). auto: bf16 where native (bf16 GPUs, AVX512/AMX-BF16 CPUs), else fp32
+    dtype: str = "auto"  # compute precision (models/precision.py). auto: bf16 where measured faster, else fp32
     trust_remote_code: bool = False
+    revision: Optional[str] = None  # a hub model's branch, tag or commit (hub ids only)
+    tokenizer: Optional[str] = None  # a different tokenizer (local directory or hub id); null: the model's own
+    # A chat template for the tokenizer: a Jinja file, or the name of one TRL ships (trl/chat_templates/<name>.jinja)
+    chat_template: Optional[str] = None
+    attn_implementation: str = "auto"  # auto (transformers' choice) | eager | sdpa | flash_attention_2 | ...
+    # Weights quantised by bitsandbytes for QLoRA (Dettmers et al. 2023): 4bit | 8bit; CUDA and LoRA only.
+    quantization: str = "none"
+    quant_type: str = "nf4"  # 4bit: nf4 (QLoRA's NormalFloat) | fp4
+    double_quant: bool = True  # 4bit: quantise the quantisation constants too (~0.4 bit/param saved)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         _one_of("model.dtype", self.dtype, DTYPES)
+        _one_of("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _one_of("model.quantization", self.quantization, QUANTIZATIONS)
+        _one_of("model.quant_type", self.quant_type, QUANT_TYPES)
+        _check(self.quantization == "none" or self.lora.enabled,
+               f"model.quantization={self.quantization} freezes quantised weights, which only a LoRA adapter can train "
+               "on (QLoRA), and LoRA is off.", "Add model.lora.enabled=true, or drop model.quantization.")
         _check(bool(self.name_or_path.strip()), "model.name_or_path is empty.",
                "Pick a preset (model=tiny) or set model.name_or_path to a local directory or hub id.")
 
@@ -407,6 +435,8 @@ class TrainConfig:
     save_steps: Optional[int] = None  # checkpoint every N optimizer steps (null: only when interrupted or diverging)
     save_total_limit: Optional[int] = 2  # keep the last N checkpoints (null: all); each holds model + optimizer state
     on_nonfinite: str = "stop"  # NaN/inf loss, gradient or reward: stop (after checkpointing the last good state) | skip the step
+    # GRPO/RLOO: TRL's own completions table (console, and W&B/trackio tables with logger=...), next to samples.jsonl
+    log_completions: bool = False
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.",
@@ -546,6 +576,39 @@ def _reward_config(name: str, spec: Any) -> RewardConfig:
 
 
 @dataclass
+class VllmConfig:
+    """vLLM generation for GRPO/RLOO rollouts (TRL's use_vllm; `pip install 'aligntune[vllm]'`, CUDA only)."""
+
+    mode: str = "colocate"  # colocate: vLLM shares the training GPUs | server: a `trl vllm-serve` process
+    gpu_memory_utilization: float = 0.3  # colocate: the share of GPU memory vLLM may take (the rest trains)
+    tensor_parallel_size: int = 1  # colocate: GPUs one vLLM engine spans
+    enable_sleep: bool = False  # colocate: offload vLLM's weights and cache while training (less memory, slower)
+    server_host: str = "0.0.0.0"  # server mode: where `aligntune vllm-serve` listens
+    server_port: int = 8000
+    server_timeout: float = 240.0  # server mode: seconds to wait for the server at start
+
+    def __post_init__(self):
+        _one_of("rollout.vllm.mode", self.mode, VLLM_MODES)
+        _check(0 < self.gpu_memory_utilization <= 1, f"rollout.vllm.gpu_memory_utilization={self.gpu_memory_utilization} "
+               "is outside (0, 1].", "Use a share such as 0.3.")
+        _check(self.tensor_parallel_size >= 1, "rollout.vllm.tensor_parallel_size must be at least 1.", "Use 1 or more.")
+        _positive("rollout.vllm.server_timeout", self.server_timeout)
+
+
+@dataclass
+class RolloutConfig:
+    """How GRPO/RLOO sample their rollouts: hf (transformers' generate, every device) or vllm (CUDA)."""
+
+    engine: str = "hf"
+    vllm: VllmConfig = field(default_factory=VllmConfig)
+
+    def __post_init__(self):
+        _one_of("rollout.engine", self.engine, ROLLOUT_ENGINES)
+        _check(self.engine == "vllm" or self.vllm == VllmConfig(), "rollout.vllm.* is set, but rollout.engine=hf.",
+               "Add rollout.engine=vllm, or drop rollout.vllm.*.")
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs. The only object that crosses from config to training."""
 
@@ -565,6 +628,7 @@ class RunConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     dry_run: bool = False  # write the launch files and print the command, train nothing (backend=verl, distributed)
     # name -> RewardConfig. Typed Any so that `+rewards.new.weight=0.2` can create an entry; the entries
     # are checked and converted in __post_init__.
@@ -587,6 +651,16 @@ class RunConfig:
                    "Drop it (an interrupted PPO run stops cleanly but starts again from the beginning); the TRL "
                    "algorithms (grpo, rloo, dpo, reward, sft) checkpoint and resume.")
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
+        trl_sampling = isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig))
+        _check(trl_sampling or not self.train.log_completions,
+               f"train.log_completions=true turns on TRL's completions table of GRPO and RLOO, and "
+               f"algorithm={self.algorithm.name} has none.", "Drop it; samples.jsonl holds every run's samples.")
+        _check(trl_sampling or self.rollout.engine == "hf",
+               f"rollout.engine={self.rollout.engine} generates GRPO/RLOO rollouts through TRL, and "
+               f"algorithm={self.algorithm.name} " + ("runs on aligntune's native engine, whose rollouts use "
+                                                      "transformers' generate." if self.algorithm.name == "ppo"
+                                                      else "samples no rollouts."),
+               "Drop rollout.engine (hf).")
         _check(self.dataset.max_prompt_length is None or self.algorithm.name in ONLINE_ALGORITHMS,
                f"dataset.max_prompt_length={self.dataset.max_prompt_length} cuts the prompts of sampling algorithms "
                f"(grpo, rloo, ppo), and algorithm={self.algorithm.name} trains on whole sequences.",

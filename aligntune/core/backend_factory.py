@@ -175,6 +175,11 @@ class AlignmentJob:
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
         build_trainer = builder_for(run)
         self.device = resolve_device(run.device)
+        from aligntune.backends.trl.common import check_rollout_engine
+        from aligntune.models.loading import check_model_options
+
+        check_model_options(run.model, self.device)  # GPU-only options refused before anything loads
+        check_rollout_engine(run, self.device)
         self.precision = compute_precision(run.model, self.device)
         self.run_dir.record(device=self.device, compute_dtype=self.precision)
         if self.is_main:
@@ -405,7 +410,7 @@ class AlignmentJob:
 
         from aligntune.models.loading import load_model
 
-        return load_model(self.config.model, torch.float32)
+        return load_model(self.config.model, torch.float32, quantize=False)
 
     def _restore_token_count(self) -> None:
         """TRL's DPO/SFT/reward trainers count `num_tokens` in `_total_train_tokens`, which no checkpoint holds (GRPO

@@ -37,9 +37,9 @@ def context_length(run: RunConfig) -> int | None:
     """The model's context (positions), from its config; None when the config does not say."""
     from transformers import AutoConfig
 
-    from aligntune.models.loading import _location
+    from aligntune.models.loading import model_location
 
-    config = AutoConfig.from_pretrained(_location(run.model), trust_remote_code=run.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(model_location(run.model), trust_remote_code=run.model.trust_remote_code)
     for cfg in (getattr(config, "text_config", None), config):
         for key in CONTEXT_KEYS:
             value = getattr(cfg, key, None) if cfg is not None else None

@@ -83,6 +83,9 @@ def _needs_reference(run: RunConfig) -> bool:
     return algo.name == "ppo"
 
 
+QUANTIZED_BYTES = {"none": 4, "8bit": 1, "4bit": 0.5}
+
+
 def estimate(run: RunConfig) -> dict[str, int]:
     """Bytes per component (see the module docstring) and their `total`."""
     model, config = _meta_model(run)
@@ -101,7 +104,9 @@ def estimate(run: RunConfig) -> dict[str, int]:
         if getattr(config, "_attn_implementation", None) == "eager":  # SDPA/flash keep no attention matrix
             activations += layers * 5 * heads * tokens * tokens * seqs * 2
     activations += seqs * tokens * vocab * 4 * 2
-    out = {"weights": 4 * params, "gradients": 4 * trainable, "optimizer": 8 * trainable,
+    weight_bytes = QUANTIZED_BYTES.get(run.model.quantization, 4)  # bitsandbytes: 1 byte (8bit), ~0.5 (4bit) a weight
+    out = {"weights": int(weight_bytes * params) + (4 * trainable if run.model.quantization != "none" else 0),
+           "gradients": 4 * trainable, "optimizer": 8 * trainable,
            "reference": 4 * params if _needs_reference(run) else 0,
            "critic": 16 * params if run.algorithm.name == "ppo" else 0, "activations": activations}
     out["total"] = sum(out.values())

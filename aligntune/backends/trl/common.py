@@ -51,6 +51,45 @@ def common_args(run: RunConfig, output_dir: str) -> dict:
     )
 
 
+# TRL fields aligntune sets from its own keys (the rollout group, train.log_completions), and fields a TRL config
+# accepts that must be set through aligntune's keys instead: backend.trl_args may not name them.
+VLLM_FIELDS = {"rollout.engine": "use_vllm", "rollout.vllm.mode": "vllm_mode",
+               "rollout.vllm.gpu_memory_utilization": "vllm_gpu_memory_utilization",
+               "rollout.vllm.tensor_parallel_size": "vllm_tensor_parallel_size",
+               "rollout.vllm.enable_sleep": "vllm_enable_sleep_mode", "rollout.vllm.server_host": "vllm_server_host",
+               "rollout.vllm.server_port": "vllm_server_port", "rollout.vllm.server_timeout": "vllm_server_timeout",
+               "train.log_completions": "log_completions"}
+REDIRECTED = {"model_init_kwargs": "aligntune loads the model itself (trl_args.model_init_kwargs would be ignored): "
+                                   "use model.dtype, model.attn_implementation, model.revision, model.quantization or "
+                                   "model.trust_remote_code"}
+
+
+def check_rollout_engine(run: RunConfig, device: str | None = None) -> None:
+    """rollout.engine=vllm needs vllm installed (checked without torch) and a CUDA device (`device`, when known)."""
+    import importlib.util
+
+    if run.rollout.engine != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine=vllm generates rollouts with vLLM, which is not installed.",
+                          "Install it on a CUDA machine (pip install 'aligntune[vllm]'), or drop rollout.engine (hf).")
+    if device is not None and device != "cuda":
+        raise ConfigError(f"rollout.engine=vllm runs vLLM on CUDA GPUs, and this run is on {device}.",
+                          "Drop rollout.engine on this machine (hf: transformers' generate runs everywhere).")
+
+
+def rollout_engine_args(run: RunConfig) -> dict:
+    """GRPOConfig/RLOOConfig fields of the rollout group (TRL's vLLM generation) and train.log_completions."""
+    v = run.rollout.vllm
+    args = {"use_vllm": run.rollout.engine == "vllm", "log_completions": run.train.log_completions}
+    if run.rollout.engine == "vllm":
+        args.update(vllm_mode=v.mode, vllm_gpu_memory_utilization=v.gpu_memory_utilization,
+                    vllm_tensor_parallel_size=v.tensor_parallel_size, vllm_enable_sleep_mode=v.enable_sleep,
+                    vllm_server_host=v.server_host, vllm_server_port=v.server_port,
+                    vllm_server_timeout=v.server_timeout)
+    return args
+
+
 def step_batches(run: RunConfig, world_size: int, unit: str) -> dict:
     """Batch fields of the trainers that step on `train.batch_size` items (pairs, sequences): the per-device
     micro-batch (train and eval) and the gradient accumulation that makes up one optimizer step."""
@@ -91,7 +130,7 @@ def with_trl_args(config_name: str, args: dict, run: RunConfig, mapped: set[str]
     import trl
 
     fields = {f.name for f in dataclasses.fields(getattr(trl, config_name))}
-    check_trl_args(config_name, fields, run.backend.trl_args, mapped | set(args))
+    check_trl_args(config_name, fields, run.backend.trl_args, mapped | set(args) | set(VLLM_FIELDS.values()))
     return {**args, **run.backend.trl_args}
 
 
@@ -108,6 +147,9 @@ def make_config(config_name: str, args: dict, what: str):
 def check_trl_args(config_name: str, fields: set[str], trl_args: dict, mapped: set[str]) -> None:
     """backend.trl_args may only name real fields of the TRL config, and none that aligntune maps itself."""
     for key in trl_args:
+        if key in REDIRECTED:
+            raise ConfigError(f"backend.trl_args.{key} is not passed to TRL: {REDIRECTED[key]}.",
+                              "Set those model.* keys instead (`aligntune train --cfg job` lists them).")
         if key not in fields:
             near = difflib.get_close_matches(key, sorted(fields), n=3)
             raise ConfigError(f"backend.trl_args.{key} is not a field of trl.{config_name}.",

@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aligntune.backends.trl.common import (
+    VLLM_FIELDS,
     common_args,
     held_out_schedule,
     make_config,
     micro_batches,
+    rollout_engine_args,
     with_trl_args,
 )
 from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
@@ -46,6 +48,7 @@ MAPPED_FIELDS = {
     "dataset.shuffle": "shuffle_dataset",
     "train.eval_steps": "eval_steps",
     "rewards.<name>.weight": "reward_weights",
+    **VLLM_FIELDS,
 }
 OVERLONG = "overlong"  # the name DAPO's overlong punishment runs under (metrics: rewards/overlong/mean)
 MIN_STEP_COMPLETIONS = 16  # with num_mini_batches > 1, fewer completions per optimizer step than this are warned about
@@ -116,7 +119,9 @@ def rollout_args(run: RunConfig, output_dir: str, world_size: int, has_eval: boo
         num_iterations=algo.num_iterations,
         mask_truncated_completions=algo.mask_truncated_completions,
         shuffle_dataset=run.dataset.shuffle,
-        log_completions=False,  # aligntune writes samples.jsonl itself; TRL's printer would flood the console
+        # rollout.engine / rollout.vllm.* (TRL's vLLM generation) and train.log_completions (TRL's completions
+        # table; off by default: aligntune writes samples.jsonl itself)
+        **rollout_engine_args(run),
         **held_out_schedule(run, has_eval),
         per_device_eval_batch_size=algo.group_size * max(1, micro // algo.group_size),
     )

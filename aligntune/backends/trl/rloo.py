@@ -14,7 +14,7 @@ GRPO's (`grpo.rollout_batches`): `train.batch_size` prompts x `group_size` compl
 
 from __future__ import annotations
 
-from aligntune.backends.trl.common import make_config, with_trl_args
+from aligntune.backends.trl.common import VLLM_FIELDS, make_config, with_trl_args
 from aligntune.backends.trl.grpo import rollout_args, warn_small_steps
 from aligntune.config.schema import RLOOAlgorithmConfig, RunConfig
 
@@ -35,6 +35,7 @@ MAPPED_FIELDS = {
     "dataset.shuffle": "shuffle_dataset",
     "train.eval_steps": "eval_steps",
     "rewards.<name>.weight": "reward_weights",
+    **VLLM_FIELDS,
 }
 
 

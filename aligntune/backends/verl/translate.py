@@ -97,6 +97,21 @@ NOT_TRANSLATED: dict[str, str] = {
     "resume": "verl resumes through its own trainer.resume_mode from its checkpoints, not aligntune's",
     "resume_force": "verl resumes through its own trainer.resume_mode",
     "model.lora.save_merged": "verl writes its own checkpoints; merge the adapter from them with verl's model merger",
+    "model.lora.use_dora": "verl's LoRA has no DoRA switch",
+    "model.lora.use_rslora": "verl's LoRA has no rsLoRA switch",
+    "model.lora.modules_to_save": "verl's LoRA trains only the adapter",
+    "model.revision": "verl loads actor_rollout_ref.model.path itself (download the revision, give its directory)",
+    "model.tokenizer": "verl loads the model's own tokenizer",
+    "model.chat_template": "verl applies the model's own chat template",
+    "model.attn_implementation": "verl picks its attention kernel (actor_rollout_ref.model.override_config)",
+    "model.quantization": "verl trains unquantised weights",
+    "model.quant_type": "verl trains unquantised weights",
+    "model.double_quant": "verl trains unquantised weights",
+    "train.log_completions": "verl logs its own generations (trainer.log_val_generations)",
+    "rollout.engine": "verl's rollout is backend.verl.rollout (vllm by default)",
+    **{f"rollout.vllm.{k}": "verl configures its vLLM rollout itself (actor_rollout_ref.rollout.*)"
+       for k in ("mode", "gpu_memory_utilization", "tensor_parallel_size", "enable_sleep", "server_host", "server_port",
+                 "server_timeout")},
     "train.logging_steps": "verl logs every step",
     "train.log_samples": "verl does not write aligntune's samples.jsonl",
     "distributed.strategy": "verl shards with its own FSDP workers; accelerate's strategies do not apply",
@@ -163,7 +178,8 @@ def refuse_untranslatable(run: RunConfig) -> None:
 
     owners = {"": schema.RunConfig, "algorithm": type(run.algorithm), "model.lora": schema.LoraConfig, "train": schema.TrainConfig,
               "dataset": schema.DatasetConfig, "distributed": schema.DistributedConfig, "backend": schema.BackendConfig,
-              "eval": schema.EvalConfig}
+              "eval": schema.EvalConfig, "model": schema.ModelConfig, "rollout": schema.RolloutConfig,
+              "rollout.vllm": schema.VllmConfig}
     for key, why in NOT_TRANSLATED.items():
         owner, _, leaf = key.rpartition(".")
         if owner == "algorithm" and not hasattr(run.algorithm, leaf):
