@@ -115,6 +115,15 @@ CASES = [
     (B, ["algorithm.dynamic_sampling=true", "+backend.trl_args.entropy_coef=0.01"],
      ["algorithm.dynamic_sampling", "entropy_coef", "loss_type=dapo"]),
     (C, ["train.batch_size="], ["train.batch_size", "type"]),
+    # config: GPU-only options on this machine (issue #19): refused before anything loads
+    (C, ["rollout.engine=vllm"], ["rollout.engine=vllm", "not installed", "aligntune[vllm]"]),
+    (C, ["model.quantization=4bit", "model.lora.enabled=true"], ["model.quantization=4bit", "bitsandbytes"]),
+    (C, ["model.quantization=8bit"], ["model.quantization=8bit", "LoRA", "model.lora.enabled=true"]),
+    (C, ["model.attn_implementation=flash_attention_2"], ["flash_attention_2", "flash-attn", "sdpa"]),
+    (C, ["model.chat_template=nope.jinja"], ["model.chat_template='nope.jinja'", "TRL's"]),
+    (C, ["model.revision=main"], ["model.revision=main", "Drop model.revision"]),
+    (B, ["+backend.trl_args.model_init_kwargs={}"], ["backend.trl_args.model_init_kwargs", "model.attn_implementation"]),
+    (C, ["algorithm=dpo", "train.log_completions=true"], ["train.log_completions", "samples.jsonl"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
     (C, ["train.batch_size=two"], ["train.batch_size", "'two'", "type"]),
