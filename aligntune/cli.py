@@ -27,6 +27,7 @@ from aligntune.errors import (
 
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
+    "check": "compose and validate every experiment of the search path (--smoke: also train each under debug=smoke): CI in one line",
     "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
     "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
     "rewards": "list the built-in reward functions",
@@ -40,6 +41,8 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
                "--config-dir", "-cd", "--experimental-rerun"}  # --config-dir: aligntune.config.searchpath takes it
 
 COMMAND_USAGE = {
+    "check": "Usage: aligntune check [--config-dir DIR ...] [experiment=NAME|GLOB ...] [KEY=VALUE ...] [--smoke] "
+             "[--junit FILE] [--out DIR] [--allow-hub-skips]",
     "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
     "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
                 "max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda dtype=auto|fp32|bf16|fp16] [-i]",
@@ -97,9 +100,9 @@ def console() -> int:
 
 
 def _other_command(name: str, args: list[str]) -> int:
-    from aligntune import commands
+    from aligntune import check, commands
 
-    run = {"eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
+    run = {"check": check.check_command, "eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
            "report": commands.report_command, "compare": commands.compare_command}[name]
     try:
         return run(args)
