@@ -223,6 +223,13 @@ def check_command(args: list[str]) -> int:
     chosen = select(patterns, dirs)
     out = Path(opts["out"] or Path("outputs") / "check" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     cd = [a for d in dirs for a in ("--config-dir", str(d))]
+    if opts["smoke"]:  # the engines' one-time import is not any experiment's time
+        start = time.perf_counter()
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        import trl  # noqa: F401
+
+        print(f"imported torch, transformers and trl in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     results = []
     for name, path in chosen.items():
         result = Result(name, origin(path))

@@ -28,6 +28,7 @@ from aligntune.errors import (
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
     "check": "compose and validate every experiment of the search path (--smoke: also train each under debug=smoke): CI in one line",
+    "init": "write a starter project: configs/experiment/example.yaml, rewards/my_reward.py, its test, a CI workflow",
     "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
     "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
     "rewards": "list the built-in reward functions",
@@ -43,6 +44,7 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
 COMMAND_USAGE = {
     "check": "Usage: aligntune check [--config-dir DIR ...] [experiment=NAME|GLOB ...] [KEY=VALUE ...] [--smoke] "
              "[--junit FILE] [--out DIR] [--allow-hub-skips]",
+    "init": "Usage: aligntune init [DIR] (default: the current directory; never overwrites a file)",
     "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8)",
     "generate": "Usage: aligntune generate run=<run dir or model path> prompt=\"...\" [samples=N temperature=T "
                 "max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda dtype=auto|fp32|bf16|fp16] [-i]",
@@ -100,9 +102,9 @@ def console() -> int:
 
 
 def _other_command(name: str, args: list[str]) -> int:
-    from aligntune import check, commands
+    from aligntune import check, commands, starter
 
-    run = {"check": check.check_command, "eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
+    run = {"check": check.check_command, "init": starter.init_command, "eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
            "report": commands.report_command, "compare": commands.compare_command}[name]
     try:
         return run(args)
