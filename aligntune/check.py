@@ -204,12 +204,14 @@ def table(results: list[Result], smoke_run: bool):
     from rich.table import Table
 
     t = Table(title="aligntune check" + (" --smoke" if smoke_run else ""), show_lines=True)
-    for col in ("experiment", "from", "algorithm", "model", "dataset", "status", "seconds", "error"):
-        t.add_column(col, overflow="fold", no_wrap=col in ("experiment", "algorithm", "status", "seconds"))
     style = {PASSED: "green", FAILED: "bold red", HUB: "yellow"}
-    for r in results:
-        t.add_row(r.name, r.origin, r.algorithm, r.model, r.dataset, f"[{style[r.status]}]{r.status}[/]",
-                  f"{r.seconds:.2f}", r.error)
+    rows = [[r.name, r.origin, r.algorithm, r.model, r.dataset, r.status, f"{r.seconds:.2f}", r.error] for r in results]
+    for i, col in enumerate(("experiment", "from", "algorithm", "model", "dataset", "status", "seconds", "error")):
+        widest = max([len(col), *(len(row[i]) for row in rows)])
+        t.add_column(col, overflow="fold", min_width=40 if col == "error" else min(widest, 36))
+    for row in rows:
+        row[5] = f"[{style[row[5]]}]{row[5]}[/]"
+        t.add_row(*row)
     return t
 
 
@@ -239,7 +241,7 @@ def check_command(args: list[str]) -> int:
         results.append(result)
     from aligntune.run.console import console
 
-    console.print(table(results, opts["smoke"]))
+    console.print(table(results, opts["smoke"]), width=max(console.width, 160), crop=False)  # CI logs: 80 columns squeeze it
     if opts["junit"]:
         junit(results, opts["junit"], opts["smoke"])
         console.print(f"JUnit XML written to {opts['junit']}", soft_wrap=True)
