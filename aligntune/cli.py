@@ -60,6 +60,11 @@ _failures: list[tuple[str, int]] = []  # (run dir, exit code) of each job of a s
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sc = next((i for i, a in enumerate(argv[:2]) if a in ("-sc", "--shell-completion")), None)
+    if sc is not None and (sc == 0 or argv[0] == "train"):  # aligntune [train] -sc install=bash|query=bash
+        from aligntune import completion
+
+        return completion.command(argv[sc + 1:sc + 2])
     if argv and argv[0] == "train":
         return train_command(argv[1:])
     if argv and argv[0] in COMMANDS and not any(a in ("-h", "--help") for a in argv[1:]):
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="aligntune",
         description="Config-driven alignment of language models (GRPO, DPO, PPO, reward models, SFT), composed with Hydra.",
-        epilog="Run `aligntune train --help` for config groups, shortcuts and examples.",
+        epilog="Run `aligntune train --help` for config groups, shortcuts and examples. Shell completion (subcommands, "
+               "groups, options, keys): eval \"$(aligntune -sc install=bash)\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aligntune {__version__}")
@@ -307,6 +313,7 @@ flags:
   -v, --verbose      the engines' own logs on the console (train.log always has them)
   --traceback        full tracebacks for errors (also ALIGNTUNE_TRACEBACK=1)
   --hydra-help       Hydra's own flags
+  -sc install=bash   shell completion of groups, options and keys: eval "$(aligntune -sc install=bash)"
 
 examples:
   aligntune train experiment=smoke
