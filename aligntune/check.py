@@ -132,6 +132,8 @@ def validate(result: Result, overrides: list[str]) -> None:
         compose.preflight(run)
     except AligntuneError as exc:
         result.status, result.error = (HUB if needs_hub(exc) else FAILED), exc.paragraph()
+    except Exception as exc:  # a bug rather than the user's config: still one experiment's failure, not the check's
+        result.status, result.error = FAILED, f"{type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - start
 
 
