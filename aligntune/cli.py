@@ -27,6 +27,8 @@ from aligntune.errors import (
 
 COMMANDS = {
     "train": "train a model from the composed config; `aligntune train --help` lists the options",
+    "check": "compose and validate every experiment of the search path (--smoke: also train each under debug=smoke): CI in one line",
+    "init": "write a starter project: configs/experiment/example.yaml, rewards/my_reward.py, its test, a CI workflow",
     "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
     "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
     "rewards": "list the built-in reward functions",
@@ -40,6 +42,9 @@ VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-name"
                "--config-dir", "-cd", "--experimental-rerun"}  # --config-dir: aligntune.config.searchpath takes it
 
 COMMAND_USAGE = {
+    "check": "Usage: aligntune check [--config-dir DIR ...] [experiment=NAME|GLOB ...] [KEY=VALUE ...] [--smoke] "
+             "[--junit FILE] [--out DIR] [--allow-hub-skips]",
+    "init": "Usage: aligntune init [DIR] (default: the current directory; never overwrites a file)",
     "eval": "Usage: aligntune eval run=<run dir or model path> [KEY=VALUE ...] (e.g. eval.num_prompts=32 eval.samples=8), "
             "or aligntune eval model=<preset, aligntune:<id>, path or hub id> [dataset=... KEY=VALUE ...]",
     "generate": "Usage: aligntune generate run=<run dir or model path> | model=<preset, aligntune:<id>, path or hub id> "
@@ -57,6 +62,11 @@ _failures: list[tuple[str, int]] = []  # (run dir, exit code) of each job of a s
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    sc = next((i for i, a in enumerate(argv[:2]) if a in ("-sc", "--shell-completion")), None)
+    if sc is not None and (sc == 0 or argv[0] == "train"):  # aligntune [train] -sc install=bash|query=bash
+        from aligntune import completion
+
+        return completion.command(argv[sc + 1:sc + 2])
     if argv and argv[0] == "train":
         return train_command(argv[1:])
     if argv and argv[0] in COMMANDS and not any(a in ("-h", "--help") for a in argv[1:]):
@@ -64,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="aligntune",
         description="Config-driven alignment of language models (GRPO, DPO, PPO, reward models, SFT), composed with Hydra.",
-        epilog="Run `aligntune train --help` for config groups, shortcuts and examples.",
+        epilog="Run `aligntune train --help` for config groups, shortcuts and examples. Shell completion (subcommands, "
+               "groups, options, keys): eval \"$(aligntune -sc install=bash)\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aligntune {__version__}")
@@ -99,9 +110,9 @@ def console() -> int:
 
 
 def _other_command(name: str, args: list[str]) -> int:
-    from aligntune import commands
+    from aligntune import check, commands, starter
 
-    run = {"eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
+    run = {"check": check.check_command, "init": starter.init_command, "eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
            "report": commands.report_command, "compare": commands.compare_command}[name]
     try:
         return run(args)
@@ -326,6 +337,7 @@ flags:
   -v, --verbose      the engines' own logs on the console (train.log always has them)
   --traceback        full tracebacks for errors (also ALIGNTUNE_TRACEBACK=1)
   --hydra-help       Hydra's own flags
+  -sc install=bash   shell completion of groups, options and keys: eval "$(aligntune -sc install=bash)"
 
 examples:
   aligntune train experiment=smoke
