@@ -307,6 +307,9 @@ def preflight(run: schema.RunConfig) -> None:
     from aligntune.backends.trl.common import check_rollout_engine
 
     check_rollout_engine(run)
+    from aligntune.run.model_card import check_push
+
+    check_push(run)
     resolve_dataset(run.dataset.name)
     check_rewards_configured(run)
 

@@ -464,6 +464,23 @@ class TrainConfig:
 
 
 @dataclass
+class HubConfig:
+    """Push the final model (or adapter) with its model card to the Hugging Face Hub at the end of the run."""
+
+    push: bool = False
+    model_id: Optional[str] = None  # <user or org>/<name>
+    private: bool = True  # a new repo is private unless set false
+    revision: Optional[str] = None  # a branch to push to (created if missing); null: main
+
+    def __post_init__(self):
+        if not self.push:
+            for key, value, default in (("model_id", self.model_id, None), ("private", self.private, True),
+                                        ("revision", self.revision, None)):
+                _check(value == default, f"hub.{key}={value} configures the Hub push, and hub.push=false.",
+                       f"Add hub.push=true, or drop hub.{key}.")
+
+
+@dataclass
 class EvalConfig:
     """Settings of `aligntune eval`, `AlignmentJob.evaluate()` and, with `after_training`, of the side-by-side
     evaluation at the end of `aligntune train`."""
@@ -629,6 +646,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     dry_run: bool = False  # write the launch files and print the command, train nothing (backend=verl, distributed)
     # name -> RewardConfig. Typed Any so that `+rewards.new.weight=0.2` can create an entry; the entries
     # are checked and converted in __post_init__.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class AlignmentJob:
         from aligntune.run.rundir import RunDir
 
         self.config = run
+        self.overrides = list(overrides or [])
         self.parallel_jobs = parallel_jobs
         # Under `accelerate launch` (aligntune.distributed) every process builds a job; global rank 0 writes.
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -353,6 +355,7 @@ class AlignmentJob:
                 final.update(means(self.phases.history))  # the run's mean seconds per step in each phase
             if self.config.eval.after_training:
                 final.update(self._evaluate_after_training())
+            self._model_card_and_push(final)
             summary = self.run_dir.finish(final)
         except (RunInterrupted, TrainingDiverged):
             raise
@@ -375,6 +378,22 @@ class AlignmentJob:
         return summary
 
     eval_result: dict | None = None
+
+    def _model_card_and_push(self, final: dict) -> None:
+        """model/README.md (the Hub's model card) and, with hub.push=true, the upload of model/ (aligntune.run.model_card)."""
+        from aligntune.run import model_card
+
+        summary = {**final, **self.run_dir.facts, "wall_time_s": round(time.time() - self.run_dir.started, 1)}
+        model_card.write(self.run_dir.model, self.config, summary, self.overrides)
+        if self.config.hub.push:
+            from aligntune.errors import ModelError
+
+            try:
+                final["hub_url"] = model_card.push(self.run_dir.model, self.config)
+            except Exception as exc:
+                raise ModelError(f"Pushing {self.run_dir.model} to the Hub as {self.config.hub.model_id} failed: "
+                                 f"{type(exc).__name__}: {exc}. The trained model is saved there.",
+                                 f"Upload it yourself: hf upload {self.config.hub.model_id} {self.run_dir.model}") from exc
 
     def _evaluate_after_training(self) -> dict[str, float]:
         """eval.after_training: the trained and the starting model on held-out prompts, side by side (as

@@ -109,6 +109,8 @@ NOT_TRANSLATED: dict[str, str] = {
     "model.double_quant": "verl trains unquantised weights",
     "train.log_completions": "verl logs its own generations (trainer.log_val_generations)",
     "rollout.engine": "verl's rollout is backend.verl.rollout (vllm by default)",
+    **{f"hub.{k}": "verl writes its own checkpoints (upload a merged one with hf upload)"
+       for k in ("push", "model_id", "private", "revision")},
     **{f"rollout.vllm.{k}": "verl configures its vLLM rollout itself (actor_rollout_ref.rollout.*)"
        for k in ("mode", "gpu_memory_utilization", "tensor_parallel_size", "enable_sleep", "server_host", "server_port",
                  "server_timeout")},
@@ -179,7 +181,7 @@ def refuse_untranslatable(run: RunConfig) -> None:
     owners = {"": schema.RunConfig, "algorithm": type(run.algorithm), "model.lora": schema.LoraConfig, "train": schema.TrainConfig,
               "dataset": schema.DatasetConfig, "distributed": schema.DistributedConfig, "backend": schema.BackendConfig,
               "eval": schema.EvalConfig, "model": schema.ModelConfig, "rollout": schema.RolloutConfig,
-              "rollout.vllm": schema.VllmConfig}
+              "rollout.vllm": schema.VllmConfig, "hub": schema.HubConfig}
     for key, why in NOT_TRANSLATED.items():
         owner, _, leaf = key.rpartition(".")
         if owner == "algorithm" and not hasattr(run.algorithm, leaf):
