@@ -342,8 +342,9 @@ def test_a_reward_failing_mid_ppo_is_named_with_its_step(workdir, capsys):
                      "+rewards.late.fn=late.py:raises"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == EXIT_USAGE and "Reward 'late' raised ValueError: cannot score" in err and "at step 2" in err
-    assert "The step was not applied." in err and "checkpointed" not in err  # the native engine writes none
     (run,) = _runs(workdir)
+    assert "the last good state (step 1) is checkpointed in" in err and f"resume={run}" in err
+    assert (run / "checkpoints" / "checkpoint-1" / "critic" / "model.safetensors").is_file()
     assert _summary(run)["status"] == "failed"
 
 
@@ -424,6 +425,42 @@ def test_ppo_on_nonfinite_skip_drops_nan_rewards_and_trains_on(workdir, capsys):
     rows = {m["step"]: m for m in _metrics(run) if "loss" in m}
     assert rows[2]["rewards/unscored"] == 4 and rows[2]["ppo/updates"] == 0, "nothing scored: no update"
     assert rows[3]["ppo/updates"] > 0 and all(torch.isfinite(t).all() for t in _params(run).values())
+
+
+def _poison_ppo_gradient(monkeypatch, during_step: int) -> dict:
+    """NaN in a gradient at the first update of step `during_step`; returns the parameters seen just before it."""
+    from aligntune.run.guards import NonFiniteGuard
+
+    seen: dict = {}
+    original = NonFiniteGuard.on_pre_optimizer_step
+
+    def poison(self, args, state, control, model=None, **kwargs):
+        if state.global_step == during_step - 1 and not seen:
+            seen.update({n: p.detach().clone() for n, p in model.named_parameters()})
+            next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+        return original(self, args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(NonFiniteGuard, "on_pre_optimizer_step", poison)
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_ppo_nan_gradient_skips_the_update_or_stops_before_it(workdir, capsys, monkeypatch, policy):
+    seen = _poison_ppo_gradient(monkeypatch, 2)
+    code = cli.main(["train", *PPO, "train.max_steps=2", f"train.on_nonfinite={policy}"])
+    err = " ".join(capsys.readouterr().err.split())
+    (run,) = _runs(workdir)
+    if policy == "skip":
+        assert code == 0 and "step 2: non-finite gradient, the update is skipped" in err
+        rows = {m["step"]: m for m in _metrics(run) if "loss" in m}
+        assert rows[2]["ppo/skipped_updates"] == 1 and "ppo/skipped_updates" not in rows[1]
+        assert all(torch.isfinite(t).all() for t in _params(run).values())
+        return
+    assert code == EXIT_USAGE and "Training diverged at step 2: the gradient" in err and "not applied" in err
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "checkpoints" / "checkpoint-1" / "model.safetensors"))
+    assert all(torch.equal(saved[n], seen["0." + n]) for n in saved), "the checkpoint holds the state before step 2"
 
 
 def test_ppo_nan_reward_stops_after_checkpointing_the_last_good_step(workdir, capsys):
