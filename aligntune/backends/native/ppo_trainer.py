@@ -402,14 +402,20 @@ class PPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 self.scaler.unscale_(self.optimizer)
-                if not self.scaler.is_enabled():  # fp16: an overflow is the GradScaler's to skip, not divergence
+                # transformers' pair of events around the step (the guards, the phase timer); not under fp16, where an
+                # overflow is the GradScaler's to skip, not divergence
+                guarded = not self.scaler.is_enabled()
+                if guarded:
                     self._event("on_pre_optimizer_step", model=self._trained)  # the guards: stop, or drop the grads
                     if all(p.grad is None for p in self.params):
+                        self._event("on_optimizer_step", model=self._trained)
                         skipped += 1  # train.on_nonfinite=skip: no optimizer step, moments untouched
                         continue
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if guarded:
+                    self._event("on_optimizer_step", model=self._trained)
                 updates += 1
                 self._applied += 1
                 for k in sums:
