@@ -163,7 +163,8 @@ CASES = [
     (C, ["train.save_steps=0"], ["train.save_steps=0", "null"]),
     (C, ["train.on_nonfinite=ignore"], ["train.on_nonfinite='ignore'", "stop, skip"]),
     (C, ["algorithm.num_mini_batches=2", "train.save_steps=3"], ["middle of a rollout", "multiple of 2"]),
-    (C, ["experiment=ppo_smoke", "train.save_steps=2"], ["does not write checkpoints", "grpo"]),
+    (C, ["experiment=ppo_smoke", "train.save_steps=2", "train.save_total_limit=0"],
+     ["train.save_total_limit=0", "at least 1"]),
     (C, ["resume=latest"], ["resume=latest found no unfinished run", "resume=outputs/"]),
     (C, ["resume=/nope"], ["resume=/nope is not a run directory", "resume=latest"]),
     # data

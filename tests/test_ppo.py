@@ -50,7 +50,7 @@ def test_algorithm_key(field, value):
 @pytest.mark.parametrize("field,value", [
     ("batch_size", 12), ("max_steps", 7), ("num_epochs", 2.5), ("learning_rate", 3e-4), ("lr_scheduler", "cosine"),
     ("warmup_ratio", 0.1), ("weight_decay", 0.01), ("max_grad_norm", 0.5), ("gradient_checkpointing", True),
-    ("logging_steps", 5),
+    ("logging_steps", 5), ("save_steps", 3), ("save_total_limit", 5),
 ])
 def test_train_key(field, value):
     assert getattr(schema.TrainConfig(), field) != value, "pick a non-default value"

@@ -343,8 +343,9 @@ def test_a_reward_failing_mid_ppo_is_named_with_its_step(workdir, capsys):
                      "+rewards.late.fn=late.py:raises"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == EXIT_USAGE and "Reward 'late' raised ValueError: cannot score" in err and "at step 2" in err
-    assert "The step was not applied." in err and "checkpointed" not in err  # the native engine writes none
     (run,) = _runs(workdir)
+    assert "the last good state (step 1) is checkpointed in" in err and f"resume={run}" in err
+    assert (run / "checkpoints" / "checkpoint-1" / "critic" / "model.safetensors").is_file()
     assert _summary(run)["status"] == "failed"
 
 
@@ -363,12 +364,119 @@ def test_the_command_exits_although_a_hung_reward_thread_cannot_be_stopped(workd
     assert _summary(run)["status"] == "failed"
 
 
-def test_ppo_refuses_checkpoints_and_skip_clearly(workdir, capsys):
-    assert cli.main(["train", "experiment=ppo_smoke", "train.save_steps=2"]) == EXIT_USAGE
-    assert "does not write checkpoints" in capsys.readouterr().err
-    assert cli.main(["train", "experiment=ppo_smoke", "train.on_nonfinite=skip"]) == EXIT_USAGE
-    assert "train.on_nonfinite=skip is not available for algorithm=ppo" in " ".join(capsys.readouterr().err.split())
-    assert not (workdir / "outputs").exists()
+# --- PPO (the native engine) checkpoints, resumes and guards as the TRL runs do -------------------------------
+
+PPO = ["experiment=ppo_smoke", "model.dtype=fp32", "train.max_steps=4", "train.batch_size=4",
+       "algorithm.max_completion_length=6", "train.log_samples=1"]
+
+
+def test_an_interrupted_and_resumed_ppo_run_equals_the_uninterrupted_one(workdir, monkeypatch, capsys):
+    """Also: save_steps and rotation (save_steps may change on resume), and a changed config refused with the list."""
+    assert cli.main(["train", *PPO]) == 0
+    (straight,) = _runs(workdir)
+
+    _interrupt_at(monkeypatch, 2)
+    assert cli.main(["train", *PPO, "train.save_steps=1"]) == EXIT_INTERRUPTED
+    err = " ".join(capsys.readouterr().err.split())
+    run = next(r for r in _runs(workdir) if r != straight)
+    summary = _summary(run)
+    assert summary["status"] == "interrupted" and summary["step"] == 2 and summary["resume"] == f"aligntune train resume={run}"
+    assert f"aligntune train resume={run}" in err and "SIGINT received" in err
+    ckpt = run / "checkpoints" / "checkpoint-2"
+    for f in ("model.safetensors", "critic/model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
+              "engine_state.json", "trainer_state.json", "config.yaml"):
+        assert (ckpt / f).is_file(), f
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 2
+    assert not (run / "model").exists() and not (run / "checkpoints" / ".staging").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+
+    assert cli.main(["train", f"resume={run}", "algorithm.vf_coef=0.5"]) == EXIT_USAGE
+    err = " ".join(capsys.readouterr().err.split())
+    assert "algorithm.vf_coef: 0.1 -> 0.5" in err and "resume_force=true" in err
+
+    _stop_interrupting(monkeypatch)
+    assert cli.main(["train", f"resume={run}"]) == 0
+    assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 4
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["checkpoint-3", "checkpoint-4"], "save_total_limit=2 rotates, no staging left"
+    assert (run / "checkpoints" / "checkpoint-4" / "critic" / "config.json").is_file()
+    a, b = _params(straight), _params(run)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"\nppo: max |parameter difference| resumed vs uninterrupted: {diff:.3g}")
+    assert diff == 0
+    assert max((a[k] - _params_initial(workdir)[k]).abs().max().item() for k in a) > 1e-4, "training changed them"
+    ma, mb = _metrics(straight), _metrics(run)
+    assert [m["step"] for m in mb if "loss" in m] == [1, 2, 3, 4]
+    assert ma == mb
+
+
+def test_ppo_on_nonfinite_skip_drops_nan_rewards_and_trains_on(workdir, capsys):
+    (workdir / "flaky.py").write_text(
+        "calls = {'n': 0}\n"
+        "def score(completions, **kw):\n"
+        "    calls['n'] += 1\n"
+        "    return [float('nan') if calls['n'] == 3 else float(len(str(c))) for c in completions]\n")
+    args = ["train", *PPO, "train.max_steps=3", "~rewards.letter_match", "+rewards.flaky.fn=flaky.py:score"]
+    assert cli.main([*args, "train.on_nonfinite=skip"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "step 2: reward 'flaky' returned 4 non-finite score(s) of 4; they are skipped" in err
+    (run,) = _runs(workdir)
+    assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 3
+    rows = {m["step"]: m for m in _metrics(run) if "loss" in m}
+    assert rows[2]["rewards/unscored"] == 4 and rows[2]["ppo/updates"] == 0, "nothing scored: no update"
+    assert rows[3]["ppo/updates"] > 0 and all(torch.isfinite(t).all() for t in _params(run).values())
+
+
+def _poison_ppo_gradient(monkeypatch, during_step: int) -> dict:
+    """NaN in a gradient at the first update of step `during_step`; returns the parameters seen just before it."""
+    from aligntune.run.guards import NonFiniteGuard
+
+    seen: dict = {}
+    original = NonFiniteGuard.on_pre_optimizer_step
+
+    def poison(self, args, state, control, model=None, **kwargs):
+        if state.global_step == during_step - 1 and not seen:
+            seen.update({n: p.detach().clone() for n, p in model.named_parameters()})
+            next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+        return original(self, args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(NonFiniteGuard, "on_pre_optimizer_step", poison)
+    return seen
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_ppo_nan_gradient_skips_the_update_or_stops_before_it(workdir, capsys, monkeypatch, policy):
+    seen = _poison_ppo_gradient(monkeypatch, 2)
+    code = cli.main(["train", *PPO, "train.max_steps=2", f"train.on_nonfinite={policy}"])
+    err = " ".join(capsys.readouterr().err.split())
+    (run,) = _runs(workdir)
+    if policy == "skip":
+        assert code == 0 and "step 2: non-finite gradient, the update is skipped" in err
+        rows = {m["step"]: m for m in _metrics(run) if "loss" in m}
+        assert rows[2]["ppo/skipped_updates"] == 1 and "ppo/skipped_updates" not in rows[1]
+        assert all(torch.isfinite(t).all() for t in _params(run).values())
+        return
+    assert code == EXIT_USAGE and "Training diverged at step 2: the gradient" in err and "not applied" in err
+    from safetensors.torch import load_file
+
+    saved = load_file(str(run / "checkpoints" / "checkpoint-1" / "model.safetensors"))
+    assert all(torch.equal(saved[n], seen["0." + n]) for n in saved), "the checkpoint holds the state before step 2"
+
+
+def test_ppo_nan_reward_stops_after_checkpointing_the_last_good_step(workdir, capsys):
+    (workdir / "flaky.py").write_text(
+        "calls = {'n': 0}\n"
+        "def score(completions, **kw):\n"
+        "    calls['n'] += 1\n"
+        "    return [float('nan') if calls['n'] == 3 else 1.0] * len(completions)\n")
+    code = cli.main(["train", *PPO, "train.max_steps=3", "~rewards.letter_match", "+rewards.flaky.fn=flaky.py:score"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == EXIT_USAGE and "Training diverged at step 2: the reward 'flaky'" in err
+    (run,) = _runs(workdir)
+    ckpt = run / "checkpoints" / "checkpoint-1"
+    assert "checkpoint-1" in err and (ckpt / "optimizer.pt").is_file()
+    engine = json.loads((ckpt / "engine_state.json").read_text())
+    assert engine["prompts_seen"] == 4, "the data position of step 1, not of the failed step 2"
 
 
 # --- memory preflight ------------------------------------------------------------------------------------
@@ -495,14 +603,23 @@ def test_save_steps_must_fall_on_rollout_boundaries(workdir, capsys):
     assert "train.save_steps=3 would checkpoint in the middle of a rollout" in err and "multiple of 2" in err
 
 
-@pytest.mark.slow  # ~3 s idle; the default suite's time budget is tight
-def test_an_interrupted_ppo_run_stops_cleanly_and_says_it_cannot_resume(workdir, monkeypatch, capsys):
-    _interrupt_at(monkeypatch, 1)
-    assert cli.main(["train", "experiment=ppo_smoke", "train.max_steps=3"]) == EXIT_INTERRUPTED
-    err = " ".join(capsys.readouterr().err.split())
-    (run,) = _runs(workdir)
-    assert _summary(run)["status"] == "interrupted" and _summary(run)["step"] == 1 and _summary(run)["resume"] is None
-    assert "does not checkpoint, so it cannot be resumed" in err
+@pytest.mark.slow  # ~10 s
+def test_an_interrupted_ppo_run_with_lora_and_adaptive_kl_resumes_exactly(workdir, monkeypatch, capsys):
+    """SIGTERM this time; a LoRA policy (its adapter is what is checkpointed) and the adaptive KL controller."""
+    args = [*PPO, "model.lora.enabled=true", "algorithm.adaptive_kl=true", "train.max_steps=4"]
+    assert cli.main(["train", *args]) == 0
+    (straight,) = _runs(workdir)
+    _interrupt_at(monkeypatch, 1, signal.SIGTERM)
+    assert cli.main(["train", *args]) == EXIT_INTERRUPTED
+    run = next(r for r in _runs(workdir) if r != straight)
+    assert (run / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").is_file()
+    _stop_interrupting(monkeypatch)
+    assert cli.main(["train", f"resume={run}"]) == 0
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(r / "model" / "adapter_model.safetensors")) for r in (straight, run))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0
+    assert _metrics(straight) == _metrics(run)
 
 
 @pytest.mark.slow

@@ -660,14 +660,6 @@ class RunConfig:
         from aligntune.run.trackers import normalize
 
         self.logger = normalize(self.logger)
-        if isinstance(self.algorithm, PPOAlgorithmConfig):
-            _check(self.train.on_nonfinite == "stop", "train.on_nonfinite=skip is not available for algorithm=ppo: the "
-                   "native engine cannot undo a step, only stop before the next one.", "Use train.on_nonfinite=stop.")
-            _check(self.train.save_steps is None and self.resume is None,
-                   "algorithm=ppo runs on aligntune's native engine, which does not write checkpoints, so "
-                   f"{'train.save_steps' if self.train.save_steps is not None else 'resume'} cannot take effect.",
-                   "Drop it (an interrupted PPO run stops cleanly but starts again from the beginning); the TRL "
-                   "algorithms (grpo, rloo, dpo, reward, sft) checkpoint and resume.")
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         trl_sampling = isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig))
         _check(trl_sampling or not self.train.log_completions,

@@ -486,7 +486,7 @@ class AlignmentJob:
         checkpoint = self._checkpoint_last_good() if not found.applied else None
         err = TrainingDiverged(
             f"Training diverged at step {step}: the {what} is NaN or infinite. "
-            + ("The step was applied (the native engine checks after the update)" if found.applied else
+            + ("The step was (at least partly) applied" if found.applied else
                "The step was not applied")
             + (f"; the last good state (step {step - 1}) is checkpointed in {checkpoint}." if checkpoint else "."),
             "Lower train.learning_rate or train.max_grad_norm, check the rewards for NaN/inf, or set "

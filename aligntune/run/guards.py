@@ -4,7 +4,9 @@ NonFiniteGuard (train.on_nonfinite):
   * rewards: every score a reward returns is checked as it is computed (SampleBook calls `check_rewards`);
   * gradients (which a NaN/inf loss makes non-finite too): checked in `on_pre_optimizer_step`, i.e. after
     backward and before the optimizer applies them;
-  * the logged loss: checked in `on_log` (the native PPO engine has no pre-optimizer hook).
+  * the logged loss: checked in `on_log`, after the step (a NaN loss shows in the gradients first).
+  The native PPO engine fires `on_pre_optimizer_step` before each of a step's updates (not under fp16, whose
+  GradScaler skips overflows itself); a NaN there after earlier updates of the step counts as applied.
   `stop` raises NonFinite before the bad step is applied (for rewards and gradients); the job then writes a
   checkpoint of that last good state and reports the step and the quantity. `skip` drops the step instead
   (gradients set to None, so the optimizer leaves every parameter and its moments alone) or, for rewards,

@@ -43,7 +43,8 @@ MAPPED_FIELDS = {
     "algorithm.gamma": "gamma", "algorithm.lam": "lam", "algorithm.cliprange": "cliprange",
     "algorithm.cliprange_value": "cliprange_value", "algorithm.vf_coef": "vf_coef", "algorithm.ppo_epochs": "ppo_epochs",
     "algorithm.early_stop_kl": "early_stop_kl", "algorithm.value_model": "value_model",
-    "train.eval_steps": "eval_steps", "logger": "report_to",
+    "train.eval_steps": "eval_steps", "logger": "report_to", "train.save_steps": "save_steps",
+    "train.save_total_limit": "save_total_limit",
 }
 # Keys that reach PPO another way, or are refused by the mapping because PPO has no use for them.
 HANDLED_ELSEWHERE = {
@@ -53,9 +54,8 @@ HANDLED_ELSEWHERE = {
     "dataset.max_prompt_length": "the job fits prompts to it (aligntune/data/lengths.py) before the engine sees them",
     "dataset.truncation_mode": "the job fits prompts to it (aligntune/data/lengths.py) before the engine sees them",
     "backend.trl_args": "refused: the native engine is not TRL",
-    "train.save_steps": "refused by RunConfig: the native engine writes no checkpoints (nor resumes)",
-    "train.save_total_limit": "only bounds checkpoints, which the native engine does not write",
-    "train.on_nonfinite": "NonFiniteGuard on the logged loss/rewards (stop); skip is refused by RunConfig",
+    "train.on_nonfinite": "NonFiniteGuard: rewards as computed, gradients before each update, the logged loss",
+    "train.log_completions": "refused for PPO by the schema (TRL's completions table is GRPO/RLOO's)",
 }
 
 
@@ -84,6 +84,8 @@ class PPOEngineConfig:
     logging_steps: int
     eval_steps: int | None  # evaluate on held-out prompts every N steps (and at the end, through the job)
     report_to: tuple[str, ...]  # experiment trackers, as transformers' TrainingArguments.report_to
+    save_steps: int | None  # checkpoint every N steps (and at the last); null: only when interrupted or diverging
+    save_total_limit: int | None  # keep the last N checkpoints (null: all)
     # rollouts
     temperature: float
     top_p: float
@@ -157,6 +159,8 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
         logging_steps=t.logging_steps,
         eval_steps=t.eval_steps,
         report_to=tuple(run.logger),
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
         temperature=algo.temperature,
         top_p=algo.top_p,
         max_completion_length=algo.max_completion_length,

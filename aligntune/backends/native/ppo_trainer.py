@@ -23,8 +23,12 @@ reward-model statistics (lm-human-preferences does); losses are token means per 
 learning-rate schedule advances once per rollout step; top_p < 1 samples from a truncated distribution
 while the loss uses the full one (keep top_p=1 for exact on-policy rollouts).
 
-Metrics go through transformers' TrainerCallback protocol (on_train_begin, on_step_end, on_log,
-on_train_end), so aligntune's run recorder and progress bar work as with TRL trainers.
+Metrics go through transformers' TrainerCallback protocol (on_train_begin, on_step_begin, on_step_end, on_log,
+on_pre_optimizer_step, on_train_end), so aligntune's run recorder, progress bar, interruption and divergence guards
+work as with TRL trainers. Checkpoints (every cfg.save_steps steps, at the last step when save_steps is set, and
+whenever a callback sets control.should_save) are written by `_save_checkpoint` (contents: ppo_checkpoint.py), and
+`train(resume_from_checkpoint=...)` continues from one exactly: weights, optimizer, schedule, KL coefficient, data
+position and every RNG stream.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ import torch
 from torch import nn
 from transformers import TrainerControl, TrainerState
 
+from aligntune.backends.native import ppo_checkpoint
 from aligntune.backends.native import ppo_math as pm
 from aligntune.backends.native.ppo_models import PPOModels, values_of
 from aligntune.errors import RewardError
+from aligntune.run.guards import NonFinite
 from aligntune.run.trackers import integration_callbacks, report_args
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,6 +77,7 @@ class PPOTrainer:
         groups = [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]  # no decay on biases, norms
         self.params = [p for _, p in params]
+        self._trained = nn.ModuleList([models.policy, models.critic])  # what the gradient guard checks
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=math.ceil(cfg.warmup_ratio * self.total_steps),
@@ -80,7 +87,7 @@ class PPOTrainer:
         self.args = TrainingArguments(output_dir=cfg.output_dir, seed=cfg.seed, learning_rate=cfg.learning_rate,
                                       max_steps=self.total_steps, logging_steps=cfg.logging_steps,
                                       **report_args(list(cfg.report_to), Path(cfg.output_dir).parent.name),
-                                      save_strategy="no", use_cpu=self.device.type == "cpu", disable_tqdm=True)
+                                      save_strategy="no", save_total_limit=cfg.save_total_limit, use_cpu=self.device.type == "cpu", disable_tqdm=True)
         self.callbacks += integration_callbacks(self.args)  # trackers, as transformers' Trainer adds them
         self.state = TrainerState(max_steps=self.total_steps, logging_steps=cfg.logging_steps,
                                   train_batch_size=cfg.batch_size, num_train_epochs=math.ceil(cfg.num_epochs))
@@ -93,33 +100,56 @@ class PPOTrainer:
         self._generator = torch.Generator().manual_seed(cfg.seed)
         self._order: list[int] = []
         self.prompts_seen = 0
+        self._window: list[dict] = []  # the steps' metrics since the last log (their means are logged)
+        self._losses: list[float] = []  # every step's loss, for train_loss
+        self._step_start: dict | None = None  # ppo_checkpoint.position() while a step is in progress
+        self._applied = 0  # optimizer updates applied in the step in progress
+
+    @property
+    def model(self) -> nn.Module:
+        """The policy (transformers' Trainer calls it `model`; the job's checkpoint path passes it back)."""
+        return self.models.policy
 
     # ----------------------------------------------------------------------------------------------- loop
-    def train(self) -> dict:
+    def train(self, resume_from_checkpoint: str | None = None) -> dict:
+        """Run the remaining steps; `resume_from_checkpoint`: a checkpoint folder this run wrote, to continue from."""
         cfg, state = self.cfg, self.state
-        start, window, losses = time.time(), [], []
+        if resume_from_checkpoint is not None:
+            ppo_checkpoint.load(self, Path(resume_from_checkpoint))
+        start = time.time()
         self._event("on_train_begin")
         while state.global_step < self.total_steps and not self.control.should_training_stop:
             self._event("on_step_begin")
+            self._step_start, self._applied = ppo_checkpoint.position(self), 0
             t0 = time.time()
             metrics = {"learning_rate": self.scheduler.get_last_lr()[0], "beta": self.kl_ctl.value}
             batch = self._rollout(self._next_rows())
             metrics.update(batch.pop("metrics"))
-            metrics.update(self._update(batch))
+            try:
+                metrics.update(self._update(batch))
+            except NonFinite as found:  # the gradient guard stopped the run before this update ...
+                found.applied = self._applied > 0  # ... but after earlier updates of the step: no clean last state
+                raise
             self.kl_ctl.update(metrics["kl"], cfg.batch_size)
             self.scheduler.step()
             state.global_step += 1
             state.epoch = self.prompts_seen / len(self.dataset)
+            self._step_start = None
             metrics["step_time"] = time.time() - t0
-            window.append(metrics)
-            losses.append(metrics["loss"])
+            self._window.append(metrics)
+            self._losses.append(metrics["loss"])
             self._event("on_step_end")
             if state.global_step % cfg.logging_steps == 0 or state.global_step == self.total_steps:
-                self._log(_window_means(window))
-                window = []
+                self._log(_window_means(self._window))
+                self._window = []
             if cfg.eval_steps and state.global_step % cfg.eval_steps == 0 and state.global_step < self.total_steps:
                 self.evaluate()  # the final evaluation is the caller's (AlignmentJob.train evaluates after training)
+            if self.control.should_save or (cfg.save_steps and (state.global_step % cfg.save_steps == 0
+                                                                 or state.global_step == self.total_steps)):
+                self._save_checkpoint(self.model, trial=None)
+            self.control.should_save = False
         runtime = time.time() - start
+        losses = self._losses
         self._log({"train_runtime": runtime, "train_loss": sum(losses) / max(len(losses), 1),
                    "train_samples_per_second": state.global_step * cfg.batch_size / runtime,
                    "train_steps_per_second": state.global_step / runtime})
@@ -132,11 +162,24 @@ class PPOTrainer:
             policy.config.use_cache = True
         policy.save_pretrained(path)
 
+    def _get_output_dir(self, trial=None) -> str:
+        """Where checkpoints go (<run dir>/checkpoints); run/checkpoints.make_atomic points it at its staging folder."""
+        return self.args.output_dir
+
+    def _save_checkpoint(self, model=None, trial=None) -> None:
+        """checkpoint-<global_step> under `_get_output_dir()`, as transformers' Trainer._save_checkpoint. Mid-step (a
+        reward failed during the rollout) it holds the last completed step: no update of the step in progress has
+        been applied then, and the RNG streams and data position are those the step started from."""
+        if self._step_start is not None and self._applied:
+            raise RuntimeError("a PPO checkpoint cannot be written after some of a step's updates were applied")
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        ppo_checkpoint.save(self, folder, at=self._step_start)
+
     def _event(self, name: str, **kwargs) -> None:
+        kwargs = {"model": self.models.policy, **kwargs}
         for cb in self.callbacks:
-            result = getattr(cb, name)(self.args, self.state, self.control, model=self.models.policy,
-                                       processing_class=self.tokenizer, optimizer=self.optimizer,
-                                       lr_scheduler=self.scheduler, **kwargs)
+            result = getattr(cb, name)(self.args, self.state, self.control, processing_class=self.tokenizer,
+                                       optimizer=self.optimizer, lr_scheduler=self.scheduler, **kwargs)
             if result is not None:
                 self.control = result
 
@@ -332,7 +375,7 @@ class PPOTrainer:
         n = len(b["response"])
         sums = {"loss": 0.0, "loss/policy": 0.0, "loss/value": 0.0, "policy/clipfrac": 0.0, "value/clipfrac": 0.0,
                 "policy/approx_kl": 0.0}
-        updates, stopped = 0, False
+        updates, skipped, stopped = 0, 0, False
         for _ in range(cfg.ppo_epochs if b["lmask"].any() else 0):  # nothing scored: nothing to learn from
             order = torch.randperm(n, generator=self._generator).to(self.device)
             for start in range(0, n, cfg.mini_batch_size):
@@ -359,10 +402,22 @@ class PPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 self.scaler.unscale_(self.optimizer)
+                # transformers' pair of events around the step (the guards, the phase timer); not under fp16, where an
+                # overflow is the GradScaler's to skip, not divergence
+                guarded = not self.scaler.is_enabled()
+                if guarded:
+                    self._event("on_pre_optimizer_step", model=self._trained)  # the guards: stop, or drop the grads
+                    if all(p.grad is None for p in self.params):
+                        self._event("on_optimizer_step", model=self._trained)
+                        skipped += 1  # train.on_nonfinite=skip: no optimizer step, moments untouched
+                        continue
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if guarded:
+                    self._event("on_optimizer_step", model=self._trained)
                 updates += 1
+                self._applied += 1
                 for k in sums:
                     sums[k] += stats[k]
             if stopped:
@@ -370,8 +425,11 @@ class PPOTrainer:
         policy.eval()
         critic.eval()
         # Means over the applied updates. In train() the first always applies: it starts at the rollout policy.
-        return {**{k: v / max(updates, 1) for k, v in sums.items()}, "ppo/updates": float(updates),
-                "ppo/early_stopped": float(stopped)}
+        out = {**{k: v / max(updates, 1) for k, v in sums.items()}, "ppo/updates": float(updates),
+               "ppo/early_stopped": float(stopped)}
+        if skipped:
+            out["ppo/skipped_updates"] = float(skipped)
+        return out
 
 
 def _window_means(window: list[dict]) -> dict:
