@@ -58,16 +58,6 @@ def _text(value) -> str:
     return str(value) if str(value) else "''"
 
 
-def _flat(value: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, val in value.items():
-        if isinstance(val, dict) and val:
-            out.update(_flat(val, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = val
-    return out
-
-
 def changes_from(run, default) -> dict[str, list[str]]:
     """section -> ["key=value", ...]: what `run` changes from `default` (the config of plain `aligntune train`).
     Another algorithm is compared with its own schema's defaults; the rewards are listed by name (and weight)."""
@@ -88,7 +78,9 @@ def changes_from(run, default) -> dict[str, list[str]]:
             if value != base.get(section):
                 sections.setdefault("run", []).append(f"{section}={_text(value)}")
             continue
-        ours, theirs = _flat(value), _flat(base.get(section) or {})
+        from aligntune.run.resume import flatten  # dotted keys of a nested config, as resume compares them
+
+        ours, theirs = flatten(value), flatten(base.get(section) or {})
         items = [f"{k}={_text(v)}" for k, v in ours.items() if k not in theirs or theirs[k] != v]
         items += [f"{k}=(removed)" for k in theirs if k not in ours and not any(o.startswith(k + ".") for o in ours)]
         if items:
