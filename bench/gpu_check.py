@@ -191,8 +191,6 @@ def throughput(name: str, cls: str, kwargs: dict, sequences: int = 16, generate:
     total = sorted(t for t, _ in timed)[1]
     gen = sorted(g for _, g in timed)[1]
     params = sum(p.numel() for p in model.parameters())
-    del model, optimizer
-    torch.cuda.empty_cache()
     return {"model": name, "parameters": params, "step_s": round(total, 3), "generation_s": round(gen, 3),
             "generated_tokens_per_s": round(sequences * generate / gen, 1),
             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
@@ -219,7 +217,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aligntune-gpu-") as tmp:
         root = Path(tmp)
         checks = check_runs(root) + [check_eval(root)] + check_exactness(root)
-    rates = [throughput(name, cls, kw) for name, (cls, kw) in SHAPES.items()]
+    rates = []
+    for name, (cls, kw) in SHAPES.items():
+        rates.append(throughput(name, cls, kw))  # its model and optimizer are freed when it returns
+        torch.cuda.empty_cache()
     for c in checks:
         print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}"
               + (f" ({c['seconds']} s)" if c["seconds"] is not None else ""))

@@ -11,7 +11,6 @@ report when a run completes, and `aligntune train -m` the comparison when a swee
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from urllib.parse import quote
