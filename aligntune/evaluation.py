@@ -32,8 +32,8 @@ def inference_placement(location: str | Path, device: str = "auto", dtype: str =
     `dtype` resolved as for training (models.precision's rule; an adapter is sized by its base model)."""
     import json
 
-    from aligntune.models.loading import hidden_size, resolve_device
-    from aligntune.models.precision import resolve_dtype
+    from aligntune.config.schema import ModelConfig
+    from aligntune.models.loading import compute_precision, resolve_device
 
     device = resolve_device(device)
     path = model_folder(location)
@@ -41,7 +41,7 @@ def inference_placement(location: str | Path, device: str = "auto", dtype: str =
     adapter = path / "adapter_config.json"
     if adapter.is_file():
         source = json.loads(adapter.read_text()).get("base_model_name_or_path") or source
-    return device, resolve_dtype(dtype, device, hidden_size(source) if dtype == "auto" else None)
+    return device, compute_precision(ModelConfig(name_or_path=source, dtype=dtype), device)
 
 
 def load_for_inference(location: str | Path, device: str = "cpu", precision: str = "fp32"):

@@ -25,20 +25,13 @@ class Interference:
     """
 
     def __init__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_s(), _own_s()
+        from aligntune.run.threads import busy_seconds, own_seconds  # the counters a run's other-load warning reads
+
+        self.busy, self.own = busy_seconds, own_seconds
+        self.t0, self.busy0, self.own0 = time.perf_counter(), busy_seconds(), own_seconds()
 
     def cores(self) -> float:
-        return ((_busy_s() - self.busy0) - (_own_s() - self.own0)) / (time.perf_counter() - self.t0)
-
-
-def _busy_s() -> float:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_s() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+        return ((self.busy() - self.busy0) - (self.own() - self.own0)) / (time.perf_counter() - self.t0)
 
 
 def interference_row(what: str, cores: float, limit: float = 0.1) -> dict:

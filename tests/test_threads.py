@@ -56,8 +56,8 @@ def test_an_explicit_omp_num_threads_is_kept(monkeypatch):
 def test_other_load_is_warned_once_with_the_numbers(monkeypatch, capsys):
     clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(threads, "_busy_s", lambda: clock["busy"])
-    monkeypatch.setattr(threads, "_own_s", lambda: clock["own"])
+    monkeypatch.setattr(threads, "busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(threads, "own_seconds", lambda: clock["own"])
     warning = threads.OtherLoadWarning(threads=2, cores=2, steps=2)
     warning.on_train_begin(None, None, None)
     clock.update(t=10.0, busy=35.0, own=18.0)  # 10 s: the machine was busy 35 core-s, 18 of them ours
@@ -74,8 +74,8 @@ def test_other_load_is_warned_once_with_the_numbers(monkeypatch, capsys):
 def test_an_idle_machine_warns_nothing(monkeypatch, capsys):
     clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(threads, "_busy_s", lambda: clock["busy"])
-    monkeypatch.setattr(threads, "_own_s", lambda: clock["own"])
+    monkeypatch.setattr(threads, "busy_seconds", lambda: clock["busy"])
+    monkeypatch.setattr(threads, "own_seconds", lambda: clock["own"])
     warning = threads.OtherLoadWarning(threads=2, cores=2)
     warning.on_train_begin(None, None, None)
     clock.update(t=10.0, busy=20.5, own=19.9)

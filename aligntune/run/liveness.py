@@ -96,17 +96,10 @@ def heartbeat_age(run_dir: Path) -> float | None:
 
 
 def _last_step(run_dir: Path) -> int:
-    step = 0
-    try:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        try:
-            step = max(step, int(json.loads(line).get("step", 0)))
-        except (ValueError, TypeError, AttributeError):
-            continue  # a line cut short by the crash
-    return step
+    from aligntune.run.plots import read_jsonl  # skips a line the kill cut short
+
+    steps = [r.get("step") for r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
+    return max((s for s in steps if isinstance(s, int)), default=0)
 
 
 def read_summary(run_dir: str | Path) -> dict:

@@ -70,14 +70,15 @@ def configure(parallel_jobs: int = 1, cores: int | None = None) -> int:
     return threads
 
 
-def _busy_s() -> float:
+def busy_seconds() -> float:
     """CPU seconds the whole machine has been busy (/proc/stat, steal included)."""
     fields = Path("/proc/stat").read_text().split()[1:9]
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_s() -> float:
+def own_seconds() -> float:
+    """CPU seconds this process and its waited-for children have used."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 
@@ -94,7 +95,7 @@ class OtherLoadWarning(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         try:
-            self.start = (time.perf_counter(), _busy_s(), _own_s())
+            self.start = (time.perf_counter(), busy_seconds(), own_seconds())
         except (OSError, ValueError):  # no /proc/stat (not Linux): nothing to measure
             self.checked = True
 
@@ -106,7 +107,7 @@ class OtherLoadWarning(TrainerCallback):
         elapsed = time.perf_counter() - t0
         if elapsed <= 0:
             return
-        self.other_cores = max(0.0, ((_busy_s() - busy0) - (_own_s() - own0)) / elapsed)
+        self.other_cores = max(0.0, ((busy_seconds() - busy0) - (own_seconds() - own0)) / elapsed)
         if self.other_cores > self.limit * self.cores:
             text = (f"warning: other processes used {self.other_cores:.1f} of this machine's {self.cores} usable cores "
                     f"during the first {state.global_step} steps (torch runs {self.threads} threads here), so this run "
