@@ -247,7 +247,8 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
             # the run's recorded search path, unless this command names directories of its own
             typed = overrides = resume.plan(overrides, ours["multirun"], as_override(ours["config_dirs"]))
         else:
-            typed, overrides = typed + as_override(ours["config_dirs"]), overrides + as_override(ours["config_dirs"])
+            searchpath = as_override(ours["config_dirs"])
+            typed, overrides = typed + searchpath, overrides + searchpath
         extra = _inherited_changes(typed, ours)
         typed, overrides = typed + extra, overrides + extra
         if not ours["print_only"]:

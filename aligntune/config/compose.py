@@ -10,7 +10,6 @@ the whole command in about a second; the Python API runs it for its one job.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import re
 import secrets
 import time
@@ -35,7 +34,9 @@ _run_id = ""
 
 def config_dir() -> str:
     """The shipped configs/ tree (inside the installed package, editable or wheel)."""
-    return str(Path(str(importlib.resources.files("aligntune.configs"))).resolve())
+    from aligntune.config.searchpath import shipped_dir
+
+    return str(shipped_dir())
 
 
 def new_run_id() -> str:
