@@ -649,3 +649,16 @@ def test_real_ctrl_c_on_the_aligntune_command_then_resume(workdir):
     assert done.returncode == 0, done.stderr
     assert _summary(run)["status"] == "completed" and _summary(run)["steps"] == 40
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 41))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_one_bad_element_anywhere(dtype, bad):
+    from aligntune.run.guards import all_finite
+
+    grads = [torch.randn(7, 5, dtype=dtype), torch.empty(0, dtype=dtype), torch.randn(3, dtype=dtype) * 1e30]
+    assert all_finite(grads) and all_finite([]) and all_finite([torch.empty(0)])
+    grads[2][1] = bad
+    assert not all_finite(grads)
+    grads[2][1], grads[0][6, 4] = 0.0, bad
+    assert not all_finite(grads)
