@@ -662,3 +662,12 @@ def test_all_finite_finds_one_bad_element_anywhere(dtype, bad):
     assert not all_finite(grads)
     grads[2][1], grads[0][6, 4] = 0.0, bad
     assert not all_finite(grads)
+
+
+def test_all_finite_is_not_fooled_by_a_sum_that_overflows():
+    from aligntune.run.guards import all_finite
+
+    big = torch.full((4,), 3e38)  # finite elements whose sum is inf: the element-wise re-check decides
+    assert torch.isinf(big.sum()) and all_finite([big, torch.ones(3)])
+    big[2] = float("nan")
+    assert not all_finite([big])

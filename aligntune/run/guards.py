@@ -74,13 +74,16 @@ def warn(text: str) -> None:
 
 
 def all_finite(tensors) -> bool:
-    """Whether every element of `tensors` is finite, in one reduction pass per tensor: the max-abs (inf) norm is
-    finite exactly when the tensor is, since NaN and inf propagate through it. `torch.isfinite(g).all()` costs four
-    passes and a boolean copy of each tensor: measured 0.24 s of a 2.4 s SmolLM2 DPO step on 2 cores."""
+    """Whether every element of `tensors` is finite. Fast path: one sum per tensor. A sum is finite only if every
+    element is (inf and NaN propagate through it); a sum that is not is re-checked element-wise, because finite
+    elements can overflow it. Measured on a 2-core Zen 4 for a 49152x576 bf16 gradient: sum 3.7 ms, the inf norm
+    80 ms, `torch.isfinite(g).all()` 213 ms (four passes and a boolean copy: 0.24 s of a 2.4 s SmolLM2 DPO step)."""
     import torch
 
-    norms = [torch.linalg.vector_norm(t, ord=math.inf) for t in tensors if t.numel()]
-    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors or bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _bad(x) -> bool:
