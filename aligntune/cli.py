@@ -174,12 +174,13 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def validate(overrides: list[str], multirun: bool) -> int:
     """Compose and check every job; returns how many were checked. Raises ConfigError."""
-    from aligntune.config import compose, sweeps
+    from aligntune.config import sweeps
+    from aligntune import preflight
 
     sweeps.check_presets([o for o in overrides if not _is_hydra_override(o)], multirun)
     jobs = _jobs(overrides, multirun)
     for job in jobs:
-        compose.load(job)
+        preflight.load(job)
     return len(jobs)
 
 

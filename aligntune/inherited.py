@@ -45,7 +45,7 @@ def changes(overrides: list[str]) -> list[Change]:
     """What to change for the run `overrides` compose (raises ConfigError as composition does)."""
     from aligntune.config import aliases, compose
 
-    run, _ = compose.load(overrides, check_sources=False)
+    run, _ = compose.load(overrides)
     rewritten, _ = aliases.rewrite(list(overrides))
     typed = typed_keys(rewritten)
     return [*_backend_changes(run, typed, rewritten), *_dataset_changes(run, typed)]

@@ -182,12 +182,12 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _fit(tmp_path, rows: list[dict], *overrides: str, kind: str = "prompts"):
     """(run, tokenizer, splits) for `rows` loaded as the job loads them: shuffled with the seed, then fitted."""
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.data import lengths
     from aligntune.models.loading import load_tokenizer
 
     data = _jsonl(tmp_path / "data.jsonl", rows)
-    run, _ = compose.load(["model=tiny", "dataset=letters", f"dataset.name={data}", "dataset.format=auto", *overrides])
+    run, _ = preflight.load(["model=tiny", "dataset=letters", f"dataset.name={data}", "dataset.format=auto", *overrides])
     tok = load_tokenizer(run.model)
     context = lengths.context_length(run)
     assert context == TINY_CONTEXT
@@ -255,10 +255,10 @@ def test_prompt_length_keys_are_checked_and_refused_where_they_do_nothing():
         DatasetConfig(name="letters", max_prompt_length=8, truncation_mode="left")
     with pytest.raises(ConfigError, match="dataset.max_prompt_length is not set, so nothing is cut"):
         DatasetConfig(name="letters", truncation_mode="keep_start")
-    from aligntune.config import compose
+    from aligntune import preflight
 
     with pytest.raises(ConfigError, match="algorithm=dpo trains on whole sequences"):
-        compose.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"])
+        preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"])
 
 
 PAIRS = [{"prompt": f"Pick {c}.", "chosen": c, "rejected": "z"} for c in "abcd"]

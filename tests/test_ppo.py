@@ -18,7 +18,8 @@ from aligntune.backends.native.ppo import (
     PPOEngineConfig,
     ppo_engine_config,
 )
-from aligntune.config import compose, schema
+from aligntune.config import schema
+from aligntune import preflight
 from aligntune.core import backend_factory
 from aligntune.errors import EXIT_USAGE, ConfigError
 
@@ -109,37 +110,37 @@ def test_every_algorithm_and_train_key_is_mapped_or_accounted_for():
 
 
 def test_backend_auto_resolves_to_native():
-    run, _ = compose.load(["algorithm=ppo"])
+    run, _ = preflight.load(["algorithm=ppo"])
     assert backend_factory.resolve_backend(run) == "native"
     assert backend_factory.builder_target(run) == "aligntune.backends.native.ppo:build"
 
 
 def test_cliprange_must_be_positive():
     with pytest.raises(ConfigError, match=r"algorithm.cliprange=0.0 must be greater than 0"):
-        compose.load(["algorithm=ppo", "algorithm.cliprange=0"])
+        preflight.load(["algorithm=ppo", "algorithm.cliprange=0"])
     with pytest.raises(ConfigError, match=r"algorithm.cliprange=-0.1"):
-        compose.load(["algorithm=ppo", "cliprange=-0.1"])  # the shortcut lands on the same key
+        preflight.load(["algorithm=ppo", "cliprange=-0.1"])  # the shortcut lands on the same key
 
 
 def test_k3_in_the_reward_is_refused_with_the_reason():
     """As a per-token reward k3's policy gradient is grad KL(pi||ref) - grad KL(ref||pi), not grad KL(pi||ref)
     (test_ppo_math checks the identity exactly); PPO refuses it and points at k1."""
     with pytest.raises(ConfigError) as err:
-        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3"])
+        preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k3"])
     text = str(err.value)
     assert "algorithm.kl_estimator=k3 is not available for PPO" in text
     assert "grad KL(pi||ref) - grad KL(ref||pi)" in text and "Tang & Munos 2025" in text
     assert text.endswith("grad KL(pi||ref).") and "Use algorithm.kl_estimator=k1" in text
-    assert compose.load(["algorithm=ppo", "algorithm.kl_estimator=k1"])[0].algorithm.kl_estimator == "k1"
+    assert preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k1"])[0].algorithm.kl_estimator == "k1"
     with pytest.raises(ConfigError, match="'k3_is' is not a valid choice. Use one of: k1"):
-        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3_is"])
-    assert compose.load(["algorithm=grpo", "algorithm.kl_estimator=k3"])[0].algorithm.kl_estimator == "k3"  # GRPO's loss term
+        preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k3_is"])
+    assert preflight.load(["algorithm=grpo", "algorithm.kl_estimator=k3"])[0].algorithm.kl_estimator == "k3"  # GRPO's loss term
 
 
 # --- the engine on the tiny model ---------------------------------------------------------------------
 
 def build_job(tmp_path: Path, *overrides: str):
-    run, _ = compose.load(["experiment=ppo_smoke", "train.log_samples=0", *overrides])
+    run, _ = preflight.load(["experiment=ppo_smoke", "train.log_samples=0", *overrides])
     return backend_factory.AlignmentJob(run, tmp_path / "run")
 
 

@@ -52,7 +52,7 @@ def verl_config_dir(request, tmp_path_factory) -> Path:
 
 
 def grpo_run(*overrides):
-    return compose.load(["backend=verl", "model=tiny", "dataset=letters", *overrides], check_sources=False)[0]
+    return compose.load(["backend=verl", "model=tiny", "dataset=letters", *overrides])[0]
 
 
 def exported(tmp_path, val: bool = True) -> Exported:

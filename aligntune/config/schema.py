@@ -43,6 +43,7 @@ IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 NONFINITE_POLICIES = ("stop", "skip")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # logger=...; aligntune/run/trackers.py wires each one
 
 
 def _check(ok: bool, problem: str, fix: str) -> None:
@@ -566,6 +567,18 @@ class RewardConfig:
     timeout_s: float = 600.0  # seconds per call (one batch of completions); generous, so only a hang trips it
 
 
+def _trackers(value) -> list[str]:
+    """`logger` as given (null, "none", a name, or a list of names) -> the tracker names, checked."""
+    if value is None or value == "none":
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    bad = [n for n in names if not isinstance(n, str) or n not in TRACKERS]
+    _check(not bad, f"logger={value!r}: {', '.join(map(repr, bad))} is not a tracker aligntune supports.",
+           f"Use one or more of {', '.join(TRACKERS)}, e.g. logger=tensorboard or logger=[tensorboard,wandb], "
+           "or logger=none.")
+    return list(dict.fromkeys(names))
+
+
 def _reward_config(name: str, spec: Any) -> RewardConfig:
     if isinstance(spec, RewardConfig):
         return spec
@@ -657,9 +670,7 @@ class RunConfig:
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
-        from aligntune.run.trackers import normalize
-
-        self.logger = normalize(self.logger)
+        self.logger = _trackers(self.logger)
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         trl_sampling = isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig))
         _check(trl_sampling or not self.train.log_completions,

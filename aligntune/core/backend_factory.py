@@ -543,6 +543,7 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     `create_rl_trainer(config_dir="configs", experiment="my_grpo")`.
     """
     from aligntune.config import compose, searchpath
+    from aligntune import preflight
 
     items: list[str] = [f"algorithm={algorithm}", f"backend={backend}"]
     if model_name is not None:
@@ -560,7 +561,7 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     items, notices = inherited.apply(items)
     for text in notices:
         show_notice(text)
-    run, _ = compose.load(items)
+    run, _ = preflight.load(items)
     from aligntune.distributed import launch
 
     if resolve_backend(run) in LAUNCHED or launch.wanted(run):
