@@ -450,7 +450,7 @@ def _task(cfg) -> float | None:
     try:
         run = compose.to_run_config(cfg)
         console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run())
-        from aligntune.core.backend_factory import run_job
+        from aligntune.core.job import run_job
 
         launcher = hc.launcher
         parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")) else 1

@@ -68,7 +68,7 @@ def apply_to_jobs(jobs: list[list[str]]) -> tuple[list[str], list[str]]:
 # --- backends that cannot honour a preset's setting ------------------------------------------------------------
 
 def _backend_changes(run: RunConfig, typed: set[str], rewritten: list[str]) -> list[Change]:
-    from aligntune.core.backend_factory import resolve_backend
+    from aligntune.core.registry import resolve_backend
 
     if resolve_backend(run) != "verl":
         return []

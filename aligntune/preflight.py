@@ -22,7 +22,7 @@ def check(run: schema.RunConfig) -> None:
     """An engine exists for the algorithm and supports what the run asks for; trackers are installed; the model,
     dataset and rewards exist. Nothing is imported or loaded (no torch)."""
     from aligntune.backends.trl.common import check_rollout_engine
-    from aligntune.core.backend_factory import builder_target, check_launch
+    from aligntune.core.registry import builder_target, check_launch
     from aligntune.data.sources import resolve as resolve_dataset
     from aligntune.models.loading import check_model_options, resolve_source
     from aligntune.run.model_card import check_push

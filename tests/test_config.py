@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from aligntune import hub, preflight
 from aligntune.config import compose, schema
-from aligntune.core.backend_factory import BACKENDS
+from aligntune.core.registry import BACKENDS
 from aligntune.errors import ConfigError
 
 GROUPS = ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards")
@@ -78,8 +78,8 @@ def _overrides(group: str, option: str) -> list[str]:
 def _has_engine(run: schema.RunConfig) -> bool:
     backend = run.backend.name
     if backend == "auto":
-        return any(run.algorithm.name in algos for algos in BACKENDS.values())
-    return run.algorithm.name in BACKENDS.get(backend, {})
+        return any(run.algorithm.name in entry.algorithms for entry in BACKENDS.values())
+    return backend in BACKENDS and run.algorithm.name in BACKENDS[backend].algorithms
 
 
 def test_discovery_found_the_shipped_groups():

@@ -299,7 +299,7 @@ TRAIN_VARIATIONS = {
 }
 # Fields that legitimately do not reach GRPOConfig, with where they are used instead.
 NOT_MAPPED = {
-    ("algorithm", "name"): "selects the schema and the engine (backend_factory.BACKENDS); grpo_args refuses non-GRPO",
+    ("algorithm", "name"): "selects the schema and the engine (core/registry.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
     ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/test_reliability.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",

@@ -604,9 +604,9 @@ def test_gspo_trains_off_policy_with_sequence_clipping(workdir):
 
 
 def test_rloo_trains(workdir):
-    from aligntune.core.backend_factory import BACKENDS
+    from aligntune.core.registry import BACKENDS
 
-    assert BACKENDS["trl"].get("rloo") == "aligntune.backends.trl.rloo:build", "backend_factory.BACKENDS lacks rloo"
+    assert BACKENDS["trl"].algorithms.get("rloo") == "aligntune.backends.trl.rloo:build", "the registry lacks rloo"
     metrics, config, run_dir = train(workdir, "algorithm=rloo")
     assert config["algorithm"]["name"] == "rloo" and config["algorithm"]["group_size"] == 4
     assert all(isinstance(m["kl"], float) and isinstance(m["reward"], float) for m in metrics)  # KL in the reward

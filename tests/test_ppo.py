@@ -20,7 +20,7 @@ from aligntune.backends.native.ppo import (
 )
 from aligntune.config import schema
 from aligntune import preflight
-from aligntune.core import backend_factory
+from aligntune.core import job, registry
 from aligntune.errors import EXIT_USAGE, ConfigError
 
 OUT = "/nonexistent/aligntune-ppo-output"
@@ -92,7 +92,7 @@ def test_other_keys_reach_the_engine():
 def test_trl_args_are_refused():
     run = make_run(backend=schema.BackendConfig(name="native", trl_args={"top_k": 5}))
     with pytest.raises(ConfigError, match="not TRL"):
-        ppo_engine_config(run, OUT)
+        registry.check_supported(run)  # the pre-flight, before any job is built
 
 
 def test_eval_steps():
@@ -111,8 +111,8 @@ def test_every_algorithm_and_train_key_is_mapped_or_accounted_for():
 
 def test_backend_auto_resolves_to_native():
     run, _ = preflight.load(["algorithm=ppo"])
-    assert backend_factory.resolve_backend(run) == "native"
-    assert backend_factory.builder_target(run) == "aligntune.backends.native.ppo:build"
+    assert registry.resolve_backend(run) == "native"
+    assert registry.builder_target(run) == "aligntune.backends.native.ppo:build"
 
 
 def test_cliprange_must_be_positive():
@@ -141,7 +141,7 @@ def test_k3_in_the_reward_is_refused_with_the_reason():
 
 def build_job(tmp_path: Path, *overrides: str):
     run, _ = preflight.load(["experiment=ppo_smoke", "train.log_samples=0", *overrides])
-    return backend_factory.AlignmentJob(run, tmp_path / "run")
+    return job.AlignmentJob(run, tmp_path / "run")
 
 
 # Tolerance from the dtype: fp32 sums in a different order with and without padding (~1e-6); bf16 autocast rounds
@@ -360,9 +360,9 @@ def test_dataset_without_prompts_is_refused(workdir, capsys):
 
 def test_micro_batch_that_does_not_divide_is_refused(workdir, capsys):
     code, run_dir = run_cli(workdir, "train.batch_size=12", "algorithm.num_mini_batches=3", "train.micro_batch_size=6")
-    assert code == EXIT_USAGE
-    assert_failed_before_training(run_dir, capsys, "train.micro_batch_size=6 does not divide a PPO mini-batch of 4",
-                                  "Use one of 1, 2, 4")
+    assert code == EXIT_USAGE and not run_dir.exists()  # refused while composing (the schema), before any run directory
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train.micro_batch_size=6 does not divide a PPO mini-batch of 4" in err and "Use one of [1, 2, 4]" in err
 
 
 def test_cliprange_zero_on_the_command_line(workdir, capsys):

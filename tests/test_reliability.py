@@ -483,7 +483,7 @@ def test_ppo_nan_reward_stops_after_checkpointing_the_last_good_step(workdir, ca
 
 def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps():
     from aligntune import preflight
-    from aligntune.core.backend_factory import AlignmentJob  # noqa: F401 - the job calls memory.check
+    from aligntune.core.job import AlignmentJob  # noqa: F401 - the job calls memory.check
     from aligntune.models.loading import load_model
     from aligntune.run import memory
 

@@ -24,7 +24,7 @@ from aligntune.errors import (
 
 def main(argv: list[str]) -> int:
     from aligntune import preflight
-    from aligntune.core.backend_factory import AlignmentJob
+    from aligntune.core.job import AlignmentJob
 
     run_dir, overrides = Path(argv[0]), list(argv[1:])
     rank = int(os.environ.get("RANK", "0"))
