@@ -124,7 +124,7 @@ class AlignmentJob(JobInputs):
             cores = threads.usable_cores()
             self.load_warning = threads.OtherLoadWarning(threads.configure(self.parallel_jobs, cores), cores)
         if resolve_backend(run) == "trl" and self.device == "cpu":
-            from aligntune.backends.trl.cpu_speed import compact_fused_head_on_cpu
+            from aligntune.patches import compact_fused_head_on_cpu
 
             compact_fused_head_on_cpu()  # TRL's LM head scores every position on CPU; its GPU path only completions
         self.tokenizer = load_tokenizer(run.model)
@@ -294,11 +294,12 @@ class AlignmentJob(JobInputs):
         self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
 
     def _restore_token_count(self) -> None:
-        """TRL's DPO/SFT/reward trainers count `num_tokens` in `_total_train_tokens`, which no checkpoint holds (GRPO
-        uses the trainer state's count, which transformers restores); continue it from the last logged value."""
+        """The num_tokens count continues from the last logged value (patches.set_token_count)."""
+        from aligntune.patches import set_token_count
+
         counted = [h["num_tokens"] for h in self.recorder.history if isinstance(h.get("num_tokens"), (int, float))]
-        if counted and hasattr(self.trainer, "_total_train_tokens"):
-            self.trainer._total_train_tokens = type(self.trainer._total_train_tokens)(counted[-1])
+        if counted:
+            set_token_count(self.trainer, counted[-1])
 
     def _step(self) -> int:
         return int(getattr(getattr(self.trainer, "state", None), "global_step", 0) or 0)
