@@ -174,8 +174,8 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def validate(overrides: list[str], multirun: bool) -> int:
     """Compose and check every job; returns how many were checked. Raises ConfigError."""
-    from aligntune.config import sweeps
     from aligntune import preflight
+    from aligntune.config import sweeps
 
     sweeps.check_presets([o for o in overrides if not _is_hydra_override(o)], multirun)
     jobs = _jobs(overrides, multirun)

@@ -242,10 +242,8 @@ def rewards_command(args: list[str]) -> int:
 
 def report_command(args: list[str]) -> int:
     """Regenerate plots and report.md of a run, or of every job of a sweep plus the sweep's comparison."""
-    from aligntune.run import report
+    from aligntune.run import liveness, report
     from aligntune.run.console import console
-
-    from aligntune.run import liveness
 
     mark = "--mark-crashed" in args
     args = [a for a in args if a != "--mark-crashed"]

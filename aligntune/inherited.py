@@ -93,7 +93,7 @@ _NOT_FOR_EVAL = ("backend", "dry_run", "distributed", "hydra", "resume", "verbos
 
 def _eval_command(rewritten: list[str]) -> str:
     """`aligntune eval` of a verl checkpoint with the run's own model, data and rewards (it compares with the base)."""
-    kept = [o for o in rewritten if not o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] in _NOT_FOR_EVAL]
+    kept = [o for o in rewritten if o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] not in _NOT_FOR_EVAL]
     return " ".join(["aligntune eval run=<verl's checkpoint, merged into a Hugging Face directory>",
                      *(shlex.quote(o) for o in kept)])
 

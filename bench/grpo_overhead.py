@@ -58,8 +58,8 @@ def build_plain(steps: int, out_dir: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from aligntune.backends.trl.grpo import grpo_args
     from aligntune import preflight
+    from aligntune.backends.trl.grpo import grpo_args
     from aligntune.data.sources import SHIPPED_DIR
     from aligntune.models import tiny
     from aligntune.rewards.letters import letter_match

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from aligntune.config import aliases, compose
 from aligntune import preflight
+from aligntune.config import aliases, compose
 from aligntune.errors import ConfigError
 
 # shortcut -> real key, written out here (not read from aliases.SHORTCUTS) so a silent change fails.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,10 +130,9 @@ def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, ca
     assert len(sft) == 4
     # Conversational pairs (UltraFeedback layout) are compared as messages.
     ultra = tmp_path / "ultra.jsonl"
-    ultra.write_text("".join(
-        '{"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}], '
-        '"rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}]}\n' % pair
-        for pair in (("Hello!", "Go away."), ("Hello!", "Hello!"))))
+    turn = lambda text: [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text}]
+    ultra.write_text("".join(json.dumps({"prompt": "Hi", "chosen": turn(chosen), "rejected": turn(rejected)}) + "\n"
+                             for chosen, rejected in (("Hello!", "Go away."), ("Hello!", "Hello!"))))
     train, _ = load(DatasetConfig(name=str(ultra), shuffle=False), seed=0, kind="preferences")
     assert len(train) == 1 and train[0]["rejected"] == [{"role": "assistant", "content": "Go away."}]
 

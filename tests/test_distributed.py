@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.config import compose
-from aligntune import preflight
 from aligntune.distributed import presets
 from aligntune.errors import ConfigError
 

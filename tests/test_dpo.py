@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.trl.dpo import dpo_args, loss_terms, to_dpo_config
-from aligntune import preflight
 from aligntune.errors import ConfigError
 from aligntune.models import tiny
 

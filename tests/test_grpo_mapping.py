@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 
+from aligntune import preflight
 from aligntune.backends.trl import common
 from aligntune.backends.trl.grpo import MAPPED_FIELDS, grpo_args, to_grpo_config
 from aligntune.config import compose, schema
-from aligntune import preflight
 from aligntune.errors import ConfigError
 
 OUT = "/nonexistent/aligntune-test-output"  # grpo_args never touches it

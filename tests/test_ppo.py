@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.native.ppo import (
     HANDLED_ELSEWHERE,
     MAPPED_FIELDS,
@@ -19,7 +19,6 @@ from aligntune.backends.native.ppo import (
     ppo_engine_config,
 )
 from aligntune.config import schema
-from aligntune import preflight
 from aligntune.core import job, registry
 from aligntune.errors import EXIT_USAGE, ConfigError
 

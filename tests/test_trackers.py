@@ -12,11 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.native.ppo import ppo_engine_config
 from aligntune.backends.trl.grpo import grpo_args
 from aligntune.config import compose
-from aligntune import preflight
 from aligntune.errors import EXIT_USAGE, ConfigError
 from aligntune.models import tiny
 from aligntune.run import trackers

@@ -33,8 +33,8 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     as `--config-dir` on the command line (ALIGNTUNE_CONFIG_PATH is read too), e.g.
     `create_rl_trainer(config_dir="configs", experiment="my_grpo")`.
     """
-    from aligntune.config import compose, searchpath
     from aligntune import preflight
+    from aligntune.config import compose, searchpath
 
     items: list[str] = [f"algorithm={algorithm}", f"backend={backend}"]
     if model_name is not None:

@@ -96,13 +96,10 @@ class AlignmentJob(JobInputs):
     def _build(self) -> None:
         from transformers import set_seed
 
-        from aligntune.models.loading import load_tokenizer, resolve_device
-        from aligntune.run import memory
+        from aligntune.models.loading import compute_precision, load_tokenizer, resolve_device
+        from aligntune.run import console, memory
         from aligntune.run.callbacks import RichProgress, RunRecorder
         from aligntune.run.samples import SampleBook
-
-        from aligntune.models.loading import compute_precision
-        from aligntune.run import console
 
         run = self.config
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
