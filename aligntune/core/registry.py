@@ -120,7 +120,7 @@ def check_supported(run: RunConfig) -> None:
         raise ConfigError(f"train.log_completions=true turns on TRL's completions table of GRPO and RLOO, and "
                           f"algorithm={algo} on backend={backend} has none{why('train.log_completions')}.",
                           "Drop it; samples.jsonl holds every run's samples.")
-    if found.mini_batches_by_prompts:
+    if found.mini_batches_by_prompts and hasattr(run.algorithm, "num_mini_batches"):
         run.check_mini_batches(by_prompts=True, why=found.why_not.get("num_mini_batches", ""))
     if backend != "verl" and run.backend.verl != VerlConfig():
         raise ConfigError(f"backend.verl.* is set, but the run is on backend={backend}.", "Drop backend.verl.*, or use backend=verl.")
