@@ -123,13 +123,14 @@ def origin(path: Path) -> str:
 
 def validate(result: Result, overrides: list[str]) -> None:
     """Compose and preflight one experiment, torch-free; fills `result` in."""
+    from aligntune import preflight
     from aligntune.config import compose
 
     start = time.perf_counter()
     try:
-        run, _ = compose.load(overrides, check_sources=False)
+        run, _ = compose.load(overrides)
         result.algorithm, result.model, result.dataset = run.algorithm.name, run.model.name_or_path, run.dataset.name
-        compose.preflight(run)
+        preflight.check(run)
     except AligntuneError as exc:
         result.status, result.error = (HUB if needs_hub(exc) else FAILED), exc.paragraph()
     except Exception as exc:  # a bug rather than the user's config: still one experiment's failure, not the check's

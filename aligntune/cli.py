@@ -174,12 +174,13 @@ def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 def validate(overrides: list[str], multirun: bool) -> int:
     """Compose and check every job; returns how many were checked. Raises ConfigError."""
-    from aligntune.config import compose, sweeps
+    from aligntune import preflight
+    from aligntune.config import sweeps
 
     sweeps.check_presets([o for o in overrides if not _is_hydra_override(o)], multirun)
     jobs = _jobs(overrides, multirun)
     for job in jobs:
-        compose.load(job)
+        preflight.load(job)
     return len(jobs)
 
 
@@ -449,7 +450,7 @@ def _task(cfg) -> float | None:
     try:
         run = compose.to_run_config(cfg)
         console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run())
-        from aligntune.core.backend_factory import run_job
+        from aligntune.core.job import run_job
 
         launcher = hc.launcher
         parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")) else 1

@@ -98,7 +98,7 @@ def _model_fix() -> str:
 
 
 def eval_command(args: list[str]) -> int:
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.evaluation import evaluate, write_result
     from aligntune.run.console import console, eval_table
     from aligntune.run.logs import quiet_engines
@@ -120,7 +120,7 @@ def eval_command(args: list[str]) -> int:
         raise ConfigError(f"run={location} has no trained model to evaluate: the run is {status}"
                           + (" (its process is gone)." if status == "crashed" else "."),
                           "Resume it first (aligntune train resume=" + str(path) + "), or evaluate a completed run.")
-    run, _ = compose.load(_with_inherited_changes(_run_overrides(path) + overrides))
+    run, _ = preflight.load(_with_inherited_changes(_run_overrides(path) + overrides))
     quiet_engines()
     result = evaluate(run, path)
     is_run = (path / "summary.json").exists()
@@ -137,13 +137,13 @@ def eval_command(args: list[str]) -> int:
 def _eval_model(model: str, overrides: list[str]) -> int:
     """`aligntune eval model=...`: the model on its own, on the held-out rows and rewards the composition gives (its
     preset's, or the overrides'); no starting model to compare with. Results go to the current directory."""
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.evaluation import evaluate, write_result
     from aligntune.models.loading import model_location
     from aligntune.run.console import console, eval_table
     from aligntune.run.logs import quiet_engines
 
-    run, _ = compose.load(_with_inherited_changes([_model_override(model), *overrides]))
+    run, _ = preflight.load(_with_inherited_changes([_model_override(model), *overrides]))
     if run.algorithm.name in ("dpo", "reward"):
         raise ConfigError(f"Preference evaluation (algorithm={run.algorithm.name}) scores a model against the model it "
                           "started from, and model= gives a model on its own.",
@@ -168,7 +168,7 @@ def _inference_location(model: str) -> str:
         return str(Path(model).expanduser())
     if model in compose.group_options("model"):
         _model_override(model)  # refuses model=custom
-        run, _ = compose.load([f"model={model}"], check_sources=False)
+        run, _ = compose.load([f"model={model}"])
         model = run.model.name_or_path
     return model_location(ModelConfig(name_or_path=model))
 
@@ -242,10 +242,8 @@ def rewards_command(args: list[str]) -> int:
 
 def report_command(args: list[str]) -> int:
     """Regenerate plots and report.md of a run, or of every job of a sweep plus the sweep's comparison."""
-    from aligntune.run import report
+    from aligntune.run import liveness, report
     from aligntune.run.console import console
-
-    from aligntune.run import liveness
 
     mark = "--mark-crashed" in args
     args = [a for a in args if a != "--mark-crashed"]

@@ -45,7 +45,7 @@ def changes(overrides: list[str]) -> list[Change]:
     """What to change for the run `overrides` compose (raises ConfigError as composition does)."""
     from aligntune.config import aliases, compose
 
-    run, _ = compose.load(overrides, check_sources=False)
+    run, _ = compose.load(overrides)
     rewritten, _ = aliases.rewrite(list(overrides))
     typed = typed_keys(rewritten)
     return [*_backend_changes(run, typed, rewritten), *_dataset_changes(run, typed)]
@@ -68,7 +68,7 @@ def apply_to_jobs(jobs: list[list[str]]) -> tuple[list[str], list[str]]:
 # --- backends that cannot honour a preset's setting ------------------------------------------------------------
 
 def _backend_changes(run: RunConfig, typed: set[str], rewritten: list[str]) -> list[Change]:
-    from aligntune.core.backend_factory import resolve_backend
+    from aligntune.core.registry import resolve_backend
 
     if resolve_backend(run) != "verl":
         return []
@@ -93,7 +93,7 @@ _NOT_FOR_EVAL = ("backend", "dry_run", "distributed", "hydra", "resume", "verbos
 
 def _eval_command(rewritten: list[str]) -> str:
     """`aligntune eval` of a verl checkpoint with the run's own model, data and rewards (it compares with the base)."""
-    kept = [o for o in rewritten if not o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] in _NOT_FOR_EVAL]
+    kept = [o for o in rewritten if o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0] not in _NOT_FOR_EVAL]
     return " ".join(["aligntune eval run=<verl's checkpoint, merged into a Hugging Face directory>",
                      *(shlex.quote(o) for o in kept)])
 

@@ -117,7 +117,7 @@ def measure(batch: int, code_n: int, repeats: int) -> dict:
     correctness = resolve("correctness")
     code, tests = code_batch(code_n)
     run_code = resolve("code_execution")
-    jobs = [(name, batch, lambda fn=resolve(name), call=call: call(fn)) for name, call in calls.items()]
+    jobs = [(name, batch, lambda fn=resolve(name), call=call: call(fn)) for name, call in calls.items()]  # noqa: B008
     jobs += [("correctness (math-verify path)", batch, lambda: correctness(sym_completions, answer=sym_answers)),
              ("code_execution (3 asserts, 1 worker)", code_n, lambda: run_code(code, tests=tests, workers=1))]
     # Generation is timed between the reward measurements (A B A B ...), so drift on a shared machine hits both.

@@ -24,7 +24,7 @@ MODELS = {"tiny": "aligntune:tiny", "smollm2_135m": "aligntune:smollm2-135m-inst
 
 
 def cpu_kind() -> str:
-    from aligntune.models.precision import cpu_has_native_bf16, cpu_flags
+    from aligntune.models.precision import cpu_flags, cpu_has_native_bf16
 
     flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
     return ("bf16-native" if cpu_has_native_bf16() else "avx2-only"), flags

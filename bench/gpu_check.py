@@ -68,7 +68,7 @@ def compose_all() -> None:
     """Every run's config composes and validates (no torch, no GPU): what --dry-run checks."""
     import os
 
-    from aligntune.config import compose
+    from aligntune import preflight
 
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="aligntune-gpu-") as tmp:
@@ -76,7 +76,7 @@ def compose_all() -> None:
         os.chdir(tmp)
         try:
             for overrides in [*RUNS.values(), ZERO_GRADIENT, LORA_MERGED]:
-                compose.load([*overrides, *CUDA_BF16])
+                preflight.load([*overrides, *CUDA_BF16])
         finally:
             os.chdir(here)
 

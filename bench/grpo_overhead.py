@@ -58,13 +58,13 @@ def build_plain(steps: int, out_dir: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from aligntune import preflight
     from aligntune.backends.trl.grpo import grpo_args
-    from aligntune.config import compose
     from aligntune.data.sources import SHIPPED_DIR
     from aligntune.models import tiny
     from aligntune.rewards.letters import letter_match
 
-    run = compose.load(["experiment=smoke", f"max_steps={steps}", f"model.dtype={DTYPE}"])[0]
+    run = preflight.load(["experiment=smoke", f"max_steps={steps}", f"model.dtype={DTYPE}"])[0]
     model_dir = tiny.resolve("aligntune:tiny")
     dataset = load_dataset("json", data_files=str(SHIPPED_DIR / "letters.jsonl"), split="train").shuffle(seed=run.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

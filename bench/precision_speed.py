@@ -72,10 +72,10 @@ def job_overrides(algorithm: str, steps: int, model: str) -> list[str]:
 
 def build(algorithm: str, side: str, steps: int, out_dir: str, model: str):
     """The trainer of one side."""
-    from aligntune.config import compose
+    from aligntune import preflight
 
     overrides = job_overrides(algorithm, steps, model)
-    run = compose.load(overrides)[0]
+    run = preflight.load(overrides)[0]
     if side == "aligntune":
         from aligntune.core.backend_factory import create_rl_trainer
 
@@ -159,11 +159,11 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
             sides: tuple[str, ...] = SIDES, algorithms: tuple[str, ...] = tuple(JOBS)) -> dict:
     import trl  # noqa: F401  # the heavy imports, once; every run forks from here
 
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.models.loading import compute_precision, resolve_device
 
     watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
-    composed = compose.load(job_overrides(algorithms[0], steps, model))[0]
+    composed = preflight.load(job_overrides(algorithms[0], steps, model))[0]
     result["auto_resolves_to"] = compute_precision(composed.model, resolve_device("auto"))
     result["sides_run"], result["algorithms"] = list(sides), list(algorithms)
     for algorithm in algorithms:
@@ -185,7 +185,7 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
                     "bf16_autocast": mine[0]["bf16_autocast"], "checkpointing": mine[0]["checkpointing"],
                     "trained_tokens_per_step": per_step_tokens, "params": mine[0]["params"]}
             if algorithm == "grpo" and "timed_out" not in mine[0]:
-                run = compose.load(job_overrides(algorithm, steps, model))[0]
+                run = preflight.load(job_overrides(algorithm, steps, model))[0]
                 completions = run.train.batch_size * run.algorithm.group_size
                 generated = completions * statistics.median(x for r in mine for x in r["completion_lengths"])
                 info["generated_tokens_per_step"] = generated

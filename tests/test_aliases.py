@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from aligntune import preflight
 from aligntune.config import aliases, compose
 from aligntune.errors import ConfigError
 
@@ -126,7 +127,7 @@ def _get(obj, path: str):
 
 
 def test_composed_config_has_the_real_keys():
-    run, cfg = compose.load(list(COMPOSED), check_sources=False)  # one composition for all plain shortcuts
+    run, cfg = compose.load(list(COMPOSED))  # one composition for all plain shortcuts
     for override, (path, value) in COMPOSED.items():
         assert _get(run, path) == value, override
         assert _get(cfg, path) == value, override  # the DictConfig Hydra saves as config.yaml
@@ -139,14 +140,14 @@ def test_composed_config_has_the_real_keys():
     ("dataset_name=letters", "letters"),
 ])
 def test_composed_source_shortcut(override, name):
-    run, cfg = compose.load([override], check_sources=False)
+    run, cfg = compose.load([override])
     path = SOURCE_SHORTCUTS[override.split("=")[0]]
     assert _get(run, path) == name
     assert override.split("=")[0] not in cfg
 
 
 def test_group_size_16_lands_on_algorithm_group_size():
-    run, cfg = compose.load(["group_size=16"])
+    run, cfg = preflight.load(["group_size=16"])
     assert run.algorithm.group_size == 16
     assert cfg.algorithm.group_size == 16 and "group_size" not in cfg
 
@@ -154,13 +155,13 @@ def test_group_size_16_lands_on_algorithm_group_size():
 def test_dataset_name_of_a_file_selects_custom_without_preset_rewards(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "hi"}\n')
-    run, _ = compose.load([f"dataset_name={data}", "+rewards.letter_match.weight=1.0"])
+    run, _ = preflight.load([f"dataset_name={data}", "+rewards.letter_match.weight=1.0"])
     assert run.dataset.name == str(data)
     assert list(run.rewards) == ["letter_match"]  # only the one added: `custom` brings none
 
 
 def test_shortcut_the_selected_algorithm_lacks_is_an_error_naming_the_shortcut():
     with pytest.raises(ConfigError) as err:
-        compose.load(["algorithm=dpo", "group_size=4"], check_sources=False)
+        compose.load(["algorithm=dpo", "group_size=4"])
     msg = str(err.value)
     assert "'group_size'" in msg and "algorithm.group_size" in msg and "grpo" in msg

@@ -221,7 +221,7 @@ def test_an_unquoted_value_says_how_to_quote_it(in_empty_dir, capsys, override, 
 def test_the_quoted_form_the_error_suggests_composes(in_empty_dir):
     fix = compose.quoted("dataset.system_prompt=Think, then answer.")
     (override,) = shlex.split(fix)  # what the shell hands over
-    run, _ = compose.load(["model=tiny", override], check_sources=False)
+    run, _ = compose.load(["model=tiny", override])
     assert run.dataset.system_prompt == "Think, then answer."
     assert cli.validate([override], multirun=False) == 1
 

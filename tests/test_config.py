@@ -17,9 +17,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from aligntune import hub
+from aligntune import hub, preflight
 from aligntune.config import compose, schema
-from aligntune.core.backend_factory import BACKENDS
+from aligntune.core.registry import BACKENDS
 from aligntune.errors import ConfigError
 
 GROUPS = ("model", "dataset", "algorithm", "backend", "distributed", "experiment", "debug", "rewards")
@@ -78,8 +78,8 @@ def _overrides(group: str, option: str) -> list[str]:
 def _has_engine(run: schema.RunConfig) -> bool:
     backend = run.backend.name
     if backend == "auto":
-        return any(run.algorithm.name in algos for algos in BACKENDS.values())
-    return run.algorithm.name in BACKENDS.get(backend, {})
+        return any(run.algorithm.name in entry.algorithms for entry in BACKENDS.values())
+    return backend in BACKENDS and run.algorithm.name in BACKENDS[backend].algorithms
 
 
 def test_discovery_found_the_shipped_groups():
@@ -93,7 +93,7 @@ def test_discovery_found_the_shipped_groups():
 @pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_every_option_composes_and_validates(group, option, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    run, cfg = compose.load(_overrides(group, option), check_sources=False)
+    run, cfg = compose.load(_overrides(group, option))
     assert isinstance(run, schema.RunConfig)
     assert isinstance(run.algorithm, schema.ALGORITHM_SCHEMAS[run.algorithm.name])
     data = _yaml(group, option)
@@ -108,18 +108,18 @@ def test_every_option_composes_and_validates(group, option, monkeypatch):
     if group == "rewards":
         assert set(run.rewards) == set(data["rewards"])
 
-    # Source and engine checks (compose.load(check_sources=True) == the above + preflight).
+    # Source and engine checks (preflight.load == the above + preflight.check).
     source_is_hub = _is_hub(run.model.name_or_path) or _is_hub(run.dataset.name)
     if source_is_hub or not _has_engine(run):
         with pytest.raises(ConfigError) as err:
-            compose.preflight(run)
+            preflight.check(run)
         msg = str(err.value)
         if not _has_engine(run):  # checked first: no point looking for a model nobody can train
             assert f"algorithm={run.algorithm.name} is not available" in msg or "is not a backend" in msg, msg
         else:
             assert "Hugging Face Hub" in msg, msg
     else:
-        compose.preflight(run)
+        preflight.check(run)
 
 
 @pytest.mark.parametrize("group,option", HUB_OPTIONS, ids=[f"{g}={o}" for g, o in HUB_OPTIONS])
@@ -130,7 +130,7 @@ def test_hub_option_offline_fails_fast_saying_what_to_use(group, option, monkeyp
         pytest.skip(f"{source} is in the local Hugging Face cache, so it validates offline")
     start = time.monotonic()
     with pytest.raises(ConfigError) as err:
-        compose.load(_overrides(group, option))
+        preflight.load(_overrides(group, option))
     elapsed = time.monotonic() - start
     msg = str(err.value)
     assert elapsed < 5, f"took {elapsed:.1f}s to fail offline"
@@ -143,13 +143,13 @@ def test_mandatory_source_without_value_is_an_error_naming_the_key():
     for (group, option), fix in MANDATORY.items():
         key = fix[0].split("=")[0]
         with pytest.raises(ConfigError, match=rf"{key} has no value"):
-            compose.load([f"{group}={option}"], check_sources=False)
+            compose.load([f"{group}={option}"])
 
 
 # --- defaults ------------------------------------------------------------------------------------
 
 def test_grpo_has_its_documented_defaults():
-    run, cfg = compose.load(["model=tiny", "dataset=letters"])  # a model whose recipe leaves them alone
+    run, cfg = preflight.load(["model=tiny", "dataset=letters"])  # a model whose recipe leaves them alone
     algo = run.algorithm
     assert type(algo) is schema.GRPOAlgorithmConfig
     assert (algo.group_size, algo.beta, algo.cliprange, algo.temperature) == (8, 0.01, 0.2, 0.7)
@@ -159,7 +159,7 @@ def test_grpo_has_its_documented_defaults():
 
 
 def test_the_default_job_is_smollm2_grpo_on_arith_with_its_recipe():
-    run, _ = compose.load([])  # experiment: null is the default (`experiment=null` itself is not a Hydra override)
+    run, _ = preflight.load([])  # experiment: null is the default (`experiment=null` itself is not a Hydra override)
     assert run.model.name_or_path == "aligntune:smollm2-135m-instruct" and run.dataset.name == "arith"
     assert type(run.algorithm) is schema.GRPOAlgorithmConfig and list(run.rewards) == ["correctness"]
     # configs/tuning/smollm2_135m_grpo.yaml: LoRA, a CPU-sized step, and the before/after evaluation
@@ -167,10 +167,10 @@ def test_the_default_job_is_smollm2_grpo_on_arith_with_its_recipe():
     assert run.train.batch_size * run.algorithm.group_size == 16 and run.train.max_steps == 12
     assert run.algorithm.cliprange == 0.2 and run.algorithm.max_completion_length == 32
     # The algorithm's documented defaults are still what the recipe starts from: an override beats the recipe.
-    overridden = compose.load(["algorithm.beta=0.01", "algorithm.temperature=0.7"])[0].algorithm
+    overridden = preflight.load(["algorithm.beta=0.01", "algorithm.temperature=0.7"])[0].algorithm
     assert (overridden.beta, overridden.temperature) == (0.01, 0.7)
     # Deselecting an experiment explicitly gives the same config.
-    assert compose.load(["experiment=smoke", "~experiment"], check_sources=False)[0] == run
+    assert compose.load(["experiment=smoke", "~experiment"])[0] == run
 
 
 def test_schema_defaults_match_the_grpo_yaml():
@@ -182,9 +182,9 @@ def test_schema_defaults_match_the_grpo_yaml():
 
 
 def test_seed_example_batch_size_2_with_group_size_8_is_valid():
-    run, _ = compose.load(["batch_size=2", "group_size=8"])
+    run, _ = preflight.load(["batch_size=2", "group_size=8"])
     assert run.train.batch_size * run.algorithm.group_size == 16
-    run, _ = compose.load(["batch_size=2", "group_size=8", "train.micro_batch_size=4"])
+    run, _ = preflight.load(["batch_size=2", "group_size=8", "train.micro_batch_size=4"])
     assert run.train.micro_batch_size == 4
 
 
@@ -201,7 +201,7 @@ def test_seed_example_batch_size_2_with_group_size_8_is_valid():
 ])
 def test_wrong_type_is_a_config_error_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        compose.load([override], check_sources=False)
+        compose.load([override])
     assert key in str(err.value)
 
 
@@ -215,19 +215,19 @@ def test_wrong_type_is_a_config_error_naming_the_key(override, key):
 ])
 def test_unknown_key_is_refused_naming_it(override, key):
     with pytest.raises(ConfigError) as err:
-        compose.load([override], check_sources=False)
+        compose.load([override])
     assert key in str(err.value)
 
 
 def test_new_reward_entry_is_accepted():
-    run, _ = compose.load(["+rewards.new.weight=0.5"], check_sources=False)
+    run, _ = compose.load(["+rewards.new.weight=0.5"])
     assert run.rewards["new"] == schema.RewardConfig(fn=None, weight=0.5, args={})
     assert list(run.rewards) == ["correctness", "new"]  # the default job's reward, then the new one
 
 
 def test_dict_valued_keys_take_new_entries():
     run, _ = compose.load(["+backend.trl_args.top_k=50", "+dataset.columns.prompt=question",
-                           "+rewards.letter_match.args.letter=q"], check_sources=False)
+                           "+rewards.letter_match.args.letter=q"])
     assert run.backend.trl_args == {"top_k": 50}
     assert run.dataset.columns == {"prompt": "question"}
     assert run.rewards["letter_match"].args == {"letter": "q"}
@@ -237,14 +237,14 @@ def test_dict_valued_keys_take_new_entries():
 
 def test_micro_batch_must_divide_the_step_and_the_message_lists_divisors():
     with pytest.raises(ConfigError) as err:
-        compose.load(["batch_size=2", "group_size=8", "train.micro_batch_size=3"], check_sources=False)
+        compose.load(["batch_size=2", "group_size=8", "train.micro_batch_size=3"])
     msg = str(err.value)
     assert "train.micro_batch_size=3" in msg and "16 completions" in msg
     assert "[1, 2, 4, 8, 16]" in msg
 
 
 def test_micro_batch_equal_to_the_step_is_valid():
-    run, _ = compose.load(["batch_size=3", "group_size=4", "train.micro_batch_size=12"], check_sources=False)
+    run, _ = compose.load(["batch_size=3", "group_size=4", "train.micro_batch_size=12"])
     assert run.train.micro_batch_size == 12
 
 
@@ -309,25 +309,25 @@ def test_micro_batch_rule_uses_the_composed_batch_and_group(default_cfg):
 def test_override_value_errors_come_through_composition_too():
     for overrides, needle in ((["group_size=1"], "algorithm.group_size=1"), (["learning_rate=-1"], "train.learning_rate")):
         with pytest.raises(ConfigError, match=needle):
-            compose.load(overrides, check_sources=False)
+            compose.load(overrides)
 
 
 def test_online_algorithms_need_a_reward_checked_after_the_sources(default_cfg):
     run = _validate_with(default_cfg, rewards={})  # the schema alone accepts it ...
     with pytest.raises(ConfigError, match="at least one reward"):
-        compose.preflight(run)  # ... the preflight, after the model and dataset are found, does not
+        preflight.check(run)  # ... the preflight, after the model and dataset are found, does not
     with pytest.raises(ConfigError, match="at least one reward"):
-        compose.load(["~rewards.correctness"])  # the default job's only reward
+        preflight.load(["~rewards.correctness"])  # the default job's only reward
 
 
 def test_cliprange_high_at_or_above_cliprange_is_valid():
-    run, _ = compose.load(["algorithm.cliprange_high=0.28"], check_sources=False)
+    run, _ = compose.load(["algorithm.cliprange_high=0.28"])
     assert run.algorithm.cliprange_high == 0.28
 
 
 def test_unknown_group_option_lists_the_valid_ones():
     with pytest.raises(ConfigError) as err:
-        compose.load(["algorithm=grpoo"], check_sources=False)
+        compose.load(["algorithm=grpoo"])
     msg = str(err.value)
     assert "algorithm=grpoo" in msg
     for option in _options("algorithm"):
@@ -366,8 +366,8 @@ def _searchpath_with_demo(tmp_path: Path) -> str:
 
 def test_debug_smoke_shrinks_experiment_demo_keeping_data_rewards_algorithm(tmp_path):
     searchpath = _searchpath_with_demo(tmp_path)
-    full, _ = compose.load([searchpath, "experiment=demo"], check_sources=False)
-    small, _ = compose.load([searchpath, "experiment=demo", "debug=smoke"], check_sources=False)
+    full, _ = compose.load([searchpath, "experiment=demo"])
+    small, _ = compose.load([searchpath, "experiment=demo", "debug=smoke"])
 
     assert full.model.name_or_path == "Qwen/Qwen3-0.6B" and full.train.max_steps == 500
     assert small.model.name_or_path == "aligntune:tiny"
@@ -385,8 +385,8 @@ def test_debug_smoke_shrinks_experiment_demo_keeping_data_rewards_algorithm(tmp_
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_debug_smoke_shrinks_every_shipped_experiment(experiment):
-    full, _ = compose.load([f"experiment={experiment}"], check_sources=False)
-    small, _ = compose.load([f"experiment={experiment}", "debug=smoke"], check_sources=False)
+    full, _ = compose.load([f"experiment={experiment}"])
+    small, _ = compose.load([f"experiment={experiment}", "debug=smoke"])
     assert small.model.name_or_path == "aligntune:tiny"
     assert small.train.max_steps is not None and small.train.max_steps <= 5
     assert small.dataset.name == full.dataset.name
@@ -398,7 +398,7 @@ def test_debug_smoke_shrinks_every_shipped_experiment(experiment):
 
 @pytest.mark.parametrize("option", _options("rewards"))
 def test_rewards_group_is_selectable_as_group_equals_option(option):
-    run, _ = compose.load([f"rewards={option}"], check_sources=False)
+    run, _ = compose.load([f"rewards={option}"])
     assert set(run.rewards) == set(_yaml("rewards", option)["rewards"])
 
 
@@ -408,8 +408,9 @@ def test_composing_does_not_import_torch():
     code = textwrap.dedent("""
         import sys
         from aligntune.config import compose
-        compose.load(["group_size=4", "experiment=smoke"])
-        compose.load(["model=qwen3_0_6b"], check_sources=False)
+        from aligntune import preflight
+        preflight.load(["group_size=4", "experiment=smoke"])
+        compose.load(["model=qwen3_0_6b"])
         print("torch" in sys.modules, "transformers" in sys.modules, "trl" in sys.modules)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

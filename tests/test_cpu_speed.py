@@ -1,4 +1,4 @@
-"""TRL's fused LM head on CPU scores only the completion positions (aligntune.backends.trl.cpu_speed), with the
+"""TRL's fused LM head on CPU scores only the completion positions (aligntune.patches), with the
 same log-probabilities and gradients as scoring every position."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from trl.trainer import utils as trl_utils
 
-from aligntune.backends.trl.cpu_speed import compact_fused_head_on_cpu
+from aligntune.patches import compact_fused_head_on_cpu
 
 
 def _fused_logps(model, ids, labels):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,10 +130,9 @@ def test_pairs_whose_chosen_equals_rejected_are_dropped_and_counted(tmp_path, ca
     assert len(sft) == 4
     # Conversational pairs (UltraFeedback layout) are compared as messages.
     ultra = tmp_path / "ultra.jsonl"
-    ultra.write_text("".join(
-        '{"prompt": "Hi", "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}], '
-        '"rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "%s"}]}\n' % pair
-        for pair in (("Hello!", "Go away."), ("Hello!", "Hello!"))))
+    turn = lambda text: [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text}]
+    ultra.write_text("".join(json.dumps({"prompt": "Hi", "chosen": turn(chosen), "rejected": turn(rejected)}) + "\n"
+                             for chosen, rejected in (("Hello!", "Go away."), ("Hello!", "Hello!"))))
     train, _ = load(DatasetConfig(name=str(ultra), shuffle=False), seed=0, kind="preferences")
     assert len(train) == 1 and train[0]["rejected"] == [{"role": "assistant", "content": "Go away."}]
 
@@ -182,12 +182,12 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _fit(tmp_path, rows: list[dict], *overrides: str, kind: str = "prompts"):
     """(run, tokenizer, splits) for `rows` loaded as the job loads them: shuffled with the seed, then fitted."""
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.data import lengths
     from aligntune.models.loading import load_tokenizer
 
     data = _jsonl(tmp_path / "data.jsonl", rows)
-    run, _ = compose.load(["model=tiny", "dataset=letters", f"dataset.name={data}", "dataset.format=auto", *overrides])
+    run, _ = preflight.load(["model=tiny", "dataset=letters", f"dataset.name={data}", "dataset.format=auto", *overrides])
     tok = load_tokenizer(run.model)
     context = lengths.context_length(run)
     assert context == TINY_CONTEXT
@@ -255,10 +255,10 @@ def test_prompt_length_keys_are_checked_and_refused_where_they_do_nothing():
         DatasetConfig(name="letters", max_prompt_length=8, truncation_mode="left")
     with pytest.raises(ConfigError, match="dataset.max_prompt_length is not set, so nothing is cut"):
         DatasetConfig(name="letters", truncation_mode="keep_start")
-    from aligntune.config import compose
+    from aligntune import preflight
 
     with pytest.raises(ConfigError, match="algorithm=dpo trains on whole sequences"):
-        compose.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"])
+        preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "dataset.max_prompt_length=64"])
 
 
 PAIRS = [{"prompt": f"Pick {c}.", "chosen": c, "rejected": "z"} for c in "abcd"]

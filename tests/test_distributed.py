@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.config import compose
 from aligntune.distributed import presets
 from aligntune.errors import ConfigError
@@ -32,9 +32,9 @@ def test_a_batch_that_cannot_be_split_is_refused_with_the_arithmetic(workdir, ca
     assert "6 completions" in err and "distributed.num_processes=4" in err and "6 / 4 = 1.5" in err
     assert "Traceback" not in err and not (workdir / "outputs").exists()
     with pytest.raises(ConfigError, match=r"3 pairs .*3 / 2 = 1\.5"):
-        compose.load(["experiment=dpo_smoke", "batch_size=3", "distributed.num_processes=2"])
+        preflight.load(["experiment=dpo_smoke", "batch_size=3", "distributed.num_processes=2"])
     with pytest.raises(ConfigError, match="micro_batch_size=3 does not divide"):
-        compose.load(["experiment=dpo_smoke", "batch_size=8", "train.micro_batch_size=3", "distributed.num_processes=2"])
+        preflight.load(["experiment=dpo_smoke", "batch_size=8", "train.micro_batch_size=3", "distributed.num_processes=2"])
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -58,7 +58,7 @@ def test_each_preset_loads_with_accelerates_own_config_loader(tmp_path, strategy
 
     run = compose.load([f"distributed={strategy}", "distributed.num_processes=8", "distributed.num_machines=2",
                         "distributed.main_process_ip=10.0.0.1", "distributed.machine_rank=1", "model.dtype=bf16",
-                        "train.gradient_checkpointing=true"], check_sources=False)[0]
+                        "train.gradient_checkpointing=true"])[0]
     path = presets.write(run, tmp_path)
     cfg = load_config_from_file(str(path))
     assert cfg.distributed_type == {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP}.get(
@@ -169,8 +169,7 @@ def test_deepspeed_parses_the_generated_json_once_transformers_fills_the_autos(t
 
     from aligntune.backends.trl.grpo import to_grpo_config
 
-    run = compose.load([f"distributed={strategy}", "batch_size=4", "train.micro_batch_size=2", "train.max_grad_norm=0.5"],
-                       check_sources=False)[0]
+    run = compose.load([f"distributed={strategy}", "batch_size=4", "train.micro_batch_size=2", "train.max_grad_norm=0.5"])[0]
     presets.write(run, tmp_path)
     hf = HfTrainerDeepSpeedConfig(str(tmp_path / presets.DEEPSPEED_FILE))
     hf.trainer_config_process(to_grpo_config(run, str(tmp_path / "out"), world_size=2))  # 32 completions / 2 processes

@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.trl.dpo import dpo_args, loss_terms, to_dpo_config
-from aligntune.config import compose
 from aligntune.errors import ConfigError
 from aligntune.models import tiny
 
 
 def run_config(*overrides):
-    return compose.load(["model=tiny", "algorithm=dpo", "dataset=prefs", *overrides])[0]
+    return preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs", *overrides])[0]
 
 
 def test_dpo_mapping_key_by_key():

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from aligntune import preflight
 from aligntune.backends.trl import common
 from aligntune.backends.trl.grpo import MAPPED_FIELDS, grpo_args, to_grpo_config
 from aligntune.config import compose, schema
@@ -81,8 +82,7 @@ def test_reward_weights_follow_the_order_of_rewards():
 
 def test_reward_weights_from_composition_keep_the_override_order():
     run, _ = compose.load(["dataset=letters", "+rewards.zeta.fn=letter_match", "+rewards.zeta.weight=0.5",
-                           "+rewards.alpha.fn=letter_match", "+rewards.alpha.weight=2", "rewards.letter_match.weight=0.1"],
-                          check_sources=False)
+                           "+rewards.alpha.fn=letter_match", "+rewards.alpha.weight=2", "rewards.letter_match.weight=0.1"])
     assert list(run.rewards) == ["letter_match", "zeta", "alpha"]
     assert grpo_args(run, OUT)["reward_weights"] == [0.1, 0.5, 2.0]
 
@@ -207,14 +207,14 @@ def test_to_grpo_config_builds_a_real_grpo_config(micro):
 
 
 def test_to_grpo_config_from_the_default_composition():
-    run, _ = compose.load([])
+    run, _ = preflight.load([])
     config = to_grpo_config(run, OUT)
     assert config.generation_batch_size == run.train.batch_size * run.algorithm.group_size
     assert config.reward_weights == [1.0] and config.max_steps == run.train.max_steps
 
 
 def test_grpo_args_refuses_a_non_grpo_config():
-    run, _ = compose.load(["algorithm=dpo"], check_sources=False)
+    run, _ = compose.load(["algorithm=dpo"])
     with pytest.raises(TypeError):
         grpo_args(run, OUT)
 
@@ -230,7 +230,7 @@ def test_trl_args_real_field_passes_through():
 
 
 def test_trl_args_from_the_command_line():
-    run, _ = compose.load(["+backend.trl_args.top_k=50"], check_sources=False)
+    run, _ = compose.load(["+backend.trl_args.top_k=50"])
     assert grpo_args(run, OUT)["top_k"] == 50
 
 
@@ -299,7 +299,7 @@ TRAIN_VARIATIONS = {
 }
 # Fields that legitimately do not reach GRPOConfig, with where they are used instead.
 NOT_MAPPED = {
-    ("algorithm", "name"): "selects the schema and the engine (backend_factory.BACKENDS); grpo_args refuses non-GRPO",
+    ("algorithm", "name"): "selects the schema and the engine (core/registry.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
     ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/test_reliability.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",

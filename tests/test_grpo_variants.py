@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.trl import dynamic_sampling as ds
 from aligntune.backends.trl.grpo import grpo_args, overlong_reward, small_step_warning, to_grpo_config
 from aligntune.backends.trl.rloo import MAPPED_FIELDS as RLOO_MAPPED
@@ -30,7 +30,7 @@ HUB_MODEL = "model=qwen3_0_6b"  # a model without a tiny recipe: the preset's ow
 
 
 def preset(name: str, *overrides: str) -> schema.RunConfig:
-    run, _ = compose.load([f"algorithm={name}", "dataset=letters", HUB_MODEL, *overrides], check_sources=False)
+    run, _ = compose.load([f"algorithm={name}", "dataset=letters", HUB_MODEL, *overrides])
     return run
 
 
@@ -95,13 +95,13 @@ def test_presets_build_a_real_grpo_config(name):
 
 @pytest.mark.parametrize("name", ["dr_grpo", "dapo", "gspo"])
 def test_the_tiny_recipe_changes_only_the_budget(name):
-    on_tiny, _ = compose.load([f"algorithm={name}", "model=tiny"], check_sources=False)  # tuning/tiny_<name>.yaml
+    on_tiny, _ = compose.load([f"algorithm={name}", "model=tiny"])  # tuning/tiny_<name>.yaml
     expected = dict(PAPERS[name])
     if name == "dapo":  # the buffer scales with the tiny model's 12-token completions: 2 tokens, the paper's fifth
         assert on_tiny.algorithm.max_completion_length == 12 and on_tiny.algorithm.overlong_buffer == 2
         expected["overlong_fraction"] = pytest.approx(2 / 12)
     assert engine_settings(on_tiny) == expected
-    tiny_grpo, _ = compose.load(["algorithm=grpo", "model=tiny"], check_sources=False)
+    tiny_grpo, _ = compose.load(["algorithm=grpo", "model=tiny"])
     assert on_tiny.train == tiny_grpo.train  # tiny_grpo's batch, learning rate and steps
 
 
@@ -116,8 +116,7 @@ def test_plain_grpo_composes_its_own_variant_from_the_knobs():
     run, _ = compose.load(["algorithm.loss_type=dapo", "algorithm.cliprange_high=0.28", "algorithm.dynamic_sampling=true",
                            "algorithm.scale_rewards=none", "algorithm.importance_sampling_level=sequence",
                            "algorithm.num_mini_batches=2", "algorithm.kl_estimator=k3_is", "algorithm.overlong_buffer=4",
-                           "algorithm.overlong_penalty=0.5", "algorithm.mask_truncated_completions=true"],
-                          check_sources=False)
+                           "algorithm.overlong_penalty=0.5", "algorithm.mask_truncated_completions=true"])
     s = engine_settings(run)
     assert run.algorithm.variant == "grpo"
     assert (s["loss_type"], s["epsilon_high"], s["dynamic_sampling"], s["scale_rewards"]) == ("dapo", 0.28, True, "none")
@@ -138,7 +137,7 @@ def test_plain_grpo_composes_its_own_variant_from_the_knobs():
 ])
 def test_invalid_variant_knobs_are_refused_naming_the_key(overrides, needle):
     with pytest.raises(ConfigError) as err:
-        compose.load([HUB_MODEL, *overrides], check_sources=False)
+        compose.load([HUB_MODEL, *overrides])
     assert needle in str(err.value)
 
 
@@ -189,7 +188,7 @@ def test_under_the_dapo_preset_a_right_answer_at_the_length_limit_beats_a_short_
     from aligntune.data import loading
     from aligntune.rewards.registry import bind
 
-    run, _ = compose.load(["algorithm=dapo", "dataset=arith", HUB_MODEL], check_sources=False)
+    run, _ = compose.load(["algorithm=dapo", "dataset=arith", HUB_MODEL])
     algo = run.algorithm
     rows = loading.load(run.dataset, run.seed, "prompts")[0].select(range(2))
     answers = [row["answer"] for row in rows]
@@ -306,7 +305,7 @@ def test_rloo_takes_the_grpo_shortcuts_and_needs_a_reward():
     run = preset("rloo", "group_size=2", "beta=0.0", "cliprange=0.1", "temperature=0.9")
     assert (run.algorithm.group_size, run.algorithm.beta, run.algorithm.cliprange, run.algorithm.temperature) == (2, 0.0, 0.1, 0.9)
     with pytest.raises(ConfigError, match="RLOO needs at least one reward"):
-        compose.check_rewards_configured(preset("rloo", "~rewards.letter_match"))
+        preflight.check_rewards_configured(preset("rloo", "~rewards.letter_match"))
 
 
 # --- dynamic sampling: the pure algorithm ----------------------------------------------------------------
@@ -605,9 +604,9 @@ def test_gspo_trains_off_policy_with_sequence_clipping(workdir):
 
 
 def test_rloo_trains(workdir):
-    from aligntune.core.backend_factory import BACKENDS
+    from aligntune.core.registry import BACKENDS
 
-    assert BACKENDS["trl"].get("rloo") == "aligntune.backends.trl.rloo:build", "backend_factory.BACKENDS lacks rloo"
+    assert BACKENDS["trl"].algorithms.get("rloo") == "aligntune.backends.trl.rloo:build", "the registry lacks rloo"
     metrics, config, run_dir = train(workdir, "algorithm=rloo")
     assert config["algorithm"]["name"] == "rloo" and config["algorithm"]["group_size"] == 4
     assert all(isinstance(m["kl"], float) and isinstance(m["reward"], float) for m in metrics)  # KL in the reward

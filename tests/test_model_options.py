@@ -162,10 +162,15 @@ def test_every_vllm_key_reaches_the_trl_config(mapping, key, value, field):
 
 def test_log_completions_reaches_trl_and_is_refused_where_there_is_no_table():
     assert grpo_args(run_with(train={"log_completions": True}), OUT)["log_completions"] is True
+    from aligntune.core.registry import check_supported
+
+    check_supported(run_with(train={"log_completions": True}))
     with pytest.raises(ConfigError, match="train.log_completions=true turns on TRL's completions table"):
-        run_with(train={"log_completions": True}, algorithm=schema.DPOAlgorithmConfig())
-    with pytest.raises(ConfigError, match="rollout.engine=vllm generates GRPO/RLOO rollouts through TRL"):
-        run_with(rollout={"engine": "vllm"}, algorithm=schema.PPOAlgorithmConfig())
+        check_supported(run_with(train={"log_completions": True}, algorithm=schema.DPOAlgorithmConfig()))
+    ppo = run_with(rollout={"engine": "vllm"}, algorithm=schema.PPOAlgorithmConfig())
+    ppo.backend.name = "native"
+    with pytest.raises(ConfigError, match="rollout.engine=vllm generates GRPO/RLOO rollouts through TRL.*native engine"):
+        check_supported(ppo)
 
 
 @pytest.mark.parametrize("key", ["use_vllm", "log_completions", "vllm_mode", "model_init_kwargs"])

@@ -24,7 +24,7 @@ def test_every_package_directory_is_declared():
 
 
 def test_editable_install_finds_configs_from_any_directory(tmp_path):
-    code = "from aligntune.config import compose; print(compose.config_dir()); compose.load([], check_sources=False)"
+    code = "from aligntune.config import compose; print(compose.config_dir()); compose.load([])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert (Path(out.strip()) / "train.yaml").is_file()
 
@@ -39,7 +39,7 @@ def test_wheel_ships_configs_and_data(tmp_path):
     # Compose from the unpacked wheel alone (not the source tree), in an unrelated directory.
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import aligntune, sys; from aligntune.config import compose; run, _ = compose.load(['experiment=smoke']); "
+    code = ("import aligntune, sys; from aligntune import preflight; from aligntune.config import compose; run, _ = preflight.load(['experiment=smoke']); "
             "print(aligntune.__file__); print(compose.config_dir()); print(run.dataset.name)")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     work = tmp_path / "elsewhere"

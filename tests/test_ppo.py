@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from aligntune import cli
+from aligntune import cli, preflight
 from aligntune.backends.native.ppo import (
     HANDLED_ELSEWHERE,
     MAPPED_FIELDS,
     PPOEngineConfig,
     ppo_engine_config,
 )
-from aligntune.config import compose, schema
-from aligntune.core import backend_factory
+from aligntune.config import schema
+from aligntune.core import job, registry
 from aligntune.errors import EXIT_USAGE, ConfigError
 
 OUT = "/nonexistent/aligntune-ppo-output"
@@ -91,7 +91,7 @@ def test_other_keys_reach_the_engine():
 def test_trl_args_are_refused():
     run = make_run(backend=schema.BackendConfig(name="native", trl_args={"top_k": 5}))
     with pytest.raises(ConfigError, match="not TRL"):
-        ppo_engine_config(run, OUT)
+        registry.check_supported(run)  # the pre-flight, before any job is built
 
 
 def test_eval_steps():
@@ -109,38 +109,38 @@ def test_every_algorithm_and_train_key_is_mapped_or_accounted_for():
 
 
 def test_backend_auto_resolves_to_native():
-    run, _ = compose.load(["algorithm=ppo"])
-    assert backend_factory.resolve_backend(run) == "native"
-    assert backend_factory.builder_target(run) == "aligntune.backends.native.ppo:build"
+    run, _ = preflight.load(["algorithm=ppo"])
+    assert registry.resolve_backend(run) == "native"
+    assert registry.builder_target(run) == "aligntune.backends.native.ppo:build"
 
 
 def test_cliprange_must_be_positive():
     with pytest.raises(ConfigError, match=r"algorithm.cliprange=0.0 must be greater than 0"):
-        compose.load(["algorithm=ppo", "algorithm.cliprange=0"])
+        preflight.load(["algorithm=ppo", "algorithm.cliprange=0"])
     with pytest.raises(ConfigError, match=r"algorithm.cliprange=-0.1"):
-        compose.load(["algorithm=ppo", "cliprange=-0.1"])  # the shortcut lands on the same key
+        preflight.load(["algorithm=ppo", "cliprange=-0.1"])  # the shortcut lands on the same key
 
 
 def test_k3_in_the_reward_is_refused_with_the_reason():
     """As a per-token reward k3's policy gradient is grad KL(pi||ref) - grad KL(ref||pi), not grad KL(pi||ref)
     (test_ppo_math checks the identity exactly); PPO refuses it and points at k1."""
     with pytest.raises(ConfigError) as err:
-        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3"])
+        preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k3"])
     text = str(err.value)
     assert "algorithm.kl_estimator=k3 is not available for PPO" in text
     assert "grad KL(pi||ref) - grad KL(ref||pi)" in text and "Tang & Munos 2025" in text
     assert text.endswith("grad KL(pi||ref).") and "Use algorithm.kl_estimator=k1" in text
-    assert compose.load(["algorithm=ppo", "algorithm.kl_estimator=k1"])[0].algorithm.kl_estimator == "k1"
+    assert preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k1"])[0].algorithm.kl_estimator == "k1"
     with pytest.raises(ConfigError, match="'k3_is' is not a valid choice. Use one of: k1"):
-        compose.load(["algorithm=ppo", "algorithm.kl_estimator=k3_is"])
-    assert compose.load(["algorithm=grpo", "algorithm.kl_estimator=k3"])[0].algorithm.kl_estimator == "k3"  # GRPO's loss term
+        preflight.load(["algorithm=ppo", "algorithm.kl_estimator=k3_is"])
+    assert preflight.load(["algorithm=grpo", "algorithm.kl_estimator=k3"])[0].algorithm.kl_estimator == "k3"  # GRPO's loss term
 
 
 # --- the engine on the tiny model ---------------------------------------------------------------------
 
 def build_job(tmp_path: Path, *overrides: str):
-    run, _ = compose.load(["experiment=ppo_smoke", "train.log_samples=0", *overrides])
-    return backend_factory.AlignmentJob(run, tmp_path / "run")
+    run, _ = preflight.load(["experiment=ppo_smoke", "train.log_samples=0", *overrides])
+    return job.AlignmentJob(run, tmp_path / "run")
 
 
 # Tolerance from the dtype: fp32 sums in a different order with and without padding (~1e-6); bf16 autocast rounds
@@ -359,9 +359,9 @@ def test_dataset_without_prompts_is_refused(workdir, capsys):
 
 def test_micro_batch_that_does_not_divide_is_refused(workdir, capsys):
     code, run_dir = run_cli(workdir, "train.batch_size=12", "algorithm.num_mini_batches=3", "train.micro_batch_size=6")
-    assert code == EXIT_USAGE
-    assert_failed_before_training(run_dir, capsys, "train.micro_batch_size=6 does not divide a PPO mini-batch of 4",
-                                  "Use one of 1, 2, 4")
+    assert code == EXIT_USAGE and not run_dir.exists()  # refused while composing (the schema), before any run directory
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train.micro_batch_size=6 does not divide a PPO mini-batch of 4" in err and "Use one of [1, 2, 4]" in err
 
 
 def test_cliprange_zero_on_the_command_line(workdir, capsys):

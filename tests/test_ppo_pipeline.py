@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-# SFT -> reward model -> PPO end to end: minutes on this machine, so it is in the slow suite (pytest -m slow).
-pytestmark = pytest.mark.slow
 import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
 from aligntune.rewards.registry import BUILTIN
+
+# SFT -> reward model -> PPO end to end: minutes on this machine, so it is in the slow suite (pytest -m slow).
+pytestmark = pytest.mark.slow
 
 
 def stage(run_dir: Path, experiment: str, *overrides: str) -> dict:

@@ -482,25 +482,25 @@ def test_ppo_nan_reward_stops_after_checkpointing_the_last_good_step(workdir, ca
 # --- memory preflight ------------------------------------------------------------------------------------
 
 def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps():
-    from aligntune.config import compose
-    from aligntune.core.backend_factory import AlignmentJob  # noqa: F401 - the job calls memory.check
+    from aligntune import preflight
+    from aligntune.core.job import AlignmentJob  # noqa: F401 - the job calls memory.check
     from aligntune.models.loading import load_model
     from aligntune.run import memory
 
-    run, _ = compose.load(["model=tiny"])
+    run, _ = preflight.load(["model=tiny"])
     est = memory.estimate(run)
     assert est["parameters"] == sum(p.numel() for p in load_model(run.model).parameters())
     assert est["weights"] == est["reference"] == 4 * est["parameters"] and est["optimizer"] == 8 * est["parameters"]
     assert est["total"] == sum(v for k, v in est.items() if k not in ("total", "parameters"))
-    no_kl = memory.estimate(compose.load(["model=tiny", "beta=0.0"])[0])
+    no_kl = memory.estimate(preflight.load(["model=tiny", "beta=0.0"])[0])
     assert no_kl["reference"] == 0
-    lora = memory.estimate(compose.load(["model=tiny", "model.lora.enabled=true"])[0])
+    lora = memory.estimate(preflight.load(["model=tiny", "model.lora.enabled=true"])[0])
     assert lora["reference"] == 0 and 0 < lora["optimizer"] < est["optimizer"] / 2
-    longer = memory.estimate(compose.load(["model=tiny", "algorithm.max_completion_length=512"])[0])
+    longer = memory.estimate(preflight.load(["model=tiny", "algorithm.max_completion_length=512"])[0])
     assert longer["activations"] > est["activations"]
-    ckpt = memory.estimate(compose.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
+    ckpt = memory.estimate(preflight.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
     assert ckpt["activations"] < est["activations"]
-    assert memory.estimate(compose.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
+    assert memory.estimate(preflight.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
 
 
 def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_small(workdir, capsys, monkeypatch):
@@ -519,10 +519,10 @@ def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_s
 
 
 def test_no_memory_warning_when_it_fits(workdir, capsys):
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.run import memory
 
-    memory.check(compose.load(["model=tiny"])[0])
+    memory.check(preflight.load(["model=tiny"])[0])
     assert "warning" not in capsys.readouterr().err
 
 
@@ -536,10 +536,10 @@ class _State:
 
 
 def test_grpo_failure_signs_are_warned_once_with_the_numbers(capsys):
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.run.guards import TrainingWarnings
 
-    warn = TrainingWarnings(compose.load(["model=tiny", "dataset=letters"])[0])
+    warn = TrainingWarnings(preflight.load(["model=tiny", "dataset=letters"])[0])
     logs = [{"frac_reward_zero_std": 0.25, "entropy": 2.0, "completions/clipped_ratio": 1.0},
             {"frac_reward_zero_std": 0.75, "entropy": 1.0, "completions/clipped_ratio": 1.0},
             {"frac_reward_zero_std": 0.9, "entropy": 0.1, "completions/clipped_ratio": 0.97},
@@ -554,10 +554,10 @@ def test_grpo_failure_signs_are_warned_once_with_the_numbers(capsys):
 
 
 def test_healthy_grpo_logs_warn_nothing(capsys):
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.run.guards import TrainingWarnings
 
-    warn = TrainingWarnings(compose.load(["model=tiny", "dataset=letters"])[0])
+    warn = TrainingWarnings(preflight.load(["model=tiny", "dataset=letters"])[0])
     for step in range(1, 6):
         warn.on_log(None, _State(step), None, logs={"frac_reward_zero_std": 0.3, "entropy": 1.5 - 0.1 * step,
                                                      "completions/clipped_ratio": 0.5 if step % 2 else 1.0})

@@ -266,7 +266,7 @@ def test_run_and_compare_figures_draw_raw_points_under_an_ema_named_in_the_legen
 def test_final_metrics_give_the_first_and_last_20pct_with_standard_errors():
     import math
 
-    from aligntune.core.backend_factory import final_metrics
+    from aligntune.core.job import final_metrics
 
     rewards = [0.0, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 1.0]  # 10 steps: 2 per window
     out = final_metrics([{"step": i + 1, "reward": r} for i, r in enumerate(rewards)])

@@ -244,14 +244,14 @@ def test_check_reports_a_reward_that_hangs_with_its_timeout():
 
 
 def test_timeout_s_is_a_positive_number():
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.errors import ConfigError
 
-    run, _ = compose.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=30"])
+    run, _ = preflight.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=30"])
     assert run.rewards["letter_match"].timeout_s == 30.0
-    assert compose.load(["model=tiny", "dataset=letters"])[0].rewards["letter_match"].timeout_s == 600.0
+    assert preflight.load(["model=tiny", "dataset=letters"])[0].rewards["letter_match"].timeout_s == 600.0
     with pytest.raises(ConfigError, match="rewards.letter_match.timeout_s=-1 is not a positive number of seconds"):
-        compose.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=-1"])
+        preflight.load(["model=tiny", "dataset=letters", "+rewards.letter_match.timeout_s=-1"])
 
 
 def test_the_worker_thread_runs_in_the_callers_grad_mode_and_cuda_device(monkeypatch):

@@ -72,7 +72,7 @@ def test_a_preset_whose_plugin_is_missing_says_what_to_install(workdir, capsys, 
 
 
 def test_an_optimized_metric_the_run_does_not_have_is_named_with_the_ones_it_has(capsys):
-    run, _ = compose.load(["optimized_metric=eval_rewrd"], check_sources=False)
+    run, _ = compose.load(["optimized_metric=eval_rewrd"])
     summary = {"status": "completed", "reward": 0.5, "reward_last_20pct": 0.6, "steps": 3}
     with pytest.raises(SystemExit) as exc:
         cli._objective(run, summary, "outputs/run", multirun=False)
@@ -80,8 +80,8 @@ def test_an_optimized_metric_the_run_does_not_have_is_named_with_the_ones_it_has
     err = " ".join(capsys.readouterr().err.split())
     assert "optimized_metric=eval_rewrd is not among the final metrics of outputs/run" in err and "need held-out rows" in err
     assert "Use one of: reward, reward_last_20pct, steps." in err
-    assert cli._objective(compose.load(["optimized_metric=reward_last_20pct"], check_sources=False)[0], summary, "d", False) == 0.6
-    assert cli._objective(compose.load([], check_sources=False)[0], summary, "d", False) == 0.5  # default: the reward
+    assert cli._objective(compose.load(["optimized_metric=reward_last_20pct"])[0], summary, "d", False) == 0.6
+    assert cli._objective(compose.load([])[0], summary, "d", False) == 0.5  # default: the reward
 
 
 def test_slurm_and_joblib_presets_compose_into_hydras_launchers():

@@ -196,9 +196,9 @@ def test_the_start_panel_of_the_default_job_and_of_another_algorithm(capsys):
     assert changes_from(default, default) == {}
     show_start(default, "outputs/x", [], default)
     assert "nothing: this is the default job" in capsys.readouterr().out
-    dpo = compose.load(["algorithm=dpo", "model=tiny", "dataset=prefs"], check_sources=False)[0]
+    dpo = compose.load(["algorithm=dpo", "model=tiny", "dataset=prefs"])[0]
     changed = changes_from(dpo, default)
     assert changed["algorithm"][0] == "name=dpo" and "rewards" not in changed  # DPO has no rewards to list
-    verbose = compose.load(["model=tiny", "verbose=true"], check_sources=False)[0]
+    verbose = compose.load(["model=tiny", "verbose=true"])[0]
     show_start(verbose, "outputs/x", ["verbose=true"], None)  # -v: the whole tree, as before
     assert "├── seed: 42" in capsys.readouterr().out

@@ -52,7 +52,7 @@ def verl_config_dir(request, tmp_path_factory) -> Path:
 
 
 def grpo_run(*overrides):
-    return compose.load(["backend=verl", "model=tiny", "dataset=letters", *overrides], check_sources=False)[0]
+    return compose.load(["backend=verl", "model=tiny", "dataset=letters", *overrides])[0]
 
 
 def exported(tmp_path, val: bool = True) -> Exported:
@@ -153,7 +153,10 @@ def _leaf_keys(cls, prefix: str = "") -> list[str]:
 
 @pytest.mark.parametrize("algorithm", [schema.GRPOAlgorithmConfig, schema.PPOAlgorithmConfig])
 def test_every_aligntune_key_translates_or_is_refused(algorithm):
-    covered = set(translate.TRANSLATED) | set(translate.NOT_TRANSLATED) | set(translate.LAUNCH_KEYS)
+    from aligntune.core.registry import REFUSED_BY_REGISTRY
+
+    covered = (set(translate.TRANSLATED) | set(translate.NOT_TRANSLATED) | set(translate.LAUNCH_KEYS)
+               | set(REFUSED_BY_REGISTRY))
     keys = [k for k in _leaf_keys(schema.RunConfig) if k != "algorithm"] + [
         f"algorithm.{k}" for k in _leaf_keys(algorithm)]
     missing = [k for k in keys if k not in covered and not k.startswith(("dataset.", "eval."))]

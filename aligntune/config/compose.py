@@ -1,10 +1,11 @@
 """From overrides to a validated `RunConfig`, without importing torch.
 
     argv overrides -> alias rewrite -> Hydra compose (configs/ + dataclass schemas)
-                   -> OmegaConf.to_object (value and cross-field checks) -> preflight (sources)
+                   -> OmegaConf.to_object (value and cross-field checks)
 
-The CLI runs this for every job of a sweep before Hydra launches anything, so a bad value fails
-the whole command in about a second; the Python API runs it for its one job.
+Then aligntune.preflight (above config/, which is a leaf) checks what needs backends, data or models. The CLI runs
+both for every job of a sweep before Hydra launches anything, so a bad value fails the whole command in about a
+second; the Python API runs them for its one job.
 """
 
 from __future__ import annotations
@@ -292,73 +293,12 @@ def to_run_config(cfg: DictConfig, shortcuts: dict[str, str] | None = None) -> s
     return run
 
 
-def preflight(run: schema.RunConfig) -> None:
-    """Checks that need no torch: an engine exists for the algorithm, the model and dataset exist."""
-    from aligntune.core.backend_factory import builder_target, check_launch
-    from aligntune.data.sources import resolve as resolve_dataset
-    from aligntune.models.loading import check_model_options, resolve_source
-
-    builder_target(run)
-    check_launch(run)
-    from aligntune.run.trackers import check_installed
-
-    check_installed(run.logger)
-    resolve_source(run.model.name_or_path)
-    check_model_options(run.model)
-    from aligntune.backends.trl.common import check_rollout_engine
-
-    check_rollout_engine(run)
-    from aligntune.run.model_card import check_push
-
-    check_push(run)
-    resolve_dataset(run.dataset.name)
-    check_rewards_configured(run)
-
-
-def check_rewards_configured(run: schema.RunConfig) -> None:
-    """Online algorithms need rewards, and every reference must point at something that exists."""
-    if run.algorithm.name in schema.ONLINE_ALGORITHMS and not run.rewards:
-        raise ConfigError(f"{run.algorithm.name.upper()} needs at least one reward, and none is configured.",
-                          "Pick a dataset preset that brings rewards (dataset=letters), a reward preset (rewards=arith), "
-                          "or add one: '+rewards.mine.fn=path/to/file.py:score'.")
-    for name, spec in run.rewards.items():
-        _check_reward_reference(name, spec.fn or name)
-
-
-def _check_reward_reference(name: str, ref: str) -> None:
-    """Registry name, importable module or existing file: checked without importing anything."""
-    import importlib.util
-
-    from aligntune.errors import RewardError
-    from aligntune.rewards.registry import BUILTIN
-
-    if ref in BUILTIN:
-        return
-    where, sep, func = ref.rpartition(":")
-    if not sep or not where or not func:
-        raise RewardError(f"rewards.{name}: unknown reward '{ref}'.",
-                          f"Use a built-in reward ({', '.join(sorted(BUILTIN))}), 'module:function' or 'path/to/file.py:function'.")
-    if where.endswith(".py"):
-        if not Path(where).expanduser().is_file():
-            raise RewardError(f"rewards.{name}: the file {where} does not exist (looked in {Path.cwd()}).",
-                              "Give a path relative to the directory you run aligntune from, or an absolute path.")
-        return
-    try:
-        found = importlib.util.find_spec(where) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise RewardError(f"rewards.{name}: cannot find the module '{where}'.",
-                          "Check that it is on PYTHONPATH, or reference the file as 'path/to/file.py:function'.")
-
-
-def load(overrides: list[str], check_sources: bool = True) -> tuple[schema.RunConfig, DictConfig]:
-    """overrides -> (RunConfig, the composed DictConfig). Raises ConfigError with a clear message."""
+def load(overrides: list[str]) -> tuple[schema.RunConfig, DictConfig]:
+    """overrides -> (RunConfig, the composed DictConfig). Raises ConfigError with a clear message. The checks that
+    need backends, data or models are the pre-flight's (aligntune.preflight.load = this + aligntune.preflight.check)."""
     rewritten, used = aliases.rewrite(list(overrides))
     cfg = compose(rewritten, used)
     run = to_run_config(cfg, used)
-    if check_sources:
-        preflight(run)
     return run, cfg
 
 
@@ -371,7 +311,7 @@ def default_run() -> schema.RunConfig:
         from hydra import compose as hydra_compose
 
         return to_run_config(hydra_compose(config_name=CONFIG_NAME, overrides=[]))
-    return load([], check_sources=False)[0]
+    return load([])[0]
 
 
 def default_run_dir(root: str | Path = "outputs") -> Path:

@@ -43,6 +43,7 @@ IMPORTANCE_LEVELS = ("token", "sequence")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
 NONFINITE_POLICIES = ("stop", "skip")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # logger=...; aligntune/run/trackers.py wires each one
 
 
 def _check(ok: bool, problem: str, fix: str) -> None:
@@ -566,6 +567,18 @@ class RewardConfig:
     timeout_s: float = 600.0  # seconds per call (one batch of completions); generous, so only a hang trips it
 
 
+def _trackers(value) -> list[str]:
+    """`logger` as given (null, "none", a name, or a list of names) -> the tracker names, checked."""
+    if value is None or value == "none":
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    bad = [n for n in names if not isinstance(n, str) or n not in TRACKERS]
+    _check(not bad, f"logger={value!r}: {', '.join(map(repr, bad))} is not a tracker aligntune supports.",
+           f"Use one or more of {', '.join(TRACKERS)}, e.g. logger=tensorboard or logger=[tensorboard,wandb], "
+           "or logger=none.")
+    return list(dict.fromkeys(names))
+
+
 def _reward_config(name: str, spec: Any) -> RewardConfig:
     if isinstance(spec, RewardConfig):
         return spec
@@ -657,20 +670,8 @@ class RunConfig:
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
-        from aligntune.run.trackers import normalize
-
-        self.logger = normalize(self.logger)
+        self.logger = _trackers(self.logger)
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
-        trl_sampling = isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig))
-        _check(trl_sampling or not self.train.log_completions,
-               f"train.log_completions=true turns on TRL's completions table of GRPO and RLOO, and "
-               f"algorithm={self.algorithm.name} has none.", "Drop it; samples.jsonl holds every run's samples.")
-        _check(trl_sampling or self.rollout.engine == "hf",
-               f"rollout.engine={self.rollout.engine} generates GRPO/RLOO rollouts through TRL, and "
-               f"algorithm={self.algorithm.name} " + ("runs on aligntune's native engine, whose rollouts use "
-                                                      "transformers' generate." if self.algorithm.name == "ppo"
-                                                      else "samples no rollouts."),
-               "Drop rollout.engine (hf).")
         _check(self.dataset.max_prompt_length is None or self.algorithm.name in ONLINE_ALGORITHMS,
                f"dataset.max_prompt_length={self.dataset.max_prompt_length} cuts the prompts of sampling algorithms "
                f"(grpo, rloo, ppo), and algorithm={self.algorithm.name} trains on whole sequences.",
@@ -679,14 +680,15 @@ class RunConfig:
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
                "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")
+        if isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig, PPOAlgorithmConfig)):
+            self.check_mini_batches()
         if isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)):
-            self._check_grpo_batch()
             if self.distributed.num_processes > 1:
                 self._check_split(self.train.batch_size * self.algorithm.group_size // self.algorithm.num_mini_batches,
                                   "completions", f"train.batch_size={self.train.batch_size} prompts x algorithm.group_size="
                                   f"{self.algorithm.group_size}" + (f" / algorithm.num_mini_batches={self.algorithm.num_mini_batches}"
                                                                     if self.algorithm.num_mini_batches > 1 else ""))
-        elif self.train.micro_batch_size is not None:
+        elif self.train.micro_batch_size is not None and not isinstance(self.algorithm, PPOAlgorithmConfig):
             b, m = self.train.batch_size, self.train.micro_batch_size
             _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
@@ -713,28 +715,44 @@ class RunConfig:
         algo = self.algorithm
         return algo.num_mini_batches * algo.num_iterations if isinstance(algo, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)) else 1
 
-    def _check_grpo_batch(self) -> None:
-        rollout = self.train.batch_size * self.algorithm.group_size
-        minis = self.algorithm.num_mini_batches
-        _check(rollout % minis == 0,
-               f"algorithm.num_mini_batches={minis} does not divide the {rollout} completions of one rollout "
-               f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}).",
-               f"Use one of {[d for d in range(1, rollout + 1) if rollout % d == 0]}.")
+    def check_mini_batches(self, by_prompts: bool = False, why: str = "") -> None:
+        """algorithm.num_mini_batches splits one rollout into optimizer steps: by completions (GRPO/RLOO), or by
+        prompts (PPO, and engines whose registry entry says so: `by_prompts`, `why`). The one place it is refused."""
+        algo, b, micro = self.algorithm, self.train.batch_size, self.train.micro_batch_size
+        minis, ppo = algo.num_mini_batches, isinstance(algo, PPOAlgorithmConfig)
+        if by_prompts or ppo:
+            rollout, what = b, f"{b} prompts of one rollout (train.batch_size={b})"
+        else:
+            rollout = b * algo.group_size
+            what = (f"{rollout} completions of one rollout (train.batch_size={b} prompts x algorithm.group_size="
+                    f"{algo.group_size})")
+        _check(rollout % minis == 0, f"algorithm.num_mini_batches={minis} does not divide the {what}"
+               + (f"; {why}" if why else "") + ".", f"Use one of {_divisors(rollout)}.")
         per_step = rollout // minis
+        if ppo:
+            _check(micro is None or per_step % micro == 0,
+                   f"train.micro_batch_size={micro} does not divide a PPO mini-batch of {per_step} sequences "
+                   f"(train.batch_size={b} / algorithm.num_mini_batches={minis}).",
+                   f"Use one of {_divisors(per_step)}, or null for the whole mini-batch.")
+            return
+        if by_prompts:
+            return
         steps = self.rollout_steps()
         if self.train.save_steps is not None and self.train.save_steps % steps:
             _check(False, f"train.save_steps={self.train.save_steps} would checkpoint in the middle of a rollout: one "
                    f"rollout takes {steps} optimizer steps (algorithm.num_mini_batches={minis} x "
-                   f"algorithm.num_iterations={self.algorithm.num_iterations}), and a resume must start a new one.",
+                   f"algorithm.num_iterations={algo.num_iterations}), and a resume must start a new one.",
                    f"Use a multiple of {steps}.")
-        micro = self.train.micro_batch_size
         if micro is not None:
-            divisors = [d for d in range(1, per_step + 1) if per_step % d == 0]
             _check(per_step % micro == 0,
                    f"train.micro_batch_size={micro} does not divide the {per_step} completions of one step "
-                   f"(train.batch_size={self.train.batch_size} prompts x algorithm.group_size={self.algorithm.group_size}"
+                   f"(train.batch_size={b} prompts x algorithm.group_size={algo.group_size}"
                    + (f" / algorithm.num_mini_batches={minis}" if minis > 1 else "") + ").",
-                   f"Use one of {divisors}, or null for the whole step.")
+                   f"Use one of {_divisors(per_step)}, or null for the whole step.")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 # One place lists the algorithm schemas; compose.py registers them with Hydra's ConfigStore.

@@ -54,7 +54,7 @@ def letters_sft_rows(seed: int = 1) -> list[dict]:
 def prefs_rows(seed: int = 2, n: int = 400) -> list[dict]:
     rng = random.Random(seed)
     rows = []
-    for i in range(n):
+    for _ in range(n):
         letter = rng.choice(string.ascii_lowercase)
         prompt = rng.choice(LETTER_TEMPLATES).format(c=letter)
         rows.append({"prompt": prompt, "chosen": _reply(rng, letter), "rejected": _wrong(rng, letter)})

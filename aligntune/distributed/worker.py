@@ -23,13 +23,13 @@ from aligntune.errors import (
 
 
 def main(argv: list[str]) -> int:
-    from aligntune.config import compose
-    from aligntune.core.backend_factory import AlignmentJob
+    from aligntune import preflight
+    from aligntune.core.job import AlignmentJob
 
     run_dir, overrides = Path(argv[0]), list(argv[1:])
     rank = int(os.environ.get("RANK", "0"))
     try:
-        run, _ = compose.load(overrides)
+        run, _ = preflight.load(overrides)
         expected = json.loads((run_dir / "launch" / "expected_config.json").read_text(encoding="utf-8"))
         if json.loads(json.dumps(asdict(run), default=str)) != expected:
             raise ConfigError(f"The worker of rank {rank} composed a different config from the launcher's "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from aligntune.errors import AligntuneError, RewardError
 from aligntune.rewards.watchdog import RewardTimeout

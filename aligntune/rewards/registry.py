@@ -13,8 +13,8 @@ import functools
 import importlib
 import importlib.util
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from aligntune.errors import RewardError
 

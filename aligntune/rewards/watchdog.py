@@ -16,7 +16,7 @@ Exceptions the reward raises are re-raised unchanged in the caller.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 HUNG: list[threading.Thread] = []  # workers whose call outlived its timeout
 

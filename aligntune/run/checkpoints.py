@@ -40,18 +40,15 @@ def make_atomic(trainer, config_file: Path) -> None:
     """Route `trainer`'s checkpoint writes through a staging directory and rename each into place when done."""
     from transformers.trainer_utils import rotate_checkpoints
 
-    save = trainer._save_checkpoint
+    from aligntune import patches
 
-    def atomic_save(model, trial):
+    def atomic_save(save, model, trial):
         final_root = Path(trainer.args.output_dir)
         staging_root = final_root / ".staging"
         shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a crash mid-write
         staging_root.mkdir(parents=True)
-        trainer._get_output_dir = lambda trial=None: str(staging_root)
-        try:
+        with patches.output_dir(trainer, staging_root):
             save(model, trial)
-        finally:
-            del trainer._get_output_dir  # back to the class's method
         written = staging_root / f"checkpoint-{trainer.state.global_step}"
         if config_file.is_file():
             shutil.copy(config_file, written / "config.yaml")
@@ -64,7 +61,7 @@ def make_atomic(trainer, config_file: Path) -> None:
             rotate_checkpoints(output_dir=str(final_root), save_total_limit=trainer.args.save_total_limit,
                                best_model_checkpoint=None, use_mtime=False)
 
-    trainer._save_checkpoint = atomic_save
+    patches.wrap_save_checkpoint(trainer, atomic_save)
 
 
 class InterruptGuard(TrainerCallback):

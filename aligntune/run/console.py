@@ -90,7 +90,7 @@ def changes_from(run, default) -> dict[str, list[str]]:
 
 def headline(run) -> str:
     """What the run trains, in one line: algorithm on model (LoRA) · dataset · steps of prompts x samples · backend."""
-    from aligntune.core.backend_factory import resolve_backend
+    from aligntune.core.registry import resolve_backend
 
     algo, t = run.algorithm, run.train
     name = algo.name + (f" ({algo.variant})" if getattr(algo, "variant", algo.name) != algo.name else "")

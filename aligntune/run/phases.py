@@ -11,8 +11,8 @@ Per logged step the means since the last log go into the logs (the trainer's log
 trackers and the progress bar); summary.json holds the run's mean per phase. Cost: a perf_counter pair per wrapped call, no synchronisation.
 
 How each engine is timed (`instrument`): the trainer's own methods are wrapped on the instance, never on the class:
-TRL's `training_step`, `_generate` and `_calculate_rewards` (GRPOTrainer and RLOOTrainer; private names, checked by
-tests/test_phases.py against the installed TRL), forward hooks on the policy/reference module for the
+TRL's `training_step`, `_generate` and `_calculate_rewards` (GRPOTrainer and RLOOTrainer; private names, listed in
+aligntune/patches.py and checked by tests/test_patches.py against the installed TRL), forward hooks on the policy/reference module for the
 gradient-free forwards inside a training step, and transformers' on_pre_optimizer_step/on_optimizer_step events;
 the native PPO engine's `_sample`, `_score`, `_rollout`, `_update` and its optimizer's `step`.
 On GPUs the timings are of the host: asynchronous kernels are billed to whichever phase waits for them.
@@ -27,19 +27,15 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from aligntune.patches import TIMED_METHODS
+
 log = logging.getLogger("aligntune")
 
 PHASES = ("generation", "rewards", "logprobs", "forward_backward", "optimizer", "other")
 PREFIX = "timing/"
 
-# trainer class name -> (method, phase) wrapped on the instance
-TRL_METHODS = {
-    "GRPOTrainer": [("training_step", "forward_backward"), ("_generate", "generation"), ("_calculate_rewards", "rewards")],
-    "RLOOTrainer": [("training_step", "forward_backward"), ("_generate", "generation"), ("_calculate_rewards", "rewards")],
-    "DPOTrainer": [("training_step", "forward_backward")],
-    "SFTTrainer": [("training_step", "forward_backward")],
-    "RewardTrainer": [("training_step", "forward_backward")],
-}
+# trainer class name -> (method, phase) wrapped on the instance (private names: aligntune/patches.py lists them)
+TRL_METHODS = TIMED_METHODS
 NATIVE_METHODS = [("_sample", "generation"), ("_score", "rewards"), ("_rollout", "logprobs"),
                   ("_update", "forward_backward")]
 

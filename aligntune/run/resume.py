@@ -93,7 +93,7 @@ def differences(saved: dict, new: dict) -> list[str]:
 def plan(overrides: list[str], multirun: bool, searchpath: list[str] | None = None) -> list[str]:
     """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot.
     `searchpath`: this command's config search path override ([] for none: the run's recorded one is used)."""
-    from aligntune.config import compose
+    from aligntune import preflight
     from aligntune.config.searchpath import is_searchpath
     from aligntune.run.checkpoints import step_of
 
@@ -109,7 +109,7 @@ def plan(overrides: list[str], multirun: bool, searchpath: list[str] | None = No
     if not searchpath and recorded.is_file():
         searchpath = [o for o in (yaml.safe_load(recorded.read_text()) or []) if is_searchpath(o)]
     new = [o for o in overrides if not o.startswith(_OWN_KEYS)] + list(searchpath or [])
-    run, _ = compose.load(saved + new + [f"resume_force={str(force).lower()}"])
+    run, _ = preflight.load(saved + new + [f"resume_force={str(force).lower()}"])
     checkpoint, changed = check_resumable(run_dir, run)
     print(f"resuming {run_dir} from {checkpoint.name} (step {step_of(checkpoint)})"
           + (f", with changes: {'; '.join(changed)}" if changed else ""), flush=True)

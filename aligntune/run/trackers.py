@@ -17,7 +17,8 @@ from pathlib import Path
 
 from aligntune.errors import ConfigError
 
-# logger name -> (the modules transformers' integration can use, the pyproject extra that installs one)
+# logger name (schema.TRACKERS, which checks the names) -> (the modules transformers' integration can use, the
+# pyproject extra that installs one)
 TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
     "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
     "wandb": (("wandb",), "wandb"),
@@ -25,19 +26,6 @@ TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
     "trackio": (("trackio",), "trackio"),
 }
 PROJECT = "aligntune"
-
-
-def normalize(value) -> list[str]:
-    """`logger` as given (null, "none", a name, or a list of names) -> the tracker names, checked."""
-    if value is None or value == "none":
-        return []
-    names = [value] if isinstance(value, str) else list(value)
-    bad = [n for n in names if not isinstance(n, str) or n not in TRACKERS]
-    if bad:
-        raise ConfigError(f"logger={value!r}: {', '.join(map(repr, bad))} is not a tracker aligntune supports.",
-                          f"Use one or more of {', '.join(TRACKERS)}, e.g. logger=tensorboard or logger=[tensorboard,wandb], "
-                          "or logger=none.")
-    return list(dict.fromkeys(names))
 
 
 def check_installed(names: list[str]) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aligntune.config.schema import PPOAlgorithmConfig, RunConfig
-from aligntune.errors import ConfigError
 
 # aligntune key -> the PPOEngineConfig field it sets (tests check every algorithm.* and train.* key is here or below).
 MAPPED_FIELDS = {
@@ -117,26 +116,16 @@ class PPOEngineConfig:
 def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
     """The native PPO engine's config for `run`. Pure (no I/O): unit-tested key by key.
 
-    Keys that have no meaning for PPO (backend.trl_args) are refused here rather than ignored.
+    Keys that have no meaning for PPO (backend.trl_args) are refused by the pre-flight (core/registry.py), and the
+    batch arithmetic by the schema.
     """
     from aligntune.models.loading import compute_precision, resolve_device
 
     algo, t = run.algorithm, run.train
     if not isinstance(algo, PPOAlgorithmConfig):
         raise TypeError(f"ppo_engine_config needs a PPO config, got {type(algo).__name__}")
-    if run.backend.trl_args:
-        raise ConfigError(f"backend.trl_args is set ({sorted(run.backend.trl_args)}), but PPO runs on aligntune's native "
-                          "engine, which is not TRL.", "Drop backend.trl_args; PPO's settings are the algorithm.* keys.")
-    if t.batch_size % algo.num_mini_batches:
-        raise ConfigError(f"algorithm.num_mini_batches={algo.num_mini_batches} does not divide the train.batch_size="
-                          f"{t.batch_size} sequences of one rollout.",
-                          f"Use a divisor of {t.batch_size} ({_divisors(t.batch_size)}).")
-    mini = t.batch_size // algo.num_mini_batches
+    mini = t.batch_size // algo.num_mini_batches  # the schema checked that it divides (RunConfig.check_mini_batches)
     micro = t.micro_batch_size or mini
-    if mini % micro:
-        raise ConfigError(f"train.micro_batch_size={micro} does not divide a PPO mini-batch of {mini} sequences "
-                          f"(train.batch_size={t.batch_size} / algorithm.num_mini_batches={algo.num_mini_batches}).",
-                          f"Use one of {_divisors(mini)}, or null for the whole mini-batch.")
     device = resolve_device(run.device)
     return PPOEngineConfig(
         output_dir=output_dir,
@@ -186,10 +175,6 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
     )
 
 
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
 def build(run: RunConfig, job) -> object:
     """A native `PPOTrainer` for `run`. Every check that can fail runs here, before training starts:
     config, data, rewards, the value model's kind and tokenizer, then the models load."""
@@ -201,9 +186,6 @@ def build(run: RunConfig, job) -> object:
     cfg = ppo_engine_config(run, str(job.checkpoint_dir))
     dataset, held_out = job.prompt_splits()
     reward_funcs = job.reward_functions([dataset[i] for i in range(min(len(dataset), 4))])  # checked on real rows
-    if not reward_funcs:
-        raise ConfigError("PPO needs at least one reward, and none is configured.",
-                          "Add one, e.g. '+rewards.rm.fn=reward_model' with '+rewards.rm.args.model=<reward model dir>'.")
     value_source = None
     if cfg.value_model != "policy":
         value_source = ppo_models.check_value_model(cfg.value_model, job.tokenizer, cfg.trust_remote_code)

@@ -57,10 +57,7 @@ MIN_STEP_COMPLETIONS = 16  # with num_mini_batches > 1, fewer completions per op
 def rollout_batches(run: RunConfig, world_size: int = 1) -> tuple[int, int, int]:
     """(per-device micro-batch, accumulation steps, steps per generation) for a group-sampling algorithm."""
     algo = run.algorithm
-    rollout = run.train.batch_size * algo.group_size  # completions generated per rollout
-    if rollout % algo.num_mini_batches:
-        raise ConfigError(f"algorithm.num_mini_batches={algo.num_mini_batches} does not divide the {rollout} completions "
-                          "of one rollout.", "Use a divisor of train.batch_size x algorithm.group_size.")
+    rollout = run.train.batch_size * algo.group_size  # completions per rollout; num_mini_batches divides it (schema)
     micro, accumulation = micro_batches(rollout // algo.num_mini_batches, run.train.micro_batch_size, world_size,
                                         "completions")
     return micro, accumulation, accumulation * algo.num_mini_batches

@@ -66,7 +66,7 @@ def check(run: RunConfig) -> None:
 
 
 def run(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """The BACKENDS entry for backend=verl (see backend_factory.run_job)."""
+    """The registry entry's target for backend=verl (core/registry.py; run by core/job.run_job)."""
     from aligntune.run.console import console
     from aligntune.run.rundir import RunDir
 
