@@ -149,10 +149,57 @@ def test_bad_directories_are_refused_in_one_paragraph(team, capsys):
     (team / "empty").mkdir()
     assert cli.main(["train", "--config-dir", "empty", "--cfg", "job"]) == 2
     assert "holds no YAML file" in capsys.readouterr().err
-    (team / "configs" / "experiment" / "smoke.yaml").write_text(EXPERIMENT)
+    (team / "configs" / "train.yaml").write_text("seed: 1\n")
     assert cli.main(["train", "--config-dir", "configs", "experiment=team_grpo"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "has the name of a shipped option (experiment=smoke" in err and "Rename yours" in err
+    assert f"{team / 'configs' / 'train.yaml'} would replace aligntune's primary config" in err
+    assert "Move its keys into an experiment option" in err and "Traceback" not in err
+
+
+SHADOW = """\
+# @package _global_
+# The team's own `smoke`: shadows the shipped experiment=smoke (and its model through the team's model/tiny.yaml).
+defaults:
+  - override /model: tiny
+  - override /dataset: letters
+train:
+  max_steps: 1
+  batch_size: 2
+algorithm:
+  group_size: 2
+  max_completion_length: 4
+seed: 11
+"""
+
+
+def test_a_user_option_shadows_the_shipped_one_of_the_same_name_and_the_run_says_so(team, capsys):
+    shipped_tiny = (searchpath.shipped_dir() / "model" / "tiny.yaml").read_text()
+    (team / "configs" / "experiment" / "smoke.yaml").write_text(SHADOW)
+    (team / "configs" / "model").mkdir()
+    (team / "configs" / "model" / "tiny.yaml").write_text(shipped_tiny.replace("dtype: auto", "dtype: fp32"))
+    run = team / "shadowed"
+    assert cli.main(["train", "--config-dir", "configs", "experiment=smoke", f"hydra.run.dir={run}"]) == 0
+    _, config = _run(run)
+    assert config["seed"] == 11 and config["algorithm"]["group_size"] == 2  # the team's smoke, not the shipped one
+    assert config["model"]["dtype"] == "fp32"  # and the team's model=tiny, which the shipped smoke does not know of
+    for text in (" ".join(capsys.readouterr().out.split()), (run / "train.log").read_text()):
+        assert (f"{team / 'configs' / 'experiment' / 'smoke.yaml'} shadows the shipped option experiment=smoke "
+                f"({searchpath.shipped_dir() / 'experiment' / 'smoke.yaml'})") in text
+        assert f"{team / 'configs' / 'model' / 'tiny.yaml'} shadows the shipped option model=tiny" in text
+
+
+def test_the_first_directory_on_the_search_path_wins(team):
+    (team / "more" / "experiment").mkdir(parents=True)
+    (team / "more" / "experiment" / "team_grpo.yaml").write_text(EXPERIMENT.replace("seed: 7", "seed: 8"))
+    dirs = [team / "configs", team / "more"]
+    mine, theirs = team / "configs" / "experiment" / "team_grpo.yaml", team / "more" / "experiment" / "team_grpo.yaml"
+    assert searchpath.shadows(dirs) == [(mine.relative_to(team / "configs"), mine, theirs)]
+    assert searchpath.options("experiment", dirs)["team_grpo"] == mine
+    from aligntune.config import compose
+
+    assert compose.load(["experiment=team_grpo", *searchpath.as_override(dirs)], check_sources=False)[0].seed == 7
+    assert compose.load(["experiment=team_grpo", *searchpath.as_override(dirs[::-1])], check_sources=False)[0].seed == 8
+    assert compose.load(["experiment=smoke", *searchpath.as_override(dirs)], check_sources=False)[0].seed != 7
 
 
 def test_a_user_yaml_with_a_syntax_error_names_the_file(team, capsys):

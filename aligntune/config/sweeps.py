@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from hydra.experimental.callback import Callback
-
 from aligntune.config.aliases import SHORTCUTS
 
 MAX_NAME = 80
@@ -34,15 +32,6 @@ MAX_NAME = 80
 EXCLUDED = ("experiment", "debug", "verbose", "hparams_search", "launcher")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 _SHORT = {real: short for short, real in SHORTCUTS.items()}
-SWEEP: dict[str, str] = {}  # "dir": the sweep directory of the last multirun (set by SweepRecorder)
-
-
-class SweepRecorder(Callback):
-    """A Hydra callback (train.yaml's hydra.callbacks): records the sweep directory in the launching process, where
-    the jobs may not run (launcher=joblib runs them in worker processes); the CLI writes the comparison there."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        SWEEP["dir"] = str(config.hydra.sweep.dir)
 
 
 def fixed_keys(overrides: list[str]) -> list[str]:

@@ -113,7 +113,7 @@ class AlignmentJob:
     """
 
     def __init__(self, run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None, parallel_jobs: int = 1):
-        from aligntune.run import logs
+        from aligntune.run import console, logs
         from aligntune.run.rundir import RunDir
 
         self.config = run
@@ -134,6 +134,7 @@ class AlignmentJob:
         try:
             if self.is_main:
                 logs.setup(self.run_dir.path, run.verbose)
+                console.show_shadows(self.overrides)
             self._build()
             self.recorder.history[:0] = history  # a resumed run's summary covers the steps before the checkpoint too
         except KeyboardInterrupt:

@@ -148,10 +148,24 @@ def one_time_step(doing: str, done: str):
     console.print(f"[dim]{escape(done)} ({time.monotonic() - start:.1f} s)[/dim]", soft_wrap=True)
 
 
-def show_notice(text: str, stderr: bool = False) -> None:
-    """One line about something aligntune changed or decided for the user (aligntune.inherited)."""
+def show_notice(text: str, stderr: bool = False, log: bool = False) -> None:
+    """One line about something aligntune changed or decided for the user (aligntune.inherited, a shadowed config).
+    `log`: also in the run's train.log."""
     (Console(stderr=True, highlight=False) if stderr else console).print(f"[bold]note[/bold]: {escape(text)}",
                                                                          soft_wrap=True)
+    if log:
+        import logging
+
+        logging.getLogger("aligntune").info("note: %s", text)
+
+
+def show_shadows(overrides: list[str]) -> None:
+    """One line (train.log and console) per config of a user directory that shadows another of the same group and
+    name on the run's search path (aligntune.config.searchpath.shadows)."""
+    from aligntune.config.searchpath import shadow_notices
+
+    for text in shadow_notices(overrides):
+        show_notice(text, log=True)
 
 
 def show_compute(device: str, precision: str) -> None:
