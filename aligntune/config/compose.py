@@ -1,10 +1,15 @@
 """From overrides to a validated `RunConfig`, without importing torch.
 
-    argv overrides -> alias rewrite -> Hydra compose (configs/ + dataclass schemas)
-                   -> OmegaConf.to_object (value and cross-field checks) -> preflight (sources)
+    argv overrides -> alias rewrite -> Hydra compose (configs/primary/train.yaml, the search path the
+                      overrides name + dataclass schemas) -> OmegaConf.to_object (value and cross-field
+                      checks) -> preflight (sources)
 
-The CLI runs this for every job of a sweep before Hydra launches anything, so a bad value fails
-the whole command in about a second; the Python API runs it for its one job.
+`load` is the one function that turns (search path, overrides) into the typed RunConfig, and every stage
+calls it: validation of each job of a sweep before Hydra launches anything (a bad value fails the whole
+command in about a second), each Hydra job (cli._task), resume.plan, the accelerate workers
+(distributed/worker.recompose), eval/generate recomposing a run, `aligntune check` and the Python API.
+The search path travels inside the overrides as the recorded `hydra.searchpath=[user dirs]`; `compose`
+(the only call of Hydra's compose) and the Hydra app (cli._run_hydra) both hand Hydra `hydra_overrides`.
 """
 
 from __future__ import annotations
