@@ -150,9 +150,9 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:
 def _is_hydra_override(o: str) -> bool:
     """Hydra's own settings (run dir, sweeper, ...), which the job's composition does not need. The search path is
     not one of them: it decides which options exist."""
-    from aligntune.config.searchpath import is_searchpath
+    from aligntune.config import overrides
 
-    return o.lstrip("+~").startswith(("hydra.", "hydra/")) and not is_searchpath(o)
+    return overrides.is_hydra(o) and not overrides.is_searchpath(o)
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:

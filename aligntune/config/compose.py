@@ -196,10 +196,12 @@ def sweep_without_multirun(override: str) -> ConfigError:
 def check_grammar(overrides: list[str], multirun: bool = False) -> None:
     """Each override against Hydra's grammar, one at a time, so the error names it and shows it quoted. Values with
     spaces, commas, parentheses, brackets, quotes, '!' or ';' need quoting; a comma makes a sweep (-m only)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
+    from aligntune.config.overrides import is_hydra_key
+    from aligntune.config.overrides import parser as overrides_parser
+
+    parser = overrides_parser()
     for override in overrides:
         try:
             parsed = parser.parse_override(override)
@@ -210,7 +212,7 @@ def check_grammar(overrides: list[str], multirun: bool = False) -> None:
                               "'=', '!', ';').",
                               f"Quote the value: {quoted(override)} (single quotes for the shell, double quotes for "
                               "Hydra).") from None
-        if not multirun and parsed.is_sweep_override() and not parsed.get_key_element().lstrip("+~").startswith("hydra"):
+        if not multirun and parsed.is_sweep_override() and not is_hydra_key(parsed.key_or_group):
             raise sweep_without_multirun(override)
 
 

@@ -48,11 +48,12 @@ def primary_dir() -> Path:
 def _entries(value: str) -> list[str]:
     """The directories of a `hydra.searchpath=[...]` value, read by Hydra's own override parser (so an escaped or
     quoted entry reads as Hydra reads it); file:// entries, or plain paths. pkg:// ones are not directories."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    from aligntune.config.overrides import parser
+
     try:
-        parsed = OverridesParser.create().parse_override(f"{OVERRIDE}={value}").value()
+        parsed = parser().parse_override(f"{OVERRIDE}={value}").value()
     except HydraException as exc:
         raise ConfigError(f"Cannot parse {OVERRIDE}={value}: {str(exc).strip().splitlines()[0]}",
                           "Give a list of directories: hydra.searchpath=[file:///abs/dir,...], or --config-dir DIR.") from None
@@ -88,7 +89,7 @@ def split(args: list[str], overrides: list[str], env: dict | None = None) -> tup
         i += 1
     kept = []
     for o in overrides:
-        if o.lstrip("+").startswith(OVERRIDE + "="):
+        if is_searchpath(o):
             dirs += _entries(o.split("=", 1)[1])
         else:
             kept.append(o)
@@ -152,7 +153,9 @@ def from_overrides(overrides: list[str]) -> list[Path]:
 
 
 def is_searchpath(override: str) -> bool:
-    return override.lstrip("+").startswith(OVERRIDE + "=")
+    from aligntune.config import overrides
+
+    return overrides.is_searchpath(override)
 
 
 def options(group: str, dirs: list[Path]) -> dict[str, Path]:

@@ -107,7 +107,9 @@ def start_panel(run, run_dir, overrides: list[str], default):
     from rich.panel import Panel
     from rich.text import Text
 
-    typed = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    from aligntune.config.overrides import is_hydra
+
+    typed = [o for o in overrides if not is_hydra(o)]
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")  # a long run directory folds, whole, rather than ending in an ellipsis
