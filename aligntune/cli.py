@@ -281,9 +281,9 @@ def _finish_sweep(sweep_dir: str, code: int) -> int:
     """After a sweep: list its jobs, write and print the comparison (and the best trial of a search). Jobs are
     read back from their summary.json, so this works whichever launcher ran them (in this process or not); the
     command exits with the code the first failed job recorded there (RunDir.exit_code)."""
-    from aligntune.run.rundir import RunDir
     from aligntune.run import report
     from aligntune.run.console import console
+    from aligntune.run.rundir import RunDir
 
     _, jobs = report.find_runs(sweep_dir)
     if code == 0 and jobs:
@@ -363,10 +363,7 @@ resume=<run dir> (or resume=latest).
 
 
 def print_train_help(overrides: list[str], dirs: list | None = None) -> int:
-    from pathlib import Path
-
     from aligntune.config import aliases, compose
-
     from aligntune.config.searchpath import primary_dir
 
     defaults = {}
@@ -446,7 +443,8 @@ def _default_run(searchpath: list[str]):
 
 def _task(cfg) -> float | None:
     """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1 (in a sweep:
-    the job is marked failed, and the others still run)."""
+    the job is marked failed, and the others still run). The job's config is composed by compose.load from the
+    job's overrides and search path, as every other stage composes it; Hydra's own copy (`cfg`) is not used."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
