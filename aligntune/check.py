@@ -231,10 +231,13 @@ def check_command(args: list[str]) -> int:
     if opts["smoke"]:  # the engines' one-time import is not any experiment's time
         start = time.perf_counter()
         import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import transformers.trainer  # noqa: F401  (transformers loads its Trainer, and peft with it, lazily)
         import trl  # noqa: F401
 
-        print(f"imported torch, transformers and trl in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        import aligntune.run.checkpoints  # noqa: F401  (the trainer callbacks every run installs)
+
+        print(f"imported torch, transformers (its Trainer, peft) and trl in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)
     results = []
     for name, path in chosen.items():
         result = Result(name, origin(path))

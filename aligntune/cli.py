@@ -57,9 +57,6 @@ COMMAND_USAGE = {
                "figures go to compare_<metric>.png in the current directory by default)",
 }
 
-_failures: list[tuple[str, int]] = []  # (run dir, exit code) of each job of a sweep that failed
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sc = next((i for i, a in enumerate(argv[:2]) if a in ("-sc", "--shell-completion")), None)
@@ -153,9 +150,9 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:
 def _is_hydra_override(o: str) -> bool:
     """Hydra's own settings (run dir, sweeper, ...), which the job's composition does not need. The search path is
     not one of them: it decides which options exist."""
-    from aligntune.config.searchpath import is_searchpath
+    from aligntune.config import overrides
 
-    return o.lstrip("+~").startswith(("hydra.", "hydra/")) and not is_searchpath(o)
+    return overrides.is_hydra(o) and not overrides.is_searchpath(o)
 
 
 def _jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
@@ -234,10 +231,7 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
 
     if any(f in ("-h", "--help") for f in flags):
         return print_train_help(overrides, ours["config_dirs"])
-    _failures.clear()
-    from aligntune.config.sweeps import SWEEP
-
-    SWEEP.clear()
+    sweep_dir = None
     try:
         from aligntune.config import compose
 
@@ -256,9 +250,9 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
             validate(typed, ours["multirun"])
         from aligntune.config import sweeps
 
-        compose.new_run_id()
         if ours["multirun"] and not ours["print_only"]:
-            overrides = [*overrides, sweeps.fixed_keys_override(overrides)]
+            sweep_dir = _sweep_dir(overrides)
+            overrides = [*overrides, sweeps.fixed_keys_override(overrides), f"hydra.sweep.dir='{sweep_dir}'"]
         code = _run_hydra(flags + overrides)
     except AligntuneError as exc:
         if traceback_requested():
@@ -267,16 +261,30 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
             traceback.print_exc()
         report(exc)
         return EXIT_USAGE
-    if not ours["multirun"] or not SWEEP.get("dir"):
+    if sweep_dir is None or not os.path.isdir(sweep_dir):
         return code
-    return _finish_sweep(SWEEP["dir"], code)
+    return _finish_sweep(sweep_dir, code)
+
+
+def _sweep_dir(overrides: list[str]) -> str:
+    """The sweep's directory, decided here once (hydra.sweep.dir as the first job composes it, the user's own
+    hydra.sweep.dir included) and given to Hydra, so the command knows where its jobs write, whichever launcher
+    runs them, without any state kept across Hydra's boundary."""
+    from omegaconf import OmegaConf
+
+    from aligntune.config import compose
+
+    first = _jobs(overrides, True)[0] + [o for o in overrides if _is_hydra_override(o)]
+    return str(OmegaConf.select(compose.compose(first, with_hydra=True), "hydra.sweep.dir"))
 
 
 def _finish_sweep(sweep_dir: str, code: int) -> int:
     """After a sweep: list its jobs, write and print the comparison (and the best trial of a search). Jobs are
-    read back from their summary.json, so this works whichever launcher ran them (in this process or not)."""
+    read back from their summary.json, so this works whichever launcher ran them (in this process or not); the
+    command exits with the code the first failed job recorded there (RunDir.exit_code)."""
     from aligntune.run import report
     from aligntune.run.console import console
+    from aligntune.run.rundir import RunDir
 
     _, jobs = report.find_runs(sweep_dir)
     if code == 0 and jobs:
@@ -290,10 +298,9 @@ def _finish_sweep(sweep_dir: str, code: int) -> int:
         console.print(f"[bold red]{len(failed)} of {len(rows)} jobs failed[/bold red]:")
         for job in failed:
             console.print(f"  {os.path.join(sweep_dir, job)}", soft_wrap=True)
-        return _failures[0][1] if _failures else EXIT_FAILURE
-    if code == 0 and _failures:  # e.g. a job whose optimized_metric was missing: it completed, but the sweep did not
-        return _failures[0][1]
-    return code
+    # a job that completed may still fail the sweep (its optimized_metric was missing): its summary says so
+    codes = [c for c in (RunDir(job).exit_code() for job in jobs) if c != 0]
+    return codes[0] if code == 0 and codes else code
 
 
 def _write_sweep_comparison(sweep_dir: str) -> list[dict]:
@@ -357,13 +364,11 @@ resume=<run dir> (or resume=latest).
 
 
 def print_train_help(overrides: list[str], dirs: list | None = None) -> int:
-    from pathlib import Path
-
     from aligntune.config import aliases, compose
+    from aligntune.config.searchpath import primary_dir
 
-    root = Path(compose.config_dir())
     defaults = {}
-    for line in (root / "train.yaml").read_text().splitlines():
+    for line in (primary_dir() / "train.yaml").read_text().splitlines():
         line = line.strip()
         if line.startswith("- ") and ":" in line and not line.startswith("- override"):
             group, _, option = line[2:].partition(":")
@@ -382,15 +387,16 @@ def _run_hydra(argv: list[str]) -> int:
     from hydra.core.global_hydra import GlobalHydra
 
     from aligntune.config import compose
+    from aligntune.config.searchpath import primary_dir
 
     compose.register()
     GlobalHydra.instance().clear()
     saved = sys.argv
-    sys.argv = ["aligntune train", *argv]
+    sys.argv = ["aligntune train", *compose.hydra_overrides(argv)]  # the same search path as every other stage
     if traceback_requested():
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        hydra.main(version_base="1.3", config_path=compose.config_dir(), config_name=compose.CONFIG_NAME)(_task)()
+        hydra.main(version_base="1.3", config_path=str(primary_dir()), config_name=compose.CONFIG_NAME)(_task)()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_FAILURE)
     finally:
@@ -417,19 +423,20 @@ def _job_failed(run_dir: str, exc: BaseException, code: int, multirun: bool) -> 
     if status != "failed":  # failed before the run directory was set up
         rundir.path.mkdir(parents=True, exist_ok=True)
         rundir.fail(exc)
-    _failures.append((run_dir, code))
+    rundir.record(exit_code=code)  # what the sweep's exit status is read from (_finish_sweep)
     print(f"job {Path(run_dir).name} failed; the sweep goes on with the next job.", file=sys.stderr)
 
 
-def _default_run():
-    """The default job's config, for the start panel to compare with; None (the panel falls back to the whole
-    config tree) if it cannot be composed here: the panel is a view, never a reason for a run to fail."""
+def _default_run(searchpath: list[str]):
+    """The default job's config on the run's search path, for the start panel to compare with; None (the panel
+    falls back to the whole config tree) if it cannot be composed here: the panel is a view, never a reason for a
+    run to fail."""
     import logging
 
     from aligntune.config import compose
 
     try:
-        return compose.default_run()
+        return compose.default_run(searchpath)
     except Exception as exc:
         logging.getLogger("aligntune").warning("the start panel shows the whole config: %s: %s", type(exc).__name__, exc)
         return None
@@ -437,7 +444,8 @@ def _default_run():
 
 def _task(cfg) -> float | None:
     """One Hydra job: typed config -> AlignmentJob -> train. User errors exit 2, others 1 (in a sweep:
-    the job is marked failed, and the others still run)."""
+    the job is marked failed, and the others still run). The job's config is composed by compose.load from the
+    job's overrides and search path, as every other stage composes it; Hydra's own copy (`cfg`) is not used."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -448,16 +456,17 @@ def _task(cfg) -> float | None:
     run_dir = hc.runtime.output_dir
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        run = compose.to_run_config(cfg)
-        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run())
+        from aligntune.config.searchpath import as_override, from_overrides
+
+        searchpath = as_override(from_overrides(list(hc.overrides.hydra)))  # the user directories, as recorded
+        recorded = list(hc.overrides.task) + searchpath  # what resume, eval and workers recompose from
+        run, _ = compose.load(recorded)  # the one composition every stage uses (validated before)
+        console.show_start(run, run_dir, list(hc.overrides.task), None if run.verbose else _default_run(searchpath))
         from aligntune.core.job import run_job
 
         launcher = hc.launcher
         parallel = int(launcher.get("n_jobs") or 1) if "joblib" in str(launcher.get("_target_", "")) else 1
         parallel = (os.cpu_count() or 1) if parallel < 0 else parallel  # joblib's -1: one job per core
-        from aligntune.config.searchpath import is_searchpath
-
-        recorded = list(hc.overrides.task) + [o for o in hc.overrides.hydra if is_searchpath(o)]  # recompose the same
         summary = run_job(run, run_dir, recorded, parallel_jobs=parallel)
     except AligntuneError as exc:
         if traceback_requested():
@@ -505,7 +514,9 @@ def _objective(run, summary: dict, run_dir: str, multirun: bool) -> float | None
                        f"Use one of: {', '.join(have)}."))
     if not multirun:
         raise SystemExit(EXIT_USAGE)
-    _failures.append((run_dir, EXIT_USAGE))
+    from aligntune.run.rundir import RunDir
+
+    RunDir(run_dir).record(exit_code=EXIT_USAGE)  # completed, but the sweep fails (cli._finish_sweep)
     return None
 
 

@@ -37,12 +37,11 @@ def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
 
 def _run_overrides(location: Path) -> list[str]:
     """The overrides a run was composed with (aligntune's record first: it holds the config search path too)."""
-    from aligntune.config.searchpath import is_searchpath
+    from aligntune.config.overrides import is_hydra, is_searchpath
 
     for saved in (location / "overrides.yaml", location / ".hydra" / "overrides.yaml"):
         if saved.is_file():
-            return [o for o in yaml.safe_load(saved.read_text()) or []
-                    if not o.lstrip("+~").startswith("hydra") or is_searchpath(o)]
+            return [o for o in yaml.safe_load(saved.read_text()) or [] if not is_hydra(o) or is_searchpath(o)]
     return []
 
 

@@ -28,10 +28,14 @@ def _hydra_plugin(shell: str, dirs: list):
 
     from aligntune.config import compose
 
+    from aligntune.config.searchpath import primary_dir
+
     compose.register()
-    search_path = create_config_search_path(f"file://{compose.config_dir()}")
-    for d in dirs:
-        search_path.append(provider="aligntune-user", path=f"file://{d}")
+    search_path = create_config_search_path(f"file://{primary_dir()}")  # as cli._run_hydra: the primary alone,
+    schema = search_path.get_path().pop()  # then the user directories, then the shipped configs, then the schemas
+    for d in [*dirs, compose.config_dir()]:
+        search_path.append(provider="hydra.searchpath in command-line", path=f"file://{d}")
+    search_path.get_path().append(schema)
     return BashCompletion(ConfigLoaderImpl(config_search_path=search_path))
 
 

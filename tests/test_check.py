@@ -86,6 +86,20 @@ def test_hub_skips_pass_only_when_allowed_and_globs_select(team, capsys):
     assert "dpo_smoke" in out and "shipped" in out
 
 
+def test_a_team_experiment_named_like_a_shipped_one_is_checked_as_the_teams(team, capsys):
+    """Shadowing: the team's experiment/smoke.yaml is the smoke the check composes, and is reported as the team's."""
+    (team / "configs" / "experiment" / "smoke.yaml").write_text(BROKEN)
+    assert cli.main(["check", "-cd", "configs", "experiment=smoke", "--junit", "out/check.xml"]) == 2
+    _, cases = _cases(team / "out" / "check.xml")
+    case = cases["experiment=smoke"]
+    assert case.get("classname") == "configs" and "max_stepz" in case.find("failure").text
+    (team / "configs" / "experiment" / "smoke.yaml").write_text(GOOD)
+    assert cli.main(["check", "-cd", "configs", "experiment=smoke"]) == 0
+    assert cli.main(["check", "experiment=smoke", "--junit", "out/shipped.xml"]) == 0  # without the directory: shipped
+    assert _cases(team / "out" / "shipped.xml")[1]["experiment=smoke"].get("classname") == "shipped"
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("argv, needles", [
     (["check", "--config-dir", "no_such_dir"], ["config directory no_such_dir does not exist", "--config-dir configs"]),
     (["check", "-cd", "configs", "experiment=nothing_*"], ["experiment=nothing_* matches no experiment", "Valid options"]),

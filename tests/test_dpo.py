@@ -141,6 +141,8 @@ def test_tiny_dpo_run_logs_preference_metrics_and_learns(workdir, dataset):
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
         assert all(isinstance(m[key], float) for m in train_rows), key
     assert any("eval_rewards/accuracies" in m for m in metrics)  # periodic held-out evaluation
+    # every 2 steps, the last one included, once each: the engine's end-of-training pass is not repeated
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [2, 4]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert 0.0 <= summary["eval_preference_accuracy"] <= 1.0 and "eval_margin" in summary
     assert _changed(run_dir / "model")

@@ -26,14 +26,14 @@ def test_every_package_directory_is_declared():
 def test_editable_install_finds_configs_from_any_directory(tmp_path):
     code = "from aligntune.config import compose; print(compose.config_dir()); compose.load([])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert (Path(out.strip()) / "train.yaml").is_file()
+    assert (Path(out.strip()) / "primary" / "train.yaml").is_file()
 
 
 def test_wheel_ships_configs_and_data(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], check=True)
     wheel = next(tmp_path.glob("aligntune-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {"aligntune/configs/train.yaml", "aligntune/configs/model/tiny.yaml", "aligntune/configs/experiment/smoke.yaml",
+    shipped = {"aligntune/configs/primary/train.yaml", "aligntune/configs/model/tiny.yaml", "aligntune/configs/experiment/smoke.yaml",
                "aligntune/configs/hydra/job_logging/aligntune.yaml", "aligntune/data/shipped/letters.jsonl"}
     assert shipped <= names, sorted(shipped - names)
     # Compose from the unpacked wheel alone (not the source tree), in an unrelated directory.

@@ -95,13 +95,33 @@ def test_slurm_and_joblib_presets_compose_into_hydras_launchers():
     assert set(hydra.sweeper.params) == {"train.learning_rate", "algorithm.beta", "algorithm.group_size"}
 
 
-def compose_hydra(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def test_a_sweep_exits_with_the_code_its_first_failed_job_recorded_in_summary_json(workdir, capsys):
+    """No state crosses Hydra's boundary: the sweep's exit status is read back from its jobs' summary.json files,
+    whichever process ran them (cli._job_failed and cli._objective record the code there)."""
+    from aligntune.run.rundir import RunDir
 
-    compose.register()
-    with initialize_config_dir(config_dir=compose.config_dir(), version_base="1.3"):
-        return hydra_compose(config_name=compose.CONFIG_NAME, overrides=overrides, return_hydra_config=True).hydra
+    sweep = workdir / "sweep"
+    for name, summary in (("0_seed=1", {"status": "completed", "reward": 0.5}), ("1_seed=2", {"status": "completed"}),
+                          ("2_seed=3", {"status": "failed", "error": "ValueError: boom"}), ("10_seed=4", {"status": "failed"})):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "summary.json").write_text(json.dumps(summary))
+    assert cli._finish_sweep(str(sweep), 0) == 1  # job 2 failed and recorded no code: a run failure
+    run, _ = compose.load(["optimized_metric=eval_reward"])
+    assert cli._objective(run, {"status": "completed"}, str(sweep / "1_seed=2"), multirun=True) is None
+    assert RunDir(sweep / "1_seed=2").exit_code() == EXIT_USAGE
+    assert json.loads((sweep / "1_seed=2" / "summary.json").read_text())["status"] == "completed"
+    assert cli._finish_sweep(str(sweep), 0) == EXIT_USAGE  # job 1 comes before job 2 (and job 10)
+    assert cli._finish_sweep(str(sweep), 130) == 130  # Hydra's own non-zero code stands
+    (sweep / "1_seed=2" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    for name in ("2_seed=3", "10_seed=4"):
+        (sweep / name / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert cli._finish_sweep(str(sweep), 0) == 0
+    assert RunDir(sweep / "nowhere").exit_code() == 1
+    capsys.readouterr()
+
+
+def compose_hydra(overrides: list[str]):
+    return compose.compose(overrides, with_hydra=True).hydra
 
 
 @pytest.mark.slow  # about 40 s on 2 idle cores: three tiny GRPO runs, each evaluated on held-out prompts

@@ -1,11 +1,17 @@
 """From overrides to a validated `RunConfig`, without importing torch.
 
-    argv overrides -> alias rewrite -> Hydra compose (configs/ + dataclass schemas)
-                   -> OmegaConf.to_object (value and cross-field checks)
+    argv overrides -> alias rewrite -> Hydra compose (configs/primary/train.yaml, the search path the
+                      overrides name + dataclass schemas) -> OmegaConf.to_object (value and cross-field
+                      checks)
 
-Then aligntune.preflight (above config/, which is a leaf) checks what needs backends, data or models. The CLI runs
-both for every job of a sweep before Hydra launches anything, so a bad value fails the whole command in about a
-second; the Python API runs them for its one job.
+`load` is the one function that turns (search path, overrides) into the typed RunConfig, and every stage
+calls it: validation of each job of a sweep before Hydra launches anything (a bad value fails the whole
+command in about a second), each Hydra job (cli._task), resume.plan, the accelerate workers
+(distributed/worker.recompose), eval/generate recomposing a run, `aligntune check` and the Python API.
+The search path travels inside the overrides as the recorded `hydra.searchpath=[user dirs]`; `compose`
+(the only call of Hydra's compose) and the Hydra app (cli._run_hydra) both hand Hydra `hydra_overrides`.
+Then aligntune.preflight (above config/, which is a leaf) checks what needs backends, data or models:
+`preflight.load` = `load` + `preflight.check`, which the stages that run a config call.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from aligntune.errors import AligntuneError, ConfigError
 
 CONFIG_NAME = "train"
 _registered = False
-_run_id = ""
 
 
 def config_dir() -> str:
@@ -42,9 +47,7 @@ def config_dir() -> str:
 
 def new_run_id() -> str:
     """A fresh suffix for run directories: two runs started in the same second never collide."""
-    global _run_id
-    _run_id = secrets.token_hex(3)
-    return _run_id
+    return secrets.token_hex(3)
 
 
 def register() -> None:
@@ -58,8 +61,10 @@ def register() -> None:
     cs.store(name="run_schema", node=schema.RunConfig)
     for name, node in schema.ALGORITHM_SCHEMAS.items():
         cs.store(group="algorithm", name=f"{name}_schema", node=node)
-    # Cached: a launcher's worker processes get the parent's value (Hydra copies the resolver cache to each job).
-    OmegaConf.register_new_resolver("aligntune_run_id", lambda: _run_id or new_run_id(), replace=True, use_cache=True)
+    # Cached per composed config, so one config has one id; no module state: Hydra copies a sweep's resolver cache
+    # to each of its jobs (ConfigLoaderImpl.load_sweep_config), and the CLI fixes a sweep's directory before launching
+    # (cli._sweep_dir), so a launcher's worker processes write where the command reads.
+    OmegaConf.register_new_resolver("aligntune_run_id", new_run_id, replace=True, use_cache=True)
     from aligntune.config.sweeps import job_dir_name
 
     OmegaConf.register_new_resolver("aligntune_job_dir", job_dir_name, replace=True)
@@ -193,10 +198,12 @@ def sweep_without_multirun(override: str) -> ConfigError:
 def check_grammar(overrides: list[str], multirun: bool = False) -> None:
     """Each override against Hydra's grammar, one at a time, so the error names it and shows it quoted. Values with
     spaces, commas, parentheses, brackets, quotes, '!' or ';' need quoting; a comma makes a sweep (-m only)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
+    from aligntune.config.overrides import is_hydra_key
+    from aligntune.config.overrides import parser as overrides_parser
+
+    parser = overrides_parser()
     for override in overrides:
         try:
             parsed = parser.parse_override(override)
@@ -207,47 +214,49 @@ def check_grammar(overrides: list[str], multirun: bool = False) -> None:
                               "'=', '!', ';').",
                               f"Quote the value: {quoted(override)} (single quotes for the shell, double quotes for "
                               "Hydra).") from None
-        if not multirun and parsed.is_sweep_override() and not parsed.get_key_element().lstrip("+~").startswith("hydra"):
+        if not multirun and parsed.is_sweep_override() and not is_hydra_key(parsed.key_or_group):
             raise sweep_without_multirun(override)
 
 
-def compose(overrides: list[str], shortcuts: dict[str, str] | None = None) -> DictConfig:
-    """Compose configs/train.yaml with `overrides` (already alias-rewritten)."""
+def hydra_overrides(overrides: list[str]) -> list[str]:
+    """`overrides` as Hydra is given them, by every stage: the recorded search path (hydra.searchpath of the user
+    directories, aligntune.config.searchpath) becomes the full one, the user directories then the shipped configs."""
+    from aligntune.config.searchpath import from_overrides, hydra_override, is_searchpath
+
+    return [o for o in overrides if not is_searchpath(o)] + [hydra_override(from_overrides(overrides))]
+
+
+def compose(overrides: list[str], shortcuts: dict[str, str] | None = None, with_hydra: bool = False) -> DictConfig:
+    """Compose the primary config (configs/primary/train.yaml) with `overrides` (already alias-rewritten) on the
+    search path they name: the only call of Hydra's compose. `with_hydra`: keep the `hydra` node (the sweeper's
+    search space). Safe inside a running Hydra app: its GlobalHydra is put back after."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    from aligntune.config.searchpath import from_overrides
-
+    from aligntune.config.searchpath import from_overrides, primary_dir
 
     check_grammar(overrides)
     register()
+    backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+        with initialize_config_dir(config_dir=str(primary_dir()), version_base="1.3"):
+            return hydra_compose(config_name=CONFIG_NAME, overrides=hydra_overrides(overrides),
+                                 return_hydra_config=with_hydra)
     except AligntuneError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many types; explain() sorts them out
         raise explain(exc, shortcuts or {}, from_overrides(overrides)) from exc
+    finally:
+        restore_gh_from_backup(backup)
 
 
 def sweeper_params(overrides: list[str]) -> dict[str, str]:
     """The search space of the sweeper the overrides select (hydra.sweeper.params, e.g. an hparams_search preset)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     rewritten, used = aliases.rewrite(list(overrides))
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=rewritten, return_hydra_config=True)
-    except Exception as exc:  # the same composition errors compose() explains
-        from aligntune.config.searchpath import from_overrides
-
-        raise explain(exc, used, from_overrides(rewritten)) from exc
+    cfg = compose(rewritten, used, with_hydra=True)
     params = OmegaConf.select(cfg, "hydra.sweeper.params")
     return {str(k): str(v) for k, v in (params or {}).items()}
 
@@ -302,16 +311,10 @@ def load(overrides: list[str]) -> tuple[schema.RunConfig, DictConfig]:
     return run, cfg
 
 
-def default_run() -> schema.RunConfig:
-    """The config plain `aligntune train` composes (no overrides): what the console's start panel compares a run
-    with. Inside a running Hydra app (a job) it is composed by that app's own config loader, left as it is."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        from hydra import compose as hydra_compose
-
-        return to_run_config(hydra_compose(config_name=CONFIG_NAME, overrides=[]))
-    return load([])[0]
+def default_run(searchpath: list[str] | None = None) -> schema.RunConfig:
+    """The config plain `aligntune train` composes (no overrides) on the search path `searchpath` (the recorded
+    hydra.searchpath override, or none): what the console's start panel compares a run with."""
+    return load(list(searchpath or []))[0]
 
 
 def default_run_dir(root: str | Path = "outputs") -> Path:

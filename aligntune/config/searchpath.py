@@ -5,13 +5,20 @@ Sources, in this order of precedence among the user directories:
 The shipped configs/ tree is always on the path. A user directory holds the same layout (`experiment/`,
 `dataset/`, `model/`, `rewards/`, `algorithm/`, `tuning/`, `debug/`, ...) and adds options to any group.
 
-Every stage composes with the same path: it travels as ONE Hydra override, `hydra.searchpath=[file://...]`
-(`as_override`), which validation, the Hydra run, sweeps, the Python API and the accelerate workers pass to
-Hydra, and which the run directory records in overrides.yaml, so resume, eval and workers recompose identically.
+Every stage composes with the same path: the user directories travel as ONE override, `hydra.searchpath=[file://...]`
+(`as_override`), which validation, the Hydra run, sweeps, the Python API and the accelerate workers carry, and which
+the run directory records in overrides.yaml, so resume, eval and workers recompose identically. What Hydra is given
+is `hydra_override`: the same directories followed by the shipped configs.
 
-Shadowing: Hydra looks options up shipped-first (the primary config's directory leads its search path), so a user
-option named like a shipped one would be silently ignored. That is refused instead (`check_clashes`), naming both
-files: rename yours (e.g. `team_smoke`).
+Precedence and shadowing. Hydra looks a config up in its search path in order and takes the first match
+(hydra/_internal/config_repository.py, `_find_object_source`); the primary config's directory leads that path, and
+`hydra.searchpath` entries are appended after it (config_loader_impl.py, `_process_config_searchpath`). So the
+primary, configs/primary/train.yaml, sits alone in its own directory (`primary_dir`), and the groups come from
+`hydra.searchpath=[user dirs..., shipped configs]`: a user option named like a shipped one (or like one of a later
+user directory) shadows it, and every run says so in one line (`shadows`, noticed in train.log and on the console).
+The primary itself always comes from the package: Hydra reads it before the search path is extended, so a
+`train.yaml` at the top of a user directory would be ignored, and is refused instead (its keys belong in an
+experiment option).
 """
 
 from __future__ import annotations
@@ -33,11 +40,26 @@ def shipped_dir() -> Path:
     return Path(str(importlib.resources.files("aligntune.configs"))).resolve()
 
 
+def primary_dir() -> Path:
+    """The directory Hydra reads the primary config (train.yaml) from: alone there, so it leads no group lookup."""
+    return shipped_dir() / "primary"
+
+
 def _entries(value: str) -> list[str]:
-    """The directories of a `hydra.searchpath=[...]` value (file:// entries; pkg:// ones are not directories)."""
-    body = value.strip().strip("[]")
+    """The directories of a `hydra.searchpath=[...]` value, read by Hydra's own override parser (so an escaped or
+    quoted entry reads as Hydra reads it); file:// entries, or plain paths. pkg:// ones are not directories."""
+    from hydra.errors import HydraException
+
+    from aligntune.config.overrides import parser
+
+    try:
+        parsed = parser().parse_override(f"{OVERRIDE}={value}").value()
+    except HydraException as exc:
+        raise ConfigError(f"Cannot parse {OVERRIDE}={value}: {str(exc).strip().splitlines()[0]}",
+                          "Give a list of directories: hydra.searchpath=[file:///abs/dir,...], or --config-dir DIR.") from None
     out = []
-    for item in (x.strip().strip("'\"") for x in body.split(",") if x.strip()):
+    for item in parsed if isinstance(parsed, list) else [parsed]:
+        item = str(item)
         if item.startswith("pkg://"):
             raise ConfigError(f"hydra.searchpath entry {item} is a Python package, and aligntune takes directories.",
                               "Give directories: --config-dir DIR, or hydra.searchpath=[file:///abs/dir].")
@@ -67,7 +89,7 @@ def split(args: list[str], overrides: list[str], env: dict | None = None) -> tup
         i += 1
     kept = []
     for o in overrides:
-        if o.lstrip("+").startswith(OVERRIDE + "="):
+        if is_searchpath(o):
             dirs += _entries(o.split("=", 1)[1])
         else:
             kept.append(o)
@@ -88,51 +110,82 @@ def resolve(dirs: list[str | Path]) -> list[Path]:
         if not any(path.rglob("*.yaml")):
             raise ConfigError(f"The config directory {d} holds no YAML file.",
                               "Put your options in group folders of it, e.g. configs/experiment/my_grpo.yaml.")
+        if (path / "train.yaml").is_file():
+            raise ConfigError(f"{path / 'train.yaml'} would replace aligntune's primary config, and Hydra reads the "
+                              "primary from the package only, so it would be ignored.",
+                              f"Move its keys into an experiment option ({path / 'experiment' / 'my_run.yaml'}, "
+                              "headed by '# @package _global_') and select it with experiment=my_run.")
         if path != shipped and path not in out:
             out.append(path)
-    check_clashes(out)
     return out
 
 
 def as_override(dirs: list[Path]) -> list[str]:
-    """[] for no user directory, else the one Hydra override that puts them on the search path."""
+    """[] for no user directory, else the one override that records them (what overrides.yaml keeps)."""
     if not dirs:
         return []
-    return [f"{OVERRIDE}=[" + ",".join(f"file://{d}" for d in dirs) + "]"]
+    return [f"{OVERRIDE}=[" + ",".join(map(_entry, dirs)) + "]"]
+
+
+def hydra_override(dirs: list[Path]) -> str:
+    """What Hydra is given: the user directories in precedence order, then the shipped configs (always last)."""
+    return f"{OVERRIDE}=[" + ",".join(map(_entry, [*dirs, shipped_dir()])) + "]"
+
+
+def _entry(d: Path) -> str:
+    """One search-path entry as Hydra's override grammar reads it back: quoted when the path has a character the
+    grammar reserves (a space, a comma, a bracket, ...)."""
+    text = f"file://{d}"
+    if re.fullmatch(r"[\w./:@+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def from_overrides(overrides: list[str]) -> list[Path]:
-    """The user directories a recorded override list names (its hydra.searchpath entry), unchecked."""
+    """The user directories an override list names (its hydra.searchpath entries, the shipped configs left out),
+    unchecked."""
     dirs: list[Path] = []
+    shipped = shipped_dir()
     for o in overrides:
-        if o.lstrip("+").startswith(OVERRIDE + "="):
-            dirs += [Path(d) for d in _entries(o.split("=", 1)[1])]
+        if is_searchpath(o):
+            dirs += [Path(d) for d in _entries(o.split("=", 1)[1]) if Path(d) != shipped and Path(d) not in dirs]
     return dirs
 
 
 def is_searchpath(override: str) -> bool:
-    return override.lstrip("+").startswith(OVERRIDE + "=")
+    from aligntune.config import overrides
+
+    return overrides.is_searchpath(override)
 
 
 def options(group: str, dirs: list[Path]) -> dict[str, Path]:
-    """{option name: its file} of a config group over the shipped configs and `dirs` (first one wins)."""
+    """{option name: its file} of a config group over the user directories `dirs` and the shipped configs, as Hydra
+    resolves them: the first directory that has the option wins."""
     found: dict[str, Path] = {}
-    for root in [shipped_dir(), *dirs]:
+    for root in [*dirs, shipped_dir()]:
         for path in sorted((root / group).glob("*.yaml")):
             found.setdefault(path.stem, path)
     return found
 
 
-def check_clashes(dirs: list[Path]) -> None:
-    shipped = shipped_dir()
-    for d in dirs:
-        for path in sorted(d.rglob("*.yaml")):
+def shadows(dirs: list[Path]) -> list[tuple[Path, Path, Path]]:
+    """(group/name.yaml, user file, the file it shadows) for every config of a user directory that has the same group
+    and name as one later on the search path (a later user directory, or the shipped configs)."""
+    roots = [*dirs, shipped_dir()]
+    out = []
+    for i, d in enumerate(dirs):
+        for path in sorted(Path(d).rglob("*.yaml")):
             rel = path.relative_to(d)
-            if rel.parts and rel.parts[0] == "hydra":
-                continue  # Hydra's own settings: not options of aligntune's groups
-            twin = shipped / rel
-            if twin.is_file():
-                group = "/".join(rel.parts[:-1]) or "the primary config"
-                raise ConfigError(f"{path} has the name of a shipped option ({group}={rel.stem}, {twin}); Hydra would "
-                                  "use the shipped one and ignore yours.",
-                                  f"Rename yours (e.g. {rel.with_name('team_' + rel.name)}) and select it by that name.")
+            twin = next((r / rel for r in roots[i + 1:] if (r / rel).is_file()), None)
+            if twin is not None:
+                out.append((rel, path, twin))
+    return out
+
+
+def shadow_notices(overrides: list[str]) -> list[str]:
+    """One line per shadowed config on the search path that `overrides` name: what a run notes in train.log."""
+    shipped = shipped_dir()
+    return [f"{mine} shadows {'the shipped' if theirs.is_relative_to(shipped) else 'the'} option "
+            f"{'/'.join(rel.parts[:-1])}={rel.stem} ({theirs})." for rel, mine, theirs in shadows(from_overrides(overrides))]
+
+

@@ -25,31 +25,21 @@ from __future__ import annotations
 import hashlib
 import re
 
-from hydra.experimental.callback import Callback
-
 from aligntune.config.aliases import SHORTCUTS
+from aligntune.config.overrides import is_hydra_key
 
 MAX_NAME = 80
 # Never in a name: they select presets that apply to every job or only change what is printed.
 EXCLUDED = ("experiment", "debug", "verbose", "hparams_search", "launcher")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 _SHORT = {real: short for short, real in SHORTCUTS.items()}
-SWEEP: dict[str, str] = {}  # "dir": the sweep directory of the last multirun (set by SweepRecorder)
-
-
-class SweepRecorder(Callback):
-    """A Hydra callback (train.yaml's hydra.callbacks): records the sweep directory in the launching process, where
-    the jobs may not run (launcher=joblib runs them in worker processes); the CLI writes the comparison there."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        SWEEP["dir"] = str(config.hydra.sweep.dir)
 
 
 def fixed_keys(overrides: list[str]) -> list[str]:
     """The keys the command line gives one value for every job (not a sweep), in order."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from aligntune.config.overrides import is_hydra, parser
 
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    parsed = parser().parse_overrides([o for o in overrides if not is_hydra(o)])
     return list(dict.fromkeys(o.get_key_element().lstrip("+~") for o in parsed if not o.is_sweep_override()))
 
 
@@ -79,7 +69,7 @@ def job_dir_name(num, overrides, exclude=()) -> str:
     exclude = {str(k) for k in exclude or ()} | set(EXCLUDED)
     items = [_split(str(o)) for o in overrides or []]
     items = [(p, k, v) for p, k, v in items if k not in exclude and k.split(".")[0] not in EXCLUDED
-             and k != "hydra" and not k.startswith("hydra.")]
+             and not is_hydra_key(k)]
     leaf = [_SHORT.get(k, k.rsplit(".", 1)[-1]) for _, k, _ in items]
     parts = []
     for (prefix, key, value), short in zip(items, leaf):
@@ -124,9 +114,10 @@ def validation_jobs(overrides: list[str], search_space: dict[str, str] | None = 
     discrete sweeps expand to their grid (Hydra's BasicSweeper), an Optuna interval to its two ends, and a search
     preset's space (hydra.sweeper.params) is checked one parameter at a time on top of the first grid job."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
+    from aligntune.config import overrides as parsing
+
+    parser = parsing.parser()
 
     def values(override) -> list[str]:
         if not override.is_sweep_override():

@@ -44,7 +44,7 @@ class AlignmentJob(JobInputs):
     """
 
     def __init__(self, run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None, parallel_jobs: int = 1):
-        from aligntune.run import logs
+        from aligntune.run import console, logs
         from aligntune.run.rundir import RunDir
 
         self.config = run
@@ -65,6 +65,7 @@ class AlignmentJob(JobInputs):
         try:
             if self.is_main:
                 logs.setup(self.run_dir.path, run.verbose)
+                console.show_shadows(self.overrides)
             self._build()
             self.recorder.history[:0] = history  # a resumed run's summary covers the steps before the checkpoint too
         except KeyboardInterrupt:
@@ -201,7 +202,8 @@ class AlignmentJob(JobInputs):
                 raise self._diverged()
             if self.reward_failure is not None:
                 raise self._reward_failed(self.reward_failure) from self.reward_failure.error
-            if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training:
+            if getattr(self.trainer, "eval_dataset", None) is not None and not self.config.eval.after_training \
+                    and not _engine_evaluated_last_step(self.trainer):
                 self.trainer.evaluate()  # final held-out metrics, logged (eval_*) like the periodic ones
             if self.master_weights:
                 from aligntune.models.precision import restore_fp32_weights
@@ -362,6 +364,15 @@ class AlignmentJob(JobInputs):
         if not (self.run_dir.model / "config.json").exists() and not (self.run_dir.model / "adapter_config.json").exists():
             raise ConfigError("evaluate() needs a trained model, and this job has not finished training.", "Call .train() first.")
         return evaluate(self.config, self.run_dir.model)
+
+
+def _engine_evaluated_last_step(trainer) -> bool:
+    """Whether the engine already evaluated at the last step: transformers' DefaultFlowCallback does whenever
+    eval_strategy is "steps" and training reached max_steps, so a final evaluate() would repeat the same pass (the same
+    on every process of a launched run: no rank skips a collective the others enter)."""
+    args, state = getattr(trainer, "args", None), getattr(trainer, "state", None)
+    strategy = getattr(getattr(args, "eval_strategy", None), "value", getattr(args, "eval_strategy", None))
+    return strategy == "steps" and state is not None and state.global_step >= state.max_steps > 0
 
 
 # Friendlier names for the held-out preference metrics DPO and reward models log.

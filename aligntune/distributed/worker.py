@@ -22,19 +22,27 @@ from aligntune.errors import (
 )
 
 
-def main(argv: list[str]) -> int:
+def recompose(run_dir: Path, overrides: list[str], rank: int = 0):
+    """The job's config, composed by the one compose function from the job's overrides (its recorded search path
+    included) and pre-flighted, checked to be the one the launcher composed (launch/expected_config.json)."""
     from aligntune import preflight
+
+    run, _ = preflight.load(overrides)
+    expected = json.loads((run_dir / "launch" / "expected_config.json").read_text(encoding="utf-8"))
+    if json.loads(json.dumps(asdict(run), default=str)) != expected:
+        raise ConfigError(f"The worker of rank {rank} composed a different config from the launcher's "
+                          f"(run dir {run_dir}).", "Launch from the directory the command was started in, with the "
+                          "same aligntune installation on every machine.")
+    return run
+
+
+def main(argv: list[str]) -> int:
     from aligntune.core.job import AlignmentJob
 
     run_dir, overrides = Path(argv[0]), list(argv[1:])
     rank = int(os.environ.get("RANK", "0"))
     try:
-        run, _ = preflight.load(overrides)
-        expected = json.loads((run_dir / "launch" / "expected_config.json").read_text(encoding="utf-8"))
-        if json.loads(json.dumps(asdict(run), default=str)) != expected:
-            raise ConfigError(f"The worker of rank {rank} composed a different config from the launcher's "
-                              f"(run dir {run_dir}).", "Launch from the directory the command was started in, with the "
-                              "same aligntune installation on every machine.")
+        run = recompose(run_dir, overrides, rank)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world != run.distributed.num_processes:
             raise ConfigError(f"The launcher started {world} processes, and the config asks for "

@@ -107,7 +107,9 @@ def start_panel(run, run_dir, overrides: list[str], default):
     from rich.panel import Panel
     from rich.text import Text
 
-    typed = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    from aligntune.config.overrides import is_hydra
+
+    typed = [o for o in overrides if not is_hydra(o)]
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")  # a long run directory folds, whole, rather than ending in an ellipsis
@@ -148,10 +150,24 @@ def one_time_step(doing: str, done: str):
     console.print(f"[dim]{escape(done)} ({time.monotonic() - start:.1f} s)[/dim]", soft_wrap=True)
 
 
-def show_notice(text: str, stderr: bool = False) -> None:
-    """One line about something aligntune changed or decided for the user (aligntune.inherited)."""
+def show_notice(text: str, stderr: bool = False, log: bool = False) -> None:
+    """One line about something aligntune changed or decided for the user (aligntune.inherited, a shadowed config).
+    `log`: also in the run's train.log."""
     (Console(stderr=True, highlight=False) if stderr else console).print(f"[bold]note[/bold]: {escape(text)}",
                                                                          soft_wrap=True)
+    if log:
+        import logging
+
+        logging.getLogger("aligntune").info("note: %s", text)
+
+
+def show_shadows(overrides: list[str]) -> None:
+    """One line (train.log and console) per config of a user directory that shadows another of the same group and
+    name on the run's search path (aligntune.config.searchpath.shadows)."""
+    from aligntune.config.searchpath import shadow_notices
+
+    for text in shadow_notices(overrides):
+        show_notice(text, log=True)
 
 
 def show_compute(device: str, precision: str) -> None:

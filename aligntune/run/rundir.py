@@ -3,7 +3,8 @@
     config.yaml      the resolved config (real keys, after shortcuts)   overrides.yaml  what the user typed
     train.log        everything logged                                  metrics.jsonl   one line per logging step
     samples.jsonl    sample completions with their rewards              model/          final model + tokenizer (HF format)
-    summary.json     status (running | completed | interrupted | failed), final metrics, wall time, the process
+    summary.json     status (running | completed | interrupted | failed), final metrics, wall time, the process,
+                     exit_code when a sweep job failed (the sweep exits with it)
     heartbeat        refreshed while the run lives (aligntune.run.liveness: readers show a dead "running" run as crashed)
     checkpoints/     checkpoint-<step>/ (aligntune.run.checkpoints), when written
 
@@ -122,6 +123,19 @@ class RunDir:
         self._ended()
         self._write_summary({"status": "failed", "error": f"{type(error).__name__}: {error}",
                              "wall_time_s": round(time.time() - self.started, 3)})
+
+    def exit_code(self) -> int:
+        """The exit code this run stands for, from its summary.json: the `exit_code` recorded there (a sweep job's,
+        cli._job_failed), else 0 when completed, 130 when interrupted, 1 otherwise (failed, or no summary at all)."""
+        from aligntune.errors import EXIT_FAILURE, EXIT_INTERRUPTED
+
+        try:
+            summary = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return EXIT_FAILURE
+        if isinstance(summary.get("exit_code"), int):
+            return summary["exit_code"]
+        return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary.get("status"), EXIT_FAILURE)
 
     def append(self, path: Path, record: dict) -> None:
         if not self.main:
