@@ -25,7 +25,7 @@ from aligntune.errors import ConfigError
 BACKENDS: dict[str, dict[str, str]] = {
     "trl": {"grpo": "aligntune.backends.trl.grpo:build", "rloo": "aligntune.backends.trl.rloo:build",
             "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
-            "sft": "aligntune.backends.trl.sft:build"},
+            "sft": "aligntune.backends.trl.sft:build", "kto": "aligntune.backends.trl.kto:build"},
     "native": {"ppo": "aligntune.backends.native.ppo:build"},
     # verl runs in its own environment: these translate the config, export the data and launch verl's trainer.
     "verl": {"grpo": "aligntune.backends.verl.job:run", "ppo": "aligntune.backends.verl.job:run"},
