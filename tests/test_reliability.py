@@ -568,6 +568,7 @@ def test_healthy_grpo_logs_warn_nothing(capsys):
 
 ALGORITHMS = {
     "dpo": ["experiment=dpo_smoke", "train.max_steps=4"],
+    "kto": ["experiment=kto_smoke", "train.max_steps=4"],
     "sft": ["algorithm=sft", "dataset=letters_sft", "train.max_steps=4"],
     "reward": ["algorithm=reward", "dataset=prefs", "train.max_steps=4"],
     "rloo": ["algorithm=rloo", "train.batch_size=2", "group_size=2", "algorithm.max_completion_length=6",
