@@ -549,9 +549,22 @@ class DistributedConfig:
     machine_rank: int = 0  # this machine's rank (0 is the main one, which writes the run directory)
     main_process_ip: Optional[str] = None  # the rank-0 machine's address (needed with num_machines > 1)
     main_process_port: int = 29500
+    # A user's accelerate config file, or a TRL preset (zero1 | zero2 | zero3 | fsdp1 | fsdp2 | multi_gpu), launched
+    # as it is instead of distributed.strategy's file; its num_processes counts (config/accelerate_file.py)
+    config_file: Optional[str] = None
 
     def __post_init__(self):
         _one_of("distributed.strategy", self.strategy, DISTRIBUTED_STRATEGIES)
+        if self.config_file is not None:
+            for key, value, default in (("strategy", self.strategy, "ddp"), ("num_machines", self.num_machines, 1),
+                                        ("machine_rank", self.machine_rank, 0),
+                                        ("main_process_ip", self.main_process_ip, None),
+                                        ("main_process_port", self.main_process_port, 29500)):
+                _check(value == default, f"distributed.{key}={value} and distributed.config_file={self.config_file} "
+                       f"are both set, and the file is launched as it is.",
+                       f"Set {'the strategy' if key == 'strategy' else key} in the file (or drop "
+                       f"{'distributed=' + str(value) if key == 'strategy' else 'distributed.' + key}), or drop "
+                       "distributed.config_file.")
         _positive("distributed.num_processes", self.num_processes, "Use 1 for one process, or the total over all machines.")
         _positive("distributed.num_machines", self.num_machines)
         _check(self.num_processes % self.num_machines == 0,
@@ -690,6 +703,8 @@ class RunConfig:
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
+        if self.distributed.config_file is not None:
+            self._adopt_accelerate_file()
         from aligntune.run.trackers import normalize
 
         self.logger = normalize(self.logger)
@@ -745,6 +760,33 @@ class RunConfig:
             unit = ("pairs" if self.algorithm.name in ("dpo", "reward") else "prompts" if self.algorithm.name == "ppo"
                     else "rows" if self.algorithm.name == "kto" else "sequences")
             self._check_split(self.train.batch_size, unit, f"train.batch_size={self.train.batch_size}")
+
+    def _adopt_accelerate_file(self) -> None:
+        """distributed.config_file's process and machine counts (so the batch checks below use them), and its
+        mixed precision, which accelerate puts in the environment, where transformers prefers it to fp32."""
+        from aligntune.config.accelerate_file import read
+
+        d = self.distributed
+        path, preset, fields = read(d.config_file)
+        n = fields["num_processes"]
+        _check(preset or d.num_processes in (1, n), f"distributed.num_processes={d.num_processes}, and "
+               f"distributed.config_file={d.config_file} launches num_processes={n}.",
+               f"Drop distributed.num_processes (the file's {n} counts), or change num_processes in {path}.")
+        if preset and d.num_processes == 1:
+            d.num_processes = n  # TRL's placeholder (8), unless distributed.num_processes says otherwise
+        elif not preset:
+            d.num_processes = n
+        d.num_machines = fields.get("num_machines", 1)
+        _check(d.num_processes % d.num_machines == 0, f"{d.num_processes} processes (distributed.config_file="
+               f"{d.config_file}) cannot be spread evenly over the file's num_machines={d.num_machines}.",
+               "Use a multiple of num_machines: num_processes counts all processes on all machines.")
+        precision = fields.get("mixed_precision", "no") or "no"
+        if precision != "no":
+            _check(self.model.dtype in ("auto", precision),
+                   f"model.dtype={self.model.dtype}, and distributed.config_file={d.config_file} asks accelerate for "
+                   f"mixed_precision={precision}, which transformers would use instead.",
+                   f"Set model.dtype={precision} (or auto), or mixed_precision: 'no' in {path}.")
+            self.model.dtype = precision
 
     def _check_split(self, per_step: int, unit: str, origin: str) -> None:
         """Batch counts are global: one step's `per_step` items are split evenly over the processes."""
