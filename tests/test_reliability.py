@@ -501,6 +501,13 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     ckpt = memory.estimate(compose.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
     assert ckpt["activations"] < est["activations"]
     assert memory.estimate(compose.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
+    # KTO keeps a reference (unless precomputed) and runs each row with its mismatched KL sequence (loss_type kto)
+    kto = memory.estimate(compose.load(["experiment=kto_smoke"])[0])
+    assert kto["reference"] == 4 * est["parameters"]
+    assert memory.estimate(compose.load(["experiment=kto_smoke", "algorithm.precompute_ref_log_probs=true"])[0])[
+        "reference"] == 0
+    apo = memory.estimate(compose.load(["experiment=kto_smoke", "algorithm.loss_type=apo_zero_unpaired"])[0])
+    assert apo["activations"] < kto["activations"]
 
 
 def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_small(workdir, capsys, monkeypatch):
