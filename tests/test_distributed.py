@@ -229,6 +229,10 @@ def test_a_users_file_counts_its_processes_in_the_batch_checks(workdir, capsys):
     with pytest.raises(ConfigError, match="distributed.num_processes=2, and distributed.config_file=acc.yaml launches "
                                           "num_processes=4.*Drop distributed.num_processes"):
         compose.load(["experiment=dpo_smoke", "distributed.config_file=acc.yaml", "distributed.num_processes=2"])
+    (workdir / "two_machines.yaml").write_text(USER_FILE.replace("num_machines: 1", "num_machines: 2").replace(
+        "machine_rank: 0", "machine_rank: 1\nmain_process_ip: 10.0.0.1"))
+    d = compose.load(["experiment=dpo_smoke", "distributed.config_file=two_machines.yaml"])[0].distributed
+    assert (d.num_processes, d.num_machines, d.machine_rank, d.main_process_ip) == (4, 2, 1, "10.0.0.1")
     run_dir = workdir / "run"
     assert cli.main(["train", "experiment=dpo_smoke", "distributed.config_file=acc.yaml", "dry_run=true",
                      f"hydra.run.dir={run_dir}"]) == 0

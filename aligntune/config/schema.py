@@ -762,7 +762,7 @@ class RunConfig:
             self._check_split(self.train.batch_size, unit, f"train.batch_size={self.train.batch_size}")
 
     def _adopt_accelerate_file(self) -> None:
-        """distributed.config_file's process and machine counts (so the batch checks below use them), and its
+        """distributed.config_file's process count and machine settings (so the batch and launch checks use them), and its
         mixed precision, which accelerate puts in the environment, where transformers prefers it to fp32."""
         from aligntune.config.accelerate_file import read
 
@@ -776,7 +776,9 @@ class RunConfig:
             d.num_processes = n  # TRL's placeholder (8), unless distributed.num_processes says otherwise
         elif not preset:
             d.num_processes = n
-        d.num_machines = fields.get("num_machines", 1)
+        # the machine settings as the file has them (distributed.* beside it are refused), for the launch checks
+        d.num_machines, d.machine_rank = fields.get("num_machines", 1), fields.get("machine_rank", 0)
+        d.main_process_ip, d.main_process_port = fields.get("main_process_ip"), fields.get("main_process_port", 29500)
         _check(d.num_processes % d.num_machines == 0, f"{d.num_processes} processes (distributed.config_file="
                f"{d.config_file}) cannot be spread evenly over the file's num_machines={d.num_machines}.",
                "Use a multiple of num_machines: num_processes counts all processes on all machines.")
