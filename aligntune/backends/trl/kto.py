@@ -68,7 +68,11 @@ def to_kto_config(run: RunConfig, output_dir: str, has_eval: bool, world_size: i
 def build(run: RunConfig, job) -> object:
     from trl import KTOTrainer
 
-    train, held_out = job._data("unpaired")
+    from aligntune.data.lengths import fitter
+    from aligntune.data.loading import load
+
+    # (train, held-out or None) unpaired rows, checked against the context, as the job's other data accessors load
+    train, held_out = load(run.dataset, run.seed, "unpaired", fit=fitter(run, job.tokenizer, "unpaired"))
     args = to_kto_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
     model, peft_config = job.load_policy()
     return KTOTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
