@@ -31,6 +31,7 @@ COMMANDS = {
     "init": "write a starter project: configs/experiment/example.yaml, rewards/my_reward.py, its test, a CI workflow",
     "eval": "evaluate a run (or model) on held-out data, side by side with its starting model",
     "generate": "sample completions from a run (or model): prompt=\"...\" or -i for interactive",
+    "vllm-serve": "serve a run's model (or a model) with TRL's vLLM server, for rollout.vllm.mode=server (CUDA, vllm)",
     "rewards": "list the built-in reward functions",
     "report": "write plots and report.md of a run (or of every job of a sweep, plus the sweep's comparison)",
     "compare": "overlay the curves of several runs, one figure per metric, and print their final metrics side by side",
@@ -50,6 +51,8 @@ COMMAND_USAGE = {
     "generate": "Usage: aligntune generate run=<run dir or model path> | model=<preset, aligntune:<id>, path or hub id> "
                 "prompt=\"...\" [samples=N temperature=T max_new_tokens=N seed=S system=\"...\" device=auto|cpu|cuda "
                 "dtype=auto|fp32|bf16|fp16] [-i]",
+    "vllm-serve": "Usage: aligntune vllm-serve run=<run dir> | model=<preset, aligntune:<id>, path or hub id> "
+                  "[dry_run=true] [trl vllm-serve's options, e.g. --port 8001 --tensor_parallel_size 2]",
     "rewards": "Usage: aligntune rewards",
     "report": "Usage: aligntune report <run dir or sweep dir> [--mark-crashed] (a run whose process is gone shows as "
               "crashed; --mark-crashed writes that into its summary.json)",
@@ -107,10 +110,11 @@ def console() -> int:
 
 
 def _other_command(name: str, args: list[str]) -> int:
-    from aligntune import check, commands, starter
+    from aligntune import check, commands, starter, vllm_serve
 
     run = {"check": check.check_command, "init": starter.init_command, "eval": commands.eval_command, "generate": commands.generate_command, "rewards": commands.rewards_command,
-           "report": commands.report_command, "compare": commands.compare_command}[name]
+           "report": commands.report_command, "compare": commands.compare_command,
+           "vllm-serve": vllm_serve.vllm_serve_command}[name]
     try:
         return run(args)
     except AligntuneError as exc:

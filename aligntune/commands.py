@@ -143,7 +143,7 @@ def _eval_model(model: str, overrides: list[str]) -> int:
     from aligntune.run.logs import quiet_engines
 
     run, _ = preflight.load(_with_inherited_changes([_model_override(model), *overrides]))
-    if run.algorithm.name in ("dpo", "reward"):
+    if run.algorithm.name in ("dpo", "reward", "kto"):
         raise ConfigError(f"Preference evaluation (algorithm={run.algorithm.name}) scores a model against the model it "
                           "started from, and model= gives a model on its own.",
                           "Evaluate a trained run instead (aligntune eval run=<run dir>), or drop algorithm= to "

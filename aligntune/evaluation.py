@@ -136,6 +136,9 @@ def score_prompts(model, tokenizer, rows, reward_funcs: dict, weights: dict, sam
     return metrics
 
 
+PAIRWISE = ("dpo", "reward")  # algorithms evaluated on held-out preference pairs (and kto with dataset.unpair)
+
+
 def preference_metrics(model, reference, tokenizer, rows, beta: float) -> dict:
     """Implicit-reward preference accuracy and mean margin of `model` against `reference` on pairs."""
     import torch
@@ -225,6 +228,11 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     from aligntune.models.loading import SHIPPED, resolve_source
     from aligntune.rewards.registry import bind
 
+    if run.algorithm.name == "kto" and not run.dataset.unpair:
+        raise ConfigError(f"Preference evaluation of a KTO run compares the chosen and rejected completion of each "
+                          f"held-out prompt, and dataset {run.dataset.name!r} holds unpaired rows.",
+                          "Read the held-out KTO metrics the run logged (eval_rewards/*, eval_kl in metrics.jsonl and "
+                          "summary.json), or train on preference pairs with dataset.unpair=true.")
     e = run.eval
     if base_location is None and e.compare_base:
         source = resolve_source(run.model.name_or_path)
@@ -234,7 +242,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None,
                     "device": device, "compute_dtype": precision,
                     "settings": {"dataset": run.dataset.name, "num_prompts": e.num_prompts}}
-    if run.algorithm.name in ("dpo", "reward"):
+    if run.algorithm.name in PAIRWISE or run.algorithm.name == "kto":  # KTO: the pairs it was trained on unpaired
         rows = held_out_rows(run, "preferences", e.num_prompts)
         reference = load_for_inference(base_location, device, precision)[0] if base_location else None
         if reference is None:

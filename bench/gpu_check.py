@@ -1,7 +1,7 @@
 """GPU check: aligntune's training, evaluation and saved-weight exactness on one CUDA device, plus a throughput table.
 
 Meant for one GPU machine that has torch, transformers, peft and accelerate but no network (the rest arrives as
-carried wheels; see BENCHMARKS.md, "GPU check"). In about 8 minutes on one GPU it runs:
+carried wheels; see BENCHMARKS.md, "GPU check"). In about 9 minutes on one GPU it runs:
 
 1. tiny-model runs on CUDA in bf16 (`device=cuda model.dtype=bf16`: fp32 weights under the trainer's bf16
    autocast): GRPO (experiment=smoke), DPO (dpo_smoke), PPO (ppo_smoke, native engine), SFT and a reward model;
@@ -10,7 +10,11 @@ carried wheels; see BENCHMARKS.md, "GPU check"). In about 8 minutes on one GPU i
 3. saved-weight exactness: a full-weight bf16 step with zero gradient (every group's rewards equal) leaves every
    saved tensor bit-identical to the starting checkpoint; a LoRA DPO run's model_merged/ keeps every weight the
    adapter does not touch bit-identical;
-4. throughput of random-init models built from SmolLM2-135M's and Qwen3-0.6B's configurations (no download):
+4. rollout engines: the same GRPO steps with rollout.engine=hf and rollout.engine=vllm (colocate mode), with each
+   one's mean generation seconds per step and their ratio; and a 4-bit QLoRA step (model.quantization=4bit with
+   LoRA), which must complete with a trained adapter. These need vllm and bitsandbytes: where a package is
+   missing, its row says SKIP and why (it is not a failure);
+5. throughput of random-init models built from SmolLM2-135M's and Qwen3-0.6B's configurations (no download):
    one GRPO-shaped step (16 sequences: generate 128 tokens, then forward+backward of 16 x 256 tokens and an AdamW
    step, bf16 autocast on fp32 weights), reporting step time, generated tokens/s and peak GPU memory.
 
@@ -43,6 +47,13 @@ ZERO_GRADIENT = ["model=tiny", "dataset=letters", "algorithm=dapo", "~rewards.le
                  "algorithm.num_mini_batches=1", "train.max_steps=1", "model.lora.enabled=false"]
 LORA_MERGED = ["experiment=dpo_smoke", "train.max_steps=2", "model.lora.enabled=true", "model.lora.r=4",
                "model.lora.save_merged=true", "train.eval_steps=null"]
+# GRPO steps on the tiny model through each rollout engine (vLLM in colocate mode shares the GPU with training).
+ROLLOUT = ["experiment=smoke", "train.max_steps=3"]
+ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "rollout.vllm.mode=colocate",
+                              "rollout.vllm.gpu_memory_utilization=0.3"]}
+QLORA = ["experiment=dpo_smoke", "train.max_steps=2", "model.lora.enabled=true", "model.lora.r=4",
+         "model.quantization=4bit", "train.eval_steps=null"]
+NEEDS = {"vllm": "vllm", "qlora_4bit": "bitsandbytes"}  # row -> the package it needs (absent: the row is skipped)
 # Architectures of the two real models, random-init (the weights are not needed to time a step).
 SHAPES = {
     "smollm2_135m": ("LlamaConfig", dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -59,6 +70,9 @@ def plan() -> list[str]:
     lines.append("eval: aligntune eval run=<the grpo run> eval.num_prompts=8 (on the GPU)")
     lines.append(f"exact, full weights: aligntune train {' '.join(ZERO_GRADIENT + CUDA_BF16)} -> saved == starting weights")
     lines.append(f"exact, LoRA merge: aligntune train {' '.join(LORA_MERGED + CUDA_BF16)} -> untouched weights == base")
+    lines += [f"rollout {name}: aligntune train {' '.join(ROLLOUT + extra + CUDA_BF16)} -> generation s/step"
+              + (" (needs vllm)" if name == "vllm" else "") for name, extra in ENGINES.items()]
+    lines.append(f"QLoRA 4-bit: aligntune train {' '.join(QLORA + CUDA_BF16)} -> adapter trained (needs bitsandbytes)")
     lines += [f"throughput {name}: random-init {cls}, 16 x (generate 128 + train 256 tokens), bf16 autocast"
               for name, (cls, _) in SHAPES.items()]
     return lines
@@ -69,14 +83,20 @@ def compose_all() -> None:
     import os
 
     from aligntune import preflight
+    from aligntune.config import compose
 
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="aligntune-gpu-") as tmp:
         (Path(tmp) / "const.py").write_text(CONST_REWARD)
         os.chdir(tmp)
         try:
-            for overrides in [*RUNS.values(), ZERO_GRADIENT, LORA_MERGED]:
+            for overrides in [*RUNS.values(), ZERO_GRADIENT, LORA_MERGED, ROLLOUT]:
                 preflight.load([*overrides, *CUDA_BF16])
+            # Rows whose package may be missing here: the schema checks always; the package checks where installed.
+            for row, overrides in (("vllm", ROLLOUT + ENGINES["vllm"]), ("qlora_4bit", QLORA)):
+                run = compose.load([*overrides, *CUDA_BF16])[0]
+                if missing(row) is None:
+                    preflight.check(run)
         finally:
             os.chdir(here)
 
@@ -157,6 +177,53 @@ def check_exactness(root: Path) -> list[dict]:
     return out
 
 
+def missing(row: str) -> str | None:
+    """Why `row` cannot run on this machine (its package is not installed), or None."""
+    import importlib.util
+
+    package = NEEDS.get(row)
+    return f"{package} is not installed" if package and importlib.util.find_spec(package) is None else None
+
+
+def skipped(check: str, why: str) -> dict:
+    return {"check": check, "ok": None, "detail": f"skipped: {why}", "seconds": None}
+
+
+def check_rollout_engines(root: Path) -> list[dict]:
+    """GRPO with transformers' generate and with vLLM colocated: both complete on the GPU; generation s/step each."""
+    out, generation = [], {}
+    for name, extra in ENGINES.items():
+        check = f"GRPO rollouts, rollout.engine={name}"
+        if missing(name):
+            out.append(skipped(check, missing(name)))
+            continue
+        t0 = time.perf_counter()
+        _, summary = train(root, f"rollout_{name}", ROLLOUT + extra + CUDA_BF16)
+        generation[name] = summary.get("timing/generation")
+        out.append({"check": check, "ok": summary["status"] == "completed" and summary.get("device") == "cuda",
+                    "detail": f"{summary['status']}, generation {generation[name]:.3f} s/step" if generation[name]
+                              else summary["status"], "seconds": round(time.perf_counter() - t0, 1)})
+    if generation.get("hf") and generation.get("vllm"):
+        out.append({"check": "vLLM colocate vs HF generation", "ok": True, "seconds": None,
+                    "detail": f"hf {generation['hf']:.3f} s/step, vllm {generation['vllm']:.3f} s/step: "
+                              f"{generation['hf'] / generation['vllm']:.2f}x"})
+    return out
+
+
+def check_qlora(root: Path) -> dict:
+    """A 4-bit QLoRA DPO run completes on the GPU and trains its adapter (LoRA's B matrices start at zero)."""
+    check = "QLoRA 4-bit DPO step (model.quantization=4bit)"
+    if missing("qlora_4bit"):
+        return skipped(check, missing("qlora_4bit"))
+    t0 = time.perf_counter()
+    run_dir, summary = train(root, "qlora_4bit", QLORA + CUDA_BF16)
+    adapter = tensors(run_dir / "model" / "adapter_model.safetensors")
+    trained = sum(bool(t.abs().sum() > 0) for k, t in adapter.items() if "lora_B" in k)
+    return {"check": check, "ok": summary["status"] == "completed" and trained > 0,
+            "detail": f"{summary['status']}, {trained} of {sum('lora_B' in k for k in adapter)} LoRA B matrices "
+                      "moved from zero", "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def throughput(name: str, cls: str, kwargs: dict, sequences: int = 16, generate: int = 128, train_len: int = 256) -> dict:
     import torch
     import transformers
@@ -216,13 +283,14 @@ def main() -> int:
     print(f"device: {device}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="aligntune-gpu-") as tmp:
         root = Path(tmp)
-        checks = check_runs(root) + [check_eval(root)] + check_exactness(root)
+        checks = (check_runs(root) + [check_eval(root)] + check_exactness(root) + check_rollout_engines(root)
+                  + [check_qlora(root)])
     rates = []
     for name, (cls, kw) in SHAPES.items():
         rates.append(throughput(name, cls, kw))  # its model and optimizer are freed when it returns
         torch.cuda.empty_cache()
     for c in checks:
-        print(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}"
+        print(f"{ {True: 'PASS', False: 'FAIL', None: 'SKIP'}[c['ok']]}  {c['check']}: {c['detail']}"
               + (f" ({c['seconds']} s)" if c["seconds"] is not None else ""))
     print(f"{'model':<14}{'params':>12}{'step s':>9}{'gen s':>8}{'gen tok/s':>11}{'peak GiB':>10}")
     for r in rates:
@@ -232,7 +300,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps({"device": device, "torch": torch.__version__, "checks": checks,
                                                     "throughput": rates}, indent=2) + "\n")
-    return 0 if all(c["ok"] for c in checks) else 1
+    return 0 if all(c["ok"] is not False for c in checks) else 1
 
 
 if __name__ == "__main__":

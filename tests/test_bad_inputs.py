@@ -69,6 +69,10 @@ def _write_files(root: Path) -> None:
     (root / "bad.csv").write_text('prompt,answer\n"unterminated,1\n')
     (root / "same_pairs.jsonl").write_text('{"prompt": "Say a.", "chosen": "a", "rejected": "a"}\n'
                                            '{"prompt": "Say b.", "chosen": "b b", "rejected": "b b"}\n')
+    (root / "all_desirable.jsonl").write_text('{"prompt": "Say a.", "completion": "a", "label": true}\n'
+                                              '{"prompt": "Say b.", "completion": "b", "label": true}\n')
+    (root / "int_labels.jsonl").write_text('{"prompt": "Say a.", "completion": "a", "label": 1}\n'
+                                           '{"prompt": "Say b.", "completion": "c", "label": 0}\n')
     (root / "empty_dir").mkdir()
     (root / "long_prompt.jsonl").write_text(json.dumps({"prompt": "Type a.", "answer": "a"}) + "\n"
                                             + json.dumps({"prompt": "x" * 2000, "answer": "b"}) + "\n")
@@ -194,6 +198,15 @@ CASES = [
      ["Row 0 of dataset 'long_pair.jsonl'", "708 tokens", "512 positions", "algorithm.max_length=512 or less"]),
     (D, ["algorithm=reward", "dataset=prefs", "algorithm.max_length=4"], ["would be dropped", "algorithm.max_length=4",
                                                                           "Raise algorithm.max_length"]),
+    # KTO's unpaired rows
+    (C, ["algorithm=kto", "dataset=prefs_unpaired", "train.batch_size=1"],
+     ["a micro-batch here holds 1 row", "at least 2 rows per micro-batch", "apo_zero_unpaired"]),
+    (C, ["algorithm=dpo", "dataset=prefs", "dataset.unpair=true"], ["dataset.unpair=true", "Drop dataset.unpair",
+                                                                     "algorithm=kto"]),
+    (D, ["algorithm=kto", "dataset=prefs"], ["'prefs' holds preference pairs", "Add dataset.unpair=true"]),
+    (D, ["algorithm=kto", "dataset_name=all_desirable.jsonl"],
+     ["all_desirable.jsonl", "desirable (label true)", "needs both desirable and undesirable", "Add undesirable rows"]),
+    (D, ["algorithm=kto", "dataset_name=int_labels.jsonl"], ["Row 0", "'label' is 1, not true or false"]),
     # models
     (C, ["model_name=/nonexistent/model"], ["/nonexistent/model", "does not exist", "model=tiny"]),
     (C, ["model_name=empty_dir"], ["empty_dir", "config.json", "save_pretrained"]),

@@ -56,10 +56,10 @@ def test_the_plain_check_of_every_shipped_experiment_imports_no_torch_and_takes_
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     root, cases = _cases(junit)
-    assert {"experiment=smoke", "experiment=dpo_smoke", "experiment=ppo_smoke"} <= set(cases)
+    assert {"experiment=smoke", "experiment=dpo_smoke", "experiment=kto_smoke", "experiment=ppo_smoke"} <= set(cases)
     assert root.get("failures") == "0" and root.get("skipped") == "0"
     assert all(float(c.get("time")) < 1.0 for c in cases.values()), {n: c.get("time") for n, c in cases.items()}
-    assert "passed" in proc.stdout and "6 of 6 passed" in proc.stdout.replace("\n", " ")
+    assert "passed" in proc.stdout and "7 of 7 passed" in proc.stdout.replace("\n", " ")
 
 
 def test_a_team_check_fails_on_a_broken_experiment_and_reports_a_hub_one(team, capsys):

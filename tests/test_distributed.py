@@ -188,3 +188,72 @@ def test_a_user_error_inside_the_workers_comes_back_as_one_paragraph(workdir, ca
     assert code == 2 and "rewards.bad" in err and "boom" in err and "Traceback" not in err
     summary = json.loads((workdir / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"].startswith("RewardError")
+
+
+# --- distributed.config_file: a user's accelerate file or one of TRL's presets ------------------------------
+
+USER_FILE = """compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 4
+machine_rank: 0
+rdzv_backend: static
+use_cpu: true
+"""
+
+
+def test_a_trl_preset_is_launched_with_the_chosen_process_count(workdir, capsys):
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=dpo_smoke", "distributed.config_file=zero3", "distributed.num_processes=2",
+                     "dry_run=true", f"hydra.run.dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    launched = run_dir / "launch" / "accelerate_config.yaml"
+    assert f"--config_file {launched}" in out and "aligntune.distributed.worker" in out
+    copy = yaml.safe_load(launched.read_text())
+    assert (copy["distributed_type"], copy["deepspeed_config"]["zero_stage"], copy["num_processes"]) == ("DEEPSPEED", 3, 2)
+    expected = json.loads((run_dir / "launch" / "expected_config.json").read_text())  # what each worker must compose
+    assert expected["distributed"]["config_file"] == "zero3" and expected["distributed"]["num_processes"] == 2
+    assert expected["model"]["dtype"] == "bf16"  # the preset's mixed_precision, adopted by model.dtype=auto
+    # without distributed.num_processes, TRL's own count (8) splits the batch: 8 pairs -> 1 per process
+    assert compose.load(["experiment=dpo_smoke", "distributed.config_file=fsdp2"])[0].distributed.num_processes == 8
+
+
+def test_a_users_file_counts_its_processes_in_the_batch_checks(workdir, capsys):
+    (workdir / "acc.yaml").write_text(USER_FILE)
+    run = compose.load(["experiment=dpo_smoke", "distributed.config_file=acc.yaml"])[0]
+    assert run.distributed.num_processes == 4 and run.model.dtype == "auto"
+    with pytest.raises(ConfigError, match=r"6 pairs .*distributed.num_processes=4 .*6 / 4 = 1\.5"):
+        compose.load(["experiment=dpo_smoke", "distributed.config_file=acc.yaml", "batch_size=6"])
+    with pytest.raises(ConfigError, match="distributed.num_processes=2, and distributed.config_file=acc.yaml launches "
+                                          "num_processes=4.*Drop distributed.num_processes"):
+        compose.load(["experiment=dpo_smoke", "distributed.config_file=acc.yaml", "distributed.num_processes=2"])
+    (workdir / "two_machines.yaml").write_text(USER_FILE.replace("num_machines: 1", "num_machines: 2").replace(
+        "machine_rank: 0", "machine_rank: 1\nmain_process_ip: 10.0.0.1"))
+    d = compose.load(["experiment=dpo_smoke", "distributed.config_file=two_machines.yaml"])[0].distributed
+    assert (d.num_processes, d.num_machines, d.machine_rank, d.main_process_ip) == (4, 2, 1, "10.0.0.1")
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=dpo_smoke", "distributed.config_file=acc.yaml", "dry_run=true",
+                     f"hydra.run.dir={run_dir}"]) == 0
+    assert str(run_dir / "launch" / "accelerate_config.yaml") in capsys.readouterr().out
+    assert yaml.safe_load((run_dir / "launch" / "accelerate_config.yaml").read_text()) == yaml.safe_load(USER_FILE)
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["distributed.config_file=nope.yaml"], ["distributed.config_file=nope.yaml does not exist", "zero3", "fsdp2"]),
+    (["distributed.config_file=single_gpu.yaml"], ["distributed_type='NO'", "launches no process group"]),
+    (["distributed.config_file=bf16.yaml", "model.dtype=fp32"],
+     ["model.dtype=fp32", "mixed_precision=bf16", "Set model.dtype=bf16"]),
+    (["distributed=fsdp", "distributed.config_file=zero2"], ["distributed.strategy=fsdp", "drop distributed=fsdp"]),
+    (["distributed.config_file=zero2", "distributed.main_process_port=1234"], ["distributed.main_process_port=1234"]),
+    (["distributed.config_file=fsdp1", "device=cpu"], ["distributed.config_file=fsdp1 (distributed_type FSDP) shards",
+                                                       "dry_run=true"]),
+])
+def test_what_a_config_file_cannot_launch_is_refused(workdir, capsys, overrides, needles):
+    (workdir / "single_gpu.yaml").write_text(USER_FILE.replace("MULTI_GPU", "'NO'"))
+    (workdir / "bf16.yaml").write_text(USER_FILE.replace("'no'", "bf16"))
+    assert cli.main(["train", "experiment=dpo_smoke", *overrides, "hydra.run.dir=run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for needle in needles:
+        assert needle in err, err
+    assert not (workdir / "run" / "summary.json").exists()

@@ -196,3 +196,33 @@ def test_lora_dpo_uses_the_adapter_disabled_base_as_reference(workdir, dtype):
     assert any(not torch.equal(saved[k], base[k]) for k in base if k not in untouched)  # the delta was merged
     adapter = load_file(workdir / "run" / "model" / "adapter_model.safetensors")
     assert {t.dtype for t in adapter.values()} == {torch.float32}
+
+
+def test_reference_free_sigmoid_norm_is_simpo_without_its_margin(workdir):
+    """README, ORPO/SimPO: TRL 1.16 has SimPO only in trl.experimental (CPO's loss_type="simpo"). The stable DPO path
+    algorithm.reference_free=true + loss_type=[sigmoid_norm] is SimPO's loss (Meng et al. 2024, Eq. 6) with target
+    margin gamma = 0: -log sigmoid(beta (mean log pi(y_w|x) - mean log pi(y_l|x))), means over completion tokens.
+    Same tolerances as the cDPO test above."""
+    from aligntune.core.backend_factory import create_rl_trainer
+
+    beta = 2.0
+    job = create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", output_dir=workdir / "run", device="cpu",
+                            **{"algorithm.reference_free": True, "algorithm.loss_type": ["sigmoid_norm"],
+                               "algorithm.beta": beta, "model.dtype": "fp32", "train.eval_steps": None,
+                               "train.batch_size": 4, "dataset.max_samples": 8})
+    trainer, model = job.trainer, job.trainer.model
+    assert trainer.ref_model is None
+    batch = next(iter(trainer.get_train_dataloader()))
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = trainer.compute_loss(model, batch)
+    trl_grads = torch.autograd.grad(loss, params)
+
+    chosen, rejected = _sequence_logps(model, batch)
+    chosen_len, rejected_len = batch["completion_mask"][:, 1:].sum(1).chunk(2)
+    x = beta * (chosen / chosen_len - rejected / rejected_len)
+    simpo = -F.logsigmoid(x).mean()
+    hand_grads = torch.autograd.grad(simpo, params)
+    assert loss.item() == pytest.approx(simpo.item(), abs=1e-5)
+    assert abs(simpo.item() - (-F.logsigmoid(beta * (chosen - rejected))).mean().item()) > 1e-3  # unnormalised differs
+    for got, want in zip(trl_grads, hand_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -501,6 +501,13 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     ckpt = memory.estimate(preflight.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
     assert ckpt["activations"] < est["activations"]
     assert memory.estimate(preflight.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
+    # KTO keeps a reference (unless precomputed) and runs each row with its mismatched KL sequence (loss_type kto)
+    kto = memory.estimate(preflight.load(["experiment=kto_smoke"])[0])
+    assert kto["reference"] == 4 * est["parameters"]
+    assert memory.estimate(preflight.load(["experiment=kto_smoke", "algorithm.precompute_ref_log_probs=true"])[0])[
+        "reference"] == 0
+    apo = memory.estimate(preflight.load(["experiment=kto_smoke", "algorithm.loss_type=apo_zero_unpaired"])[0])
+    assert apo["activations"] < kto["activations"]
 
 
 def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_small(workdir, capsys, monkeypatch):
@@ -568,6 +575,7 @@ def test_healthy_grpo_logs_warn_nothing(capsys):
 
 ALGORITHMS = {
     "dpo": ["experiment=dpo_smoke", "train.max_steps=4"],
+    "kto": ["experiment=kto_smoke", "train.max_steps=4"],
     "sft": ["algorithm=sft", "dataset=letters_sft", "train.max_steps=4"],
     "reward": ["algorithm=reward", "dataset=prefs", "train.max_steps=4"],
     "rloo": ["algorithm=rloo", "train.batch_size=2", "group_size=2", "algorithm.max_completion_length=6",

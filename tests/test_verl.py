@@ -172,6 +172,7 @@ def test_every_aligntune_key_translates_or_is_refused(algorithm):
     (["model.lora.enabled=true"], "LoRA has no dropout"),
     (["num_epochs=1.5"], "whole epochs"),
     (["distributed=deepspeed_zero2"], "own FSDP"),
+    (["distributed.config_file=zero3"], "an accelerate config file does not apply"),
     (["device=cpu"], "GPUs"),
     (["eval.after_training=true"], "aligntune eval run="),
     (["distributed.num_processes=16", "distributed.num_machines=2", "distributed.main_process_ip=10.0.0.1"], "Ray"),

@@ -6,7 +6,7 @@ names and types while composing; `__post_init__` checks values and cross-field r
 composed config becomes objects (`OmegaConf.to_object`). Nothing here imports torch.
 
 Vocabulary (one name per concept, see DESIGN.md): `train.batch_size` counts prompts per rollout (one
-generation round: GRPO, RLOO, PPO), or pairs (DPO, reward models) and sequences (SFT) per optimizer step.
+generation round: GRPO, RLOO, PPO), or pairs (DPO, reward models), rows (KTO) and sequences (SFT) per optimizer step.
 A GRPO/RLOO rollout holds batch_size x group_size completions and is learned in
 `algorithm.num_mini_batches` optimizer steps (1 by default: rollout and step coincide);
 `train.micro_batch_size` bounds how many completions go through one forward/backward.
@@ -29,12 +29,13 @@ ROLLOUT_ENGINES = ("hf", "vllm")
 VLLM_MODES = ("colocate", "server")
 DEVICES = ("auto", "cpu", "cuda")
 DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf", "ultrafeedback",
-                   "prompt_chosen_rejected", "gsm8k")
+                   "prompt_chosen_rejected", "gsm8k", "unpaired")
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 # DPO loss types label_smoothing acts on: TRL's own four, and sigmoid (aligntune's conservative DPO, backends/trl/dpo.py)
 DPO_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")  # TRL KTOConfig.loss_type
 TRUNCATION_MODES = ("keep_start", "keep_end")
 PPO_KL_ESTIMATORS = ("k1",)  # the KL penalty in PPO's per-token reward; k3 is refused there (PPOAlgorithmConfig)
 GRPO_KL_ESTIMATORS = ("k3", "k3_is")  # TRL GRPO: use_bias_correction_kl False | True
@@ -139,9 +140,14 @@ class DatasetConfig:
     # that leaves the model's context too short for max_completion_length stops the run (aligntune/data/lengths.py).
     max_prompt_length: Optional[int] = None
     truncation_mode: str = "keep_end"  # what max_prompt_length keeps: keep_end (the question, usually) | keep_start
+    # algorithm=kto: turn each preference pair into two unpaired rows (chosen: label true, rejected: label false)
+    unpair: bool = False
 
     def __post_init__(self):
         _one_of("dataset.format", self.format, DATASET_FORMATS)
+        _check(not (self.unpair and self.format == "unpaired"),
+               "dataset.unpair=true turns preference pairs into unpaired rows, and dataset.format=unpaired says the "
+               "data is unpaired already.", "Drop dataset.unpair, or set dataset.format to the pairs' format (auto).")
         if self.max_prompt_length is not None:
             _positive("dataset.max_prompt_length", self.max_prompt_length, "It counts prompt tokens; or null.")
         _one_of("dataset.truncation_mode", self.truncation_mode, TRUNCATION_MODES)
@@ -319,6 +325,33 @@ class DPOAlgorithmConfig(AlgorithmConfig):
         _check(not (self.reference_free and self.precompute_ref_log_probs),
                "algorithm.reference_free and algorithm.precompute_ref_log_probs are both true.",
                "A reference-free run has no reference log-probs to precompute; set one of them to false.")
+
+
+@dataclass
+class KTOAlgorithmConfig(AlgorithmConfig):
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024, arXiv:2402.01306) on TRL's KTOTrainer.
+
+    Learns from unpaired rows (prompt, completion, label: desirable or not) rather than pairs. Paired data is
+    converted on request (`dataset.unpair=true`). The KL reference point z0 of the paper is estimated, as TRL does,
+    from mismatched (prompt, completion) pairs within each micro-batch, so a micro-batch needs at least 2 rows.
+    """
+
+    name: str = "kto"
+    beta: float = 0.1  # higher: stay closer to the reference; lower: follow the labels harder
+    desirable_weight: float = 1.0  # lambda_D: weight of the desirable rows' losses
+    undesirable_weight: float = 1.0  # lambda_U: weight of the undesirable rows' losses (the paper: keep
+    # lambda_D * n_D / (lambda_U * n_U) in [1, 4/3])
+    loss_type: str = "kto"  # kto (the paper's) | apo_zero_unpaired (APO-zero, D'Oosterlinck et al. 2024; no KL term)
+    max_length: int = 1024  # tokens of prompt + completion; longer rows are truncated at the end
+    precompute_ref_log_probs: bool = False  # one reference pass up front, no reference model during training
+
+    def __post_init__(self):
+        _positive("algorithm.beta", self.beta, "KTO's usual value is 0.1.")
+        _positive("algorithm.desirable_weight", self.desirable_weight, "Use 1.0, or raise it when desirable rows are rarer.")
+        _positive("algorithm.undesirable_weight", self.undesirable_weight,
+                  "Use 1.0, or raise it when undesirable rows are rarer.")
+        _one_of("algorithm.loss_type", self.loss_type, KTO_LOSS_TYPES)
+        _positive("algorithm.max_length", self.max_length)
 
 
 # Why PPO refuses kl_estimator=k3 (native engine and verl alike). PPO adds -beta x the KL estimate to each token's
@@ -517,9 +550,22 @@ class DistributedConfig:
     machine_rank: int = 0  # this machine's rank (0 is the main one, which writes the run directory)
     main_process_ip: Optional[str] = None  # the rank-0 machine's address (needed with num_machines > 1)
     main_process_port: int = 29500
+    # A user's accelerate config file, or a TRL preset (zero1 | zero2 | zero3 | fsdp1 | fsdp2 | multi_gpu), launched
+    # as it is instead of distributed.strategy's file; its num_processes counts (config/accelerate_file.py)
+    config_file: Optional[str] = None
 
     def __post_init__(self):
         _one_of("distributed.strategy", self.strategy, DISTRIBUTED_STRATEGIES)
+        if self.config_file is not None:
+            for key, value, default in (("strategy", self.strategy, "ddp"), ("num_machines", self.num_machines, 1),
+                                        ("machine_rank", self.machine_rank, 0),
+                                        ("main_process_ip", self.main_process_ip, None),
+                                        ("main_process_port", self.main_process_port, 29500)):
+                _check(value == default, f"distributed.{key}={value} and distributed.config_file={self.config_file} "
+                       f"are both set, and the file is launched as it is.",
+                       f"Set {'the strategy' if key == 'strategy' else key} in the file (or drop "
+                       f"{'distributed=' + str(value) if key == 'strategy' else 'distributed.' + key}), or drop "
+                       "distributed.config_file.")
         _positive("distributed.num_processes", self.num_processes, "Use 1 for one process, or the total over all machines.")
         _positive("distributed.num_machines", self.num_machines)
         _check(self.num_processes % self.num_machines == 0,
@@ -670,6 +716,8 @@ class RunConfig:
 
     def __post_init__(self):
         _one_of("device", self.device, DEVICES)
+        if self.distributed.config_file is not None:
+            self._adopt_accelerate_file()
         self.logger = _trackers(self.logger)
         self.rewards = {name: _reward_config(name, spec) for name, spec in self.rewards.items()}
         _check(self.dataset.max_prompt_length is None or self.algorithm.name in ONLINE_ALGORITHMS,
@@ -677,6 +725,24 @@ class RunConfig:
                f"(grpo, rloo, ppo), and algorithm={self.algorithm.name} trains on whole sequences.",
                "Drop dataset.max_prompt_length; algorithm.max_length (and, for dpo, algorithm.truncation_mode) bounds "
                "them.")
+        _check(not self.dataset.unpair or isinstance(self.algorithm, KTOAlgorithmConfig),
+               f"dataset.unpair=true turns preference pairs into the unpaired rows KTO learns from, and "
+               f"algorithm={self.algorithm.name} " + ("learns from the pairs themselves." if self.algorithm.name in
+                                                      ("dpo", "reward") else "does not read labelled completions."),
+               "Drop dataset.unpair, or use algorithm=kto.")
+        _check(not isinstance(self.algorithm, KTOAlgorithmConfig) or self.dataset.unpair or not self.eval.after_training,
+               "eval.after_training=true compares the trained and the starting model on held-out preference pairs, and "
+               "this KTO run learns from unpaired rows (dataset.unpair=false), which have none.",
+               "Drop eval.after_training: the run logs KTO's own held-out metrics (eval_rewards/*, eval_kl) with "
+               "dataset.eval_fraction; or train on pairs with dataset.unpair=true.")
+        if isinstance(self.algorithm, KTOAlgorithmConfig) and self.algorithm.loss_type == "kto":
+            micro = self.train.micro_batch_size or max(1, self.train.batch_size // self.distributed.num_processes)
+            _check(micro >= 2, f"KTO estimates its KL reference point from mismatched completions within a micro-batch, "
+                   f"and a micro-batch here holds {micro} row (train.batch_size={self.train.batch_size}, "
+                   f"train.micro_batch_size={self.train.micro_batch_size}, distributed.num_processes="
+                   f"{self.distributed.num_processes}): the KL estimate would be the row's own reward.",
+                   "Use at least 2 rows per micro-batch (train.batch_size, or train.micro_batch_size, of 2 or more per "
+                   "process), or algorithm.loss_type=apo_zero_unpaired, which has no KL term.")
         _check(self.train.eval_steps is None or self.dataset.eval_split is not None or self.dataset.eval_fraction is not None,
                f"train.eval_steps={self.train.eval_steps}, but the dataset has no held-out rows to evaluate on.",
                "Set dataset.eval_split (the dataset's own held-out split) or dataset.eval_fraction, or drop train.eval_steps.")
@@ -693,8 +759,38 @@ class RunConfig:
             _check(b % m == 0, f"train.micro_batch_size={m} does not divide train.batch_size={b}.",
                    f"Use one of {[d for d in range(1, b + 1) if b % d == 0]}, or null for the whole batch.")
         if not isinstance(self.algorithm, (GRPOAlgorithmConfig, RLOOAlgorithmConfig)) and self.distributed.num_processes > 1:
-            unit = "pairs" if self.algorithm.name in ("dpo", "reward") else "prompts" if self.algorithm.name == "ppo" else "sequences"
+            unit = ("pairs" if self.algorithm.name in ("dpo", "reward") else "prompts" if self.algorithm.name == "ppo"
+                    else "rows" if self.algorithm.name == "kto" else "sequences")
             self._check_split(self.train.batch_size, unit, f"train.batch_size={self.train.batch_size}")
+
+    def _adopt_accelerate_file(self) -> None:
+        """distributed.config_file's process count and machine settings (so the batch and launch checks use them), and its
+        mixed precision, which accelerate puts in the environment, where transformers prefers it to fp32."""
+        from aligntune.config.accelerate_file import read
+
+        d = self.distributed
+        path, preset, fields = read(d.config_file)
+        n = fields["num_processes"]
+        _check(preset or d.num_processes in (1, n), f"distributed.num_processes={d.num_processes}, and "
+               f"distributed.config_file={d.config_file} launches num_processes={n}.",
+               f"Drop distributed.num_processes (the file's {n} counts), or change num_processes in {path}.")
+        if preset and d.num_processes == 1:
+            d.num_processes = n  # TRL's placeholder (8), unless distributed.num_processes says otherwise
+        elif not preset:
+            d.num_processes = n
+        # the machine settings as the file has them (distributed.* beside it are refused), for the launch checks
+        d.num_machines, d.machine_rank = fields.get("num_machines", 1), fields.get("machine_rank", 0)
+        d.main_process_ip, d.main_process_port = fields.get("main_process_ip"), fields.get("main_process_port", 29500)
+        _check(d.num_processes % d.num_machines == 0, f"{d.num_processes} processes (distributed.config_file="
+               f"{d.config_file}) cannot be spread evenly over the file's num_machines={d.num_machines}.",
+               "Use a multiple of num_machines: num_processes counts all processes on all machines.")
+        precision = fields.get("mixed_precision", "no") or "no"
+        if precision != "no":
+            _check(self.model.dtype in ("auto", precision),
+                   f"model.dtype={self.model.dtype}, and distributed.config_file={d.config_file} asks accelerate for "
+                   f"mixed_precision={precision}, which transformers would use instead.",
+                   f"Set model.dtype={precision} (or auto), or mixed_precision: 'no' in {path}.")
+            self.model.dtype = precision
 
     def _check_split(self, per_step: int, unit: str, origin: str) -> None:
         """Batch counts are global: one step's `per_step` items are split evenly over the processes."""
@@ -763,6 +859,7 @@ ALGORITHM_SCHEMAS: dict[str, type] = {
     "ppo": PPOAlgorithmConfig,
     "reward": RewardModelAlgorithmConfig,
     "sft": SFTAlgorithmConfig,
+    "kto": KTOAlgorithmConfig,
 }
 # Algorithms that learn from sampled completions scored by rewards.
 ONLINE_ALGORITHMS = ("grpo", "rloo", "ppo")

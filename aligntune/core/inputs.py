@@ -42,6 +42,10 @@ class JobInputs:
         """(train, held-out or None) preference pairs: prompt/chosen/rejected, checked against the context."""
         return self._data("preferences")
 
+    def unpaired_data(self):
+        """(train, held-out or None) unpaired rows (prompt, completion, label), for KTO."""
+        return self._data("unpaired")
+
     def sft_data(self):
         """(train, held-out or None) demonstrations: prompt/completion or messages, checked against the context."""
         return self._data("sft")

@@ -38,7 +38,7 @@ BACKENDS: dict[str, Backend] = {
     "trl": Backend(
         {"grpo": "aligntune.backends.trl.grpo:build", "rloo": "aligntune.backends.trl.rloo:build",
          "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
-         "sft": "aligntune.backends.trl.sft:build"},
+         "sft": "aligntune.backends.trl.sft:build", "kto": "aligntune.backends.trl.kto:build"},
         takes_trl_args=True, vllm_rollouts=("grpo", "rloo"), completions_table=("grpo", "rloo"),
         why_not={"ppo": "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}),
     "native": Backend(

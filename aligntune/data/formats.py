@@ -4,6 +4,8 @@ Canonical columns (TRL's own dataset formats, so trainers take them as they are)
     prompts      `prompt` (str or chat messages) + any other columns (rewards read them)
     preferences  `prompt`, `chosen`, `rejected` (strings, or message lists for chat data)
     sft          `prompt` + `completion`, or `messages`
+    unpaired     `prompt`, `completion`, `label` (bool: desirable or not), KTO's format; preference pairs become
+                 two such rows with `dataset.unpair=true` (`unpair`)
 
 Each adapter is a pure function of one row, so errors can name the row. Chat templates are never
 applied here: the trainer applies the tokenizer's template once.
@@ -24,6 +26,7 @@ REQUIRED = {
     "ultrafeedback": ("prompt", "chosen", "rejected"),
     "prompt_chosen_rejected": ("prompt", "chosen", "rejected"),
     "gsm8k": ("question", "answer"),
+    "unpaired": ("prompt", "completion", "label"),
 }
 PREFERENCE_FORMATS = ("hh_rlhf", "ultrafeedback", "prompt_chosen_rejected")
 
@@ -46,6 +49,8 @@ def detect(columns: list[str], first_row: dict) -> str:
         return "prompt_chosen_rejected"
     if {"question", "answer"} <= cols:
         return "gsm8k"
+    if {"prompt", "completion", "label"} <= cols:
+        return "unpaired"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     if "messages" in cols:
@@ -161,6 +166,24 @@ def prompt_completion(row: dict) -> dict:
     return {"prompt": row["prompt"], "completion": row["completion"]}
 
 
+# --- unpaired (KTO) -----------------------------------------------------------------------------------------
+
+def unpaired(row: dict) -> dict:
+    """One labelled completion: `label` must be a JSON boolean (true: desirable, false: undesirable)."""
+    out = prompt_completion(row)
+    if not isinstance(row["label"], bool):
+        raise RowError(f"'label' is {row['label']!r}, not true or false")
+    if isinstance(out["prompt"], str) != isinstance(out["completion"], str):
+        raise RowError("'prompt' and 'completion' mix text and messages")
+    return {**out, "label": row["label"]}
+
+
+def unpair(pair: dict) -> list[dict]:
+    """A canonical preference pair -> its chosen completion (label true) and its rejected one (label false)."""
+    return [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+            {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
+
+
 # (format, what the algorithm needs) -> adapter. Missing pairs cannot be converted.
 ADAPTERS = {
     ("prompt", "prompts"): prompt_only,
@@ -179,6 +202,8 @@ ADAPTERS = {
     ("hh_rlhf", "sft"): lambda row: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(hh_rlhf(row)),
     ("ultrafeedback", "sft"): lambda row: (lambda p: {"prompt": p["prompt"], "completion": p["chosen"]})(ultrafeedback(row)),
     ("prompt_chosen_rejected", "sft"): lambda row: {"prompt": row["prompt"], "completion": row["chosen"]},
+    ("unpaired", "prompts"): prompt_only,
+    ("unpaired", "unpaired"): unpaired,
 }
 
 KIND_HINT = {
@@ -186,6 +211,8 @@ KIND_HINT = {
     "preferences": "preference pairs: hh-rlhf 'chosen'/'rejected' dialogues, UltraFeedback-style message lists, "
                    "or 'prompt'/'chosen'/'rejected'",
     "sft": "'prompt'/'completion', 'messages', GSM8K 'question'/'answer', or preference pairs (trained on 'chosen')",
+    "unpaired": "unpaired rows: 'prompt', 'completion' and a boolean 'label' (true: desirable), or preference pairs "
+                "with dataset.unpair=true",
 }
 
 

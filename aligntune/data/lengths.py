@@ -12,9 +12,10 @@ step asking for hundreds of GB of attention memory. Every row the run will use (
   `dataset.truncation_mode=keep_end` (the default) cuts the start of the prompt, since a task's question
   usually ends it; `keep_start` cuts the end. Chat prompts are cut inside the message contents (for keep_end
   the earliest non-system message first, for keep_start the last first), so every turn and the template stay.
-* Sequences (dpo, reward, sft): prompt + chosen / rejected / completion (or the messages), as TRL tokenizes
-  them. TRL truncates DPO and SFT sequences longer than `algorithm.max_length` and drops such reward-model
-  pairs (and DPO pairs whose prompt alone fills it, with keep_start); those are counted and reported, a run
+* Sequences (dpo, reward, sft, kto): prompt + chosen / rejected / completion (or the messages), as TRL tokenizes
+  them. TRL truncates DPO, SFT and KTO sequences longer than `algorithm.max_length` and drops such reward-model
+  pairs (and DPO pairs whose prompt alone fills it, with keep_start, and KTO rows whose prompt alone fills it);
+  those are counted and reported, a run
   left without rows is refused, and so is a sequence that still exceeds the context (max_length above it).
 
 Rows are named by their position in the dataset's file (its split), as the other data errors name them. A
@@ -170,7 +171,7 @@ class _PromptCutter:
                         "Raise dataset.max_prompt_length, shorten dataset.system_prompt, or drop that row.")
 
 
-# --- sequences (dpo, reward, sft) ---------------------------------------------------------------------------------
+# --- sequences (dpo, reward, sft, kto) ---------------------------------------------------------------------------------
 
 def _joined(tokenizer, prompt, completion):
     """prompt + completion as TRL joins them: message lists concatenated; text with an EOS at the end."""
@@ -188,6 +189,9 @@ def sequence_lengths(ds, tokenizer, kind: str) -> tuple[list[int], list[int] | N
         chosen = count_tokens(tokenizer, [_joined(tokenizer, p, c) for p, c in zip(prompts, ds["chosen"])])
         rejected = count_tokens(tokenizer, [_joined(tokenizer, p, r) for p, r in zip(prompts, ds["rejected"])])
         return [max(a, b) for a, b in zip(chosen, rejected)], count_tokens(tokenizer, prompts, generation_prompt=True)
+    if kind == "unpaired":
+        joined = [_joined(tokenizer, p, c) for p, c in zip(ds["prompt"], ds["completion"])]
+        return count_tokens(tokenizer, joined), count_tokens(tokenizer, ds["prompt"], generation_prompt=True)
     if "messages" in ds.column_names:
         return count_tokens(tokenizer, ds["messages"]), None
     return count_tokens(tokenizer, [_joined(tokenizer, p, c) for p, c in zip(ds["prompt"], ds["completion"])]), None
@@ -201,11 +205,11 @@ def check_sequences(ds, rows: list[int], split: str, run: RunConfig, tokenizer, 
     limit = algo.max_length
     lengths, prompts = sequence_lengths(ds, tokenizer, kind)
     dropped = [i for i, n in enumerate(lengths) if n > limit] if algo.name == "reward" else []
-    if algo.name == "dpo" and algo.truncation_mode == "keep_start":
+    if (algo.name == "dpo" and algo.truncation_mode == "keep_start") or algo.name == "kto":
         dropped = [i for i, n in enumerate(prompts) if n >= limit]
     gone = set(dropped)
     cut = [i for i, n in enumerate(lengths) if n > limit and i not in gone]
-    unit = "sequences" if algo.name == "sft" else "pairs"
+    unit = {"sft": "sequences", "kto": "rows"}.get(algo.name, "pairs")
     kept = [i for i in range(len(ds)) if i not in gone]
     too_long = [i for i in kept if min(lengths[i], limit) > context] if context is not None else []
     if too_long:
@@ -217,12 +221,12 @@ def check_sequences(ds, rows: list[int], split: str, run: RunConfig, tokenizer, 
                         f"Set algorithm.max_length={context} or less (longer {unit} are then "
                         f"{'dropped' if algo.name == 'reward' else 'truncated'}), or shorten or drop those rows.")
     if dropped and not kept:
-        why = "prompt alone fills" if algo.name == "dpo" else "is longer than"
+        why = "prompt alone fills" if algo.name in ("dpo", "kto") else "is longer than"
         raise DataError(f"Every one of the {len(ds)} {unit} of dataset {name!r} ({split}) would be dropped: each {why} "
                         f"algorithm.max_length={limit} tokens (the longest is {max(lengths)}).",
                         f"Raise algorithm.max_length (up to the model's context, {context}), or use shorter rows.")
     if dropped:
-        what = "whose prompt alone fills" if algo.name == "dpo" else "longer than"
+        what = "whose prompt alone fills" if algo.name in ("dpo", "kto") else "longer than"
         _warn(f"{len(dropped)} of {len(ds)} {unit} of dataset {name} ({split}) are dropped by TRL, {what} "
               f"algorithm.max_length={limit} tokens: rows {_rows(sorted(rows[i] for i in dropped))}.")
     if cut:

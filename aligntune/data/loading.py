@@ -5,7 +5,10 @@
     -> `fit` (the caller's check of the rows against the model, e.g. data/lengths.py)
 
 `kind` is what the algorithm consumes: "prompts" (GRPO, PPO), "preferences" (DPO, reward
-models) or "sft". Held-out rows come only from the dataset's own split (dataset.eval_split) or an
+models), "sft" or "unpaired" (KTO). With `dataset.unpair`, preference pairs are loaded, split and sampled as
+pairs, and each split is unpaired last (so a pair's two rows stay on the same side of the held-out split), then
+shuffled again (unless dataset.shuffle=false): KTO's trainer reads rows in order, and its KL estimate needs
+neighbouring rows to come from different prompts. Held-out rows come only from the dataset's own split (dataset.eval_split) or an
 explicit fraction (dataset.eval_fraction): nothing is held out silently.
 """
 
@@ -162,6 +165,7 @@ _EXPECT = {
     "ultrafeedback": "'chosen' and 'rejected' message lists that differ only in the last (assistant) message",
     "prompt_chosen_rejected": "non-empty 'prompt', 'chosen' and 'rejected', all text or all messages",
     "gsm8k": "'question' and an 'answer' that ends with '#### <final answer>'",
+    "unpaired": "non-empty 'prompt' and 'completion' (both text or both messages) and a 'label' of true or false",
 }
 
 
@@ -184,8 +188,42 @@ def _with_system(row: dict, system: str) -> dict:
     return out
 
 
+def _unpaired_source(fmt: str, cfg: DatasetConfig) -> str:
+    """What the rows of an unpaired (KTO) load are read as: "preferences" to unpair, or "unpaired" as they are."""
+    if fmt in formats.PREFERENCE_FORMATS and not cfg.unpair:
+        raise DataError(f"Dataset {cfg.name!r} holds preference pairs ({fmt} format), and KTO learns from unpaired rows: "
+                        "a prompt, one completion and a label saying whether it is desirable.",
+                        "Add dataset.unpair=true to use each pair as two rows (chosen: label true, rejected: label "
+                        "false), or give rows with 'prompt', 'completion' and a boolean 'label'.")
+    if cfg.unpair and fmt not in formats.PREFERENCE_FORMATS:
+        already = "is unpaired already" if fmt == "unpaired" else f"is in {fmt} format, which has no pairs"
+        raise DataError(f"dataset.unpair=true turns preference pairs into unpaired rows, and dataset {cfg.name!r} "
+                        f"{already}.", "Drop dataset.unpair." if fmt == "unpaired" else
+                        "Drop dataset.unpair and give unpaired rows ('prompt', 'completion', boolean 'label').")
+    return "preferences" if cfg.unpair else "unpaired"
+
+
+def _unpair(ds):
+    from datasets import Dataset
+
+    return Dataset.from_list([{**one, ROW: row[ROW]} for row in ds for one in formats.unpair(row)])
+
+
+def check_labels(ds, name: str, split: str) -> None:
+    """KTO weighs desirable against undesirable rows: both kinds must be there."""
+    desirable = sum(ds["label"])
+    if 0 < desirable < len(ds):
+        return
+    which, other = ("desirable (label true)", "undesirable") if desirable else ("undesirable (label false)", "desirable")
+    raise DataError(f"Every one of the {len(ds)} rows of dataset {name!r} ({split}) is {which}, and KTO needs both "
+                    f"desirable and undesirable examples: its loss moves each completion relative to the other kind "
+                    "through the shared KL reference point.",
+                    f"Add {other} rows (label {'false' if desirable else 'true'}), or, for desirable completions only, "
+                    "use algorithm=sft.")
+
+
 def load(cfg: DatasetConfig, seed: int, kind: str, fit=None):
-    """(train, eval or None) with canonical columns for `kind` (prompts | preferences | sft).
+    """(train, eval or None) with canonical columns for `kind` (prompts | preferences | sft | unpaired).
 
     `fit(dataset, rows, split)` sees each final split (rows: each row's position in its source split) and returns
     it, changed or not, or raises."""
@@ -194,6 +232,7 @@ def load(cfg: DatasetConfig, seed: int, kind: str, fit=None):
     if len(raw) == 0:
         raise DataError(f"Dataset {cfg.name!r} (split {cfg.split!r}) has no rows.", "Point dataset.name at data with rows.")
     fmt = _format(raw, cfg)
+    wanted, kind = kind, (_unpaired_source(fmt, cfg) if kind == "unpaired" else kind)
     train = _convert(raw, fmt, kind, cfg)
     held_out = None
     if cfg.eval_split is not None:
@@ -213,6 +252,13 @@ def load(cfg: DatasetConfig, seed: int, kind: str, fit=None):
         train = train.map(lambda row: _with_system(row, cfg.system_prompt))
         if held_out is not None:
             held_out = held_out.map(lambda row: _with_system(row, cfg.system_prompt))
+    if wanted == "unpaired" and kind == "preferences":
+        train, held_out = _unpair(train), _unpair(held_out) if held_out is not None else None
+        if cfg.shuffle:  # else a pair's rows stay neighbours, and TRL's KL estimate pairs a completion with its own prompt
+            train = train.shuffle(seed=seed)
+            held_out = held_out.shuffle(seed=seed) if held_out is not None else None
+    if wanted == "unpaired":
+        check_labels(train, cfg.name, cfg.split)
     out = []
     for ds, split in ((train, cfg.split), (held_out, cfg.eval_split or f"{cfg.split}, held out")):
         if ds is not None and fit is not None:

@@ -7,6 +7,8 @@ tiny model can measurably learn in seconds, scored by the `letter_match` reward.
 `letters_sft`: the same prompts with a demonstration completion (prompt/completion format).
 `prefs` / `prefs_chat`: preference pairs over the letters task, plain text and conversational:
 the chosen reply repeats the requested letter, the rejected one another letter or noise.
+`prefs_unpaired`: the same task as KTO's unpaired rows (prompt, completion, label), drawn independently of the
+pairs: about 45% desirable (the requested letter), the rest another letter or noise (label false).
 `arith`: GSM8K-style word problems (`question`, `answer` ending in "#### <number>") with small
 integers, which a small instruct model sometimes solves.
 """
@@ -70,6 +72,17 @@ def prefs_chat_rows(seed: int = 3, n: int = 400) -> list[dict]:
     return [chat(r) for r in prefs_rows(seed, n)]
 
 
+def prefs_unpaired_rows(seed: int = 5, n: int = 400, desirable: float = 0.45) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        letter = rng.choice(string.ascii_lowercase)
+        good = rng.random() < desirable
+        rows.append({"prompt": rng.choice(LETTER_TEMPLATES).format(c=letter),
+                     "completion": _reply(rng, letter) if good else _wrong(rng, letter), "label": good})
+    return rows
+
+
 ARITH_TEMPLATES = [
     ("{name} has {a} apples and buys {b} more. How many apples does {name} have now?", lambda a, b: a + b,
      "{name} has {a} + {b} = {r} apples."),
@@ -109,6 +122,7 @@ def main() -> None:
     write_jsonl(SHIPPED / "letters_sft.jsonl", letters_sft_rows())
     write_jsonl(SHIPPED / "prefs.jsonl", prefs_rows())
     write_jsonl(SHIPPED / "prefs_chat.jsonl", prefs_chat_rows())
+    write_jsonl(SHIPPED / "prefs_unpaired.jsonl", prefs_unpaired_rows())
     write_jsonl(SHIPPED / "arith.jsonl", arith_rows())
 
 

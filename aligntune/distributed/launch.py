@@ -2,9 +2,11 @@
 
     aligntune train distributed.num_processes=2            # DDP, 2 processes (gloo on CPU, nccl on GPUs)
     aligntune train distributed=deepspeed_zero3 distributed.num_processes=8
+    aligntune train distributed.config_file=my_accelerate.yaml     # a user's file, or TRL's zero3, fsdp2, ...
 
 The Hydra job (one per sweep point, so each job of a sweep launches its own process group) writes
-<run dir>/launch/accelerate_config.yaml (presets.py), then runs
+<run dir>/launch/accelerate_config.yaml (presets.py; with distributed.config_file, a copy of that file with the
+process count the batch checks used), then runs
 
     python -m accelerate.commands.launch --config_file <that file> -m aligntune.distributed.worker <run dir> <overrides>
 
@@ -35,7 +37,8 @@ LAUNCH_DIR = "launch"
 
 def wanted(run: RunConfig) -> bool:
     """Whether `run` goes through `accelerate launch` (several processes, or a sharding strategy)."""
-    return (run.distributed.num_processes > 1 or run.distributed.strategy != "ddp") and not os.environ.get(CHILD_ENV)
+    d = run.distributed
+    return (d.num_processes > 1 or d.strategy != "ddp" or d.config_file is not None) and not os.environ.get(CHILD_ENV)
 
 
 def check_launchable(run: RunConfig, backend: str) -> None:
@@ -60,17 +63,23 @@ def check_hardware(run: RunConfig) -> None:
     import importlib.util
 
     strategy = run.distributed.strategy
-    if strategy == "ddp":
+    kind, label = presets.DISTRIBUTED_TYPES[strategy], f"distributed={strategy}"
+    if run.distributed.config_file is not None:
+        from aligntune.config.accelerate_file import read
+
+        kind = read(run.distributed.config_file)[2]["distributed_type"]
+        label = f"distributed.config_file={run.distributed.config_file} (distributed_type {kind})"
+    if kind not in ("FSDP", "DEEPSPEED"):
         return
     import torch
 
     if run.device == "cpu" or not torch.cuda.is_available():
-        raise ConfigError(f"distributed={strategy} shards the model across GPUs, and this machine has none "
+        raise ConfigError(f"{label} shards the model across GPUs, and this machine has none "
                           f"(device={run.device}, torch.cuda.is_available() is {torch.cuda.is_available()}).",
                           "Use distributed=ddp on CPU, or add dry_run=true to write the launch files and print the "
                           "command for a GPU machine.")
-    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"distributed={strategy} needs DeepSpeed, which is not installed.",
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"{label} needs DeepSpeed, which is not installed.",
                           "Install it on the GPU machine: pip install 'aligntune[deepspeed]'.")
 
 
@@ -83,7 +92,7 @@ def command(config_file: Path, run_dir: Path, overrides: list[str]) -> list[str]
 def prepare(run: RunConfig, run_dir: str | Path, overrides: list[str]) -> list[str]:
     """Write the launch files and the config the workers must reproduce; returns the command."""
     launch_dir = Path(run_dir) / LAUNCH_DIR
-    config_file = presets.write(run, launch_dir)
+    config_file = presets.write(run, launch_dir) if run.distributed.config_file is None else presets.copy(run, launch_dir)
     (launch_dir / "expected_config.json").write_text(json.dumps(asdict(run), default=str), encoding="utf-8")
     return command(config_file, Path(run_dir), overrides)
 

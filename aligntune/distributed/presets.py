@@ -10,6 +10,9 @@ setting, as transformers' DeepSpeed integration intends).
     fsdp              distributed_type FSDP, FSDP2, transformer-block wrapping, full state dict on save
     deepspeed_zero2   distributed_type DEEPSPEED + ZeRO stage 2 (optimizer state and gradients sharded)
     deepspeed_zero3   distributed_type DEEPSPEED + ZeRO stage 3 (parameters too; 16-bit weights gathered on save)
+
+With distributed.config_file (a user's accelerate file or a TRL preset) that file is launched instead: `copy`
+writes it into the run directory as it is, but for num_processes, the count aligntune's batch checks used.
 """
 
 from __future__ import annotations
@@ -110,4 +113,16 @@ def write(run: RunConfig, directory: str | Path) -> Path:
         ds_file = str(ds_path.resolve())
     path = directory / ACCELERATE_FILE
     path.write_text(yaml.safe_dump(accelerate_config(run, ds_file), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def copy(run: RunConfig, directory: str | Path) -> Path:
+    """distributed.config_file, copied into `directory` with the run's process count; returns the copy."""
+    from aligntune.config.accelerate_file import read
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fields = {**read(run.distributed.config_file)[2], "num_processes": run.distributed.num_processes}
+    path = directory / ACCELERATE_FILE
+    path.write_text(yaml.safe_dump(fields, sort_keys=False), encoding="utf-8")
     return path

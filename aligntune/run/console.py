@@ -95,7 +95,7 @@ def headline(run) -> str:
     algo, t = run.algorithm, run.train
     name = algo.name + (f" ({algo.variant})" if getattr(algo, "variant", algo.name) != algo.name else "")
     model = run.model.name_or_path + (f" + LoRA r{run.model.lora.r}" if run.model.lora.enabled else "")
-    unit = {"dpo": "pairs", "reward": "pairs", "sft": "rows"}.get(algo.name, "prompts")
+    unit = {"dpo": "pairs", "reward": "pairs", "sft": "rows", "kto": "rows"}.get(algo.name, "prompts")
     batch = f"{t.batch_size} {unit}" + (f" × {algo.group_size} samples" if hasattr(algo, "group_size") else "")
     steps = f"{t.max_steps} step{'s' if t.max_steps != 1 else ''}" if t.max_steps else f"{t.num_epochs:g} epoch{'s' if t.num_epochs != 1 else ''}"
     return f"{name} on {model} · dataset {run.dataset.name} · {steps} of {batch} · backend {resolve_backend(run)}"

@@ -7,7 +7,7 @@ parameter count and shapes. Bytes, with fp32 master weights as aligntune loads t
   gradients   4 x trainable parameters (all, or LoRA's adapters)
   optimizer   8 x trainable parameters (AdamW: two fp32 moments)
   reference   4 x parameters when the algorithm keeps a frozen copy (GRPO/RLOO with beta > 0, DPO unless
-              reference-free or precomputed, PPO); none with LoRA (the reference is the adapter-disabled base)
+              reference-free or precomputed, KTO unless precomputed, PPO); none with LoRA (the reference is the adapter-disabled base)
   critic      PPO: a second policy-sized model with its gradients and optimizer state
   activations per micro-batch of sequences: layers x tokens x hidden x 34 bytes (Korthikanti et al. 2022,
               "Reducing Activation Recomputation", 16-bit; doubled for fp32; attention scores only with eager
@@ -68,7 +68,8 @@ def _shape(run: RunConfig) -> tuple[int, int]:
         return t.micro_batch_size or per_step, (run.dataset.max_prompt_length or PROMPT_TOKENS) + algo.max_completion_length
     if algo.name == "ppo":
         return t.micro_batch_size or t.batch_size, (run.dataset.max_prompt_length or PROMPT_TOKENS) + algo.max_completion_length
-    pairs = 2 if algo.name in ("dpo", "reward") else 1  # chosen and rejected go through together
+    # chosen and rejected go through together; a KTO row goes with its mismatched KL sequence (loss_type kto)
+    pairs = 2 if algo.name in ("dpo", "reward") or getattr(algo, "loss_type", None) == "kto" else 1
     return (t.micro_batch_size or t.batch_size) * pairs, algo.max_length
 
 
@@ -80,6 +81,8 @@ def _needs_reference(run: RunConfig) -> bool:
         return algo.beta > 0
     if algo.name == "dpo":
         return not (algo.reference_free or algo.precompute_ref_log_probs)
+    if algo.name == "kto":
+        return not algo.precompute_ref_log_probs
     return algo.name == "ppo"
 
 

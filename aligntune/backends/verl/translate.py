@@ -118,6 +118,7 @@ NOT_TRANSLATED: dict[str, str] = {
     "distributed.machine_rank": "verl places workers through Ray, not per-machine ranks",
     "distributed.main_process_ip": "verl places workers through Ray (start a Ray cluster)",
     "distributed.main_process_port": "verl places workers through Ray",
+    "distributed.config_file": "verl places workers through Ray; an accelerate config file does not apply",
     "device": "verl trains on GPUs (trainer.device=cuda)",
     "algorithm.missing_eos_penalty": "verl's main trainer has no missing-EOS penalty",
     "algorithm.whiten_rewards": "verl's main trainer does not whiten rewards",
