@@ -27,7 +27,6 @@ def _hydra_plugin(shell: str, dirs: list):
     from hydra._internal.utils import create_config_search_path
 
     from aligntune.config import compose
-
     from aligntune.config.searchpath import primary_dir
 
     compose.register()
