@@ -30,3 +30,14 @@ def test_the_search_path_is_one_hydra_setting():
     assert overrides.is_searchpath("hydra.searchpath=[file:///a,file:///b]")
     assert overrides.is_searchpath("+hydra.searchpath=['file:///a b']")
     assert not overrides.is_searchpath("hydra.run.dir=x") and not overrides.is_searchpath("searchpath=x")
+
+
+@pytest.mark.parametrize("v", [None, True, False, 0, 3, -2, 1e-6, 0.5, "plain", "a b", "x,y", "f.py:score", "true",
+                               "null", "1e-3", "42", "it's", "back\\slash", "end\\", "q\\'x", "[1]", "",
+                               "file:///team/my configs", [1, "a b", None], ("x", 2.5), {"k": 1, "n": "a,b"}, []])
+def test_value_reads_back_as_the_python_value(v):
+    from aligntune.config.overrides import parser, value
+
+    parsed = parser().parse_override(f"k={value(v)}").value()
+    expected = list(v) if isinstance(v, tuple) else v
+    assert parsed == expected and type(parsed) is type(expected), (v, value(v), parsed)

@@ -133,12 +133,10 @@ def hydra_override(dirs: list[Path]) -> str:
 
 
 def _entry(d: Path) -> str:
-    """One search-path entry as Hydra's override grammar reads it back: quoted when the path has a character the
-    grammar reserves (a space, a comma, a bracket, ...)."""
-    text = f"file://{d}"
-    if re.fullmatch(r"[\w./:@+-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """One search-path entry as Hydra's override grammar reads it back (quoted where the path needs it)."""
+    from aligntune.config.overrides import value
+
+    return value(f"file://{d}")
 
 
 def from_overrides(overrides: list[str]) -> list[Path]:

@@ -35,13 +35,14 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
     """
     from aligntune import preflight
     from aligntune.config import compose, searchpath
+    from aligntune.config.overrides import value as override_value
 
     items: list[str] = [f"algorithm={algorithm}", f"backend={backend}"]
     if model_name is not None:
         items.append(f"model_name={model_name}")
     if dataset_name is not None:
         items.append(f"dataset_name={dataset_name}")
-    items += [f"{key}={_override_value(value)}" for key, value in config.items()]
+    items += [f"{key}={override_value(value)}" for key, value in config.items()]
     items += list(overrides or [])
     dirs = [config_dir] if isinstance(config_dir, (str, Path)) else list(config_dir or [])
     _, items, found = searchpath.split([f"--config-dir={d}" for d in dirs], items)
@@ -61,16 +62,3 @@ def create_rl_trainer(model_name: str | None = None, dataset_name: str | None = 
                           "Use the command line (aligntune train ...) for launched runs.")
     run_dir = Path(output_dir) if output_dir is not None else compose.default_run_dir()
     return AlignmentJob(run, run_dir, items)
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    if isinstance(value, str) and any(c in value for c in " ,=[]{}()'\"\\:"):
-        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-        return f"'{escaped}'"
-    return str(value)
