@@ -20,6 +20,7 @@ from aligntune.errors import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     AligntuneError,
+    ConfigError,
     RunInterrupted,
     report,
     traceback_requested,
@@ -151,6 +152,19 @@ def split_args(args: list[str]) -> tuple[list[str], list[str], dict]:
     return flags, overrides, ours
 
 
+# Hydra's modes: one per command (Hydra raises a bare ValueError for two)
+MODES = {"-r": "--run", "--run": "--run", "-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg",
+         "-i": "--info", "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def check_one_mode(flags: list[str]) -> None:
+    modes = sorted({MODES[f.split("=", 1)[0]] for f in flags if f.split("=", 1)[0] in MODES})
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} were both given, and Hydra runs one mode per command.",
+                          "Keep one: to see the config of each job of a sweep, run it without -m for one point "
+                          "(e.g. aligntune train --cfg job algorithm.beta=0.0), or drop --cfg/--info to run the sweep.")
+
+
 def _is_hydra_override(o: str) -> bool:
     """Hydra's own settings (run dir, sweeper, ...), which the job's composition does not need. The search path is
     not one of them: it decides which options exist."""
@@ -239,6 +253,7 @@ def _train(flags: list[str], overrides: list[str], ours: dict) -> int:
     try:
         from aligntune.config import compose
 
+        check_one_mode(flags)
         compose.check_grammar(typed, ours["multirun"])  # before Hydra, which would print its own multi-line error
         from aligntune.run import resume
 

@@ -60,6 +60,8 @@ BAD_INPUTS = [
                  ["does/not/exist.jsonl", "does not exist"], id="missing-dataset-file-with-reward"),
     pytest.param(["train.micro_batch_size=5"], ["train.micro_batch_size=5", "Use one of [1, 2, 4, 8, 16]"],
                  id="micro-batch"),
+    pytest.param(["-m", "--cfg", "job", "algorithm.beta=0.0,0.01"], ["--cfg and --multirun were both given",
+                 "one mode per command"], id="two-hydra-modes"),
 ]
 
 
