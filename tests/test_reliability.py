@@ -510,6 +510,24 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     assert apo["activations"] < kto["activations"]
 
 
+
+def test_memory_estimate_follows_the_compute_precision_and_the_fused_head():
+    from aligntune import preflight
+    from aligntune.run import memory
+
+    run = preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs"])[0]
+    fp32, bf16 = memory.estimate(run, "fp32", "cpu"), memory.estimate(run, "bf16", "cpu")
+    n = fp32["parameters"]
+    # bf16 weights on a CPU: 2-byte weights and reference, fp32 masters, bf16 gradients plus their fp32 upcast
+    assert fp32["weights"] == fp32["reference"] == 4 * n and fp32["gradients"] == 4 * n
+    assert bf16["weights"] == 6 * n and bf16["reference"] == 2 * n and bf16["gradients"] == 6 * n
+    assert bf16["activations"] * 2 == fp32["activations"]  # 16-bit activations; TRL's fused head keeps no logits
+    assert memory.estimate(run, "bf16", "cuda")["weights"] == 4 * n  # CUDA: fp32 weights under autocast
+    ppo_run = preflight.load(["experiment=ppo_smoke"])[0]
+    (seqs, tokens), vocab = memory._shape(ppo_run), memory._meta_model(ppo_run)[1].vocab_size
+    assert memory.estimate(ppo_run)["activations"] > seqs * tokens * vocab * 8  # native PPO materialises the logits
+
+
 def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_small(workdir, capsys, monkeypatch):
     from aligntune.models import loading
     from aligntune.run import memory

@@ -1,21 +1,27 @@
 """Preflight memory estimate, before any weights are loaded: warn when the run will not fit the machine.
 
 The model is built from its config on the `meta` device (no memory, no weights read), which gives the exact
-parameter count and shapes. Bytes, with fp32 master weights as aligntune loads them (models/loading.py):
+parameter count and shapes. Bytes, in the run's compute precision (models/precision.py; w = 2 for bf16 weights on a
+CPU, else 4):
 
-  weights     4 x parameters (policy)
-  gradients   4 x trainable parameters (all, or LoRA's adapters)
+  weights     w x parameters (policy); with bf16 weights on a CPU also the fp32 master copies, 4 x trainable
+  gradients   4 x trainable parameters (all, or LoRA's adapters); with bf16 weights on a CPU the bf16 gradients
+              and their fp32 upcast, 6 x trainable
   optimizer   8 x trainable parameters (AdamW: two fp32 moments)
-  reference   4 x parameters when the algorithm keeps a frozen copy (GRPO/RLOO with beta > 0, DPO unless
-              reference-free or precomputed, KTO unless precomputed, PPO); none with LoRA (the reference is the adapter-disabled base)
+  reference   w x parameters when the algorithm keeps a frozen copy (GRPO/RLOO with beta > 0, DPO unless
+              reference-free or precomputed, KTO unless precomputed, PPO); none with LoRA (the reference is the
+              adapter-disabled base)
   critic      PPO: a second policy-sized model with its gradients and optimizer state
   activations per micro-batch of sequences: layers x tokens x hidden x 34 bytes (Korthikanti et al. 2022,
               "Reducing Activation Recomputation", 16-bit; doubled for fp32; attention scores only with eager
-              attention, SDPA keeps none) plus the
-              logits (tokens x vocab x 4 x 2); with gradient checkpointing only each layer's input is kept.
+              attention, SDPA keeps none) plus the logits (tokens x vocab x 4 x 2) where they are materialised:
+              TRL's trainers (GRPO, RLOO, DPO, KTO, SFT) score through its fused LM head, in tiles, and keep none;
+              with gradient checkpointing only each layer's input is kept. Tokens per sequence: the configured
+              maximum (algorithm.max_length, or prompt + completion), an upper bound of what the data holds.
 
 An estimate, not a measurement: allocator overhead, CUDA context and generation's KV cache are left out,
-so a warning is issued only when the estimate alone exceeds the memory available.
+so a warning is issued only when the estimate alone exceeds the memory available. bench/memory_estimate.py compares
+it (plus the libraries' resident memory when it is made) with the peak RSS of real runs.
 """
 
 from __future__ import annotations
@@ -89,28 +95,41 @@ def _needs_reference(run: RunConfig) -> bool:
 QUANTIZED_BYTES = {"none": 4, "8bit": 1, "4bit": 0.5}
 
 
-def estimate(run: RunConfig) -> dict[str, int]:
-    """Bytes per component (see the module docstring) and their `total`."""
+FUSED_HEAD = ("grpo", "rloo", "dpo", "kto", "sft")  # TRL trainers that score through its fused LM head
+
+
+def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu") -> dict[str, int]:
+    """Bytes per component (see the module docstring) and their `total`, for compute `precision` on `device`."""
+    from aligntune.core.registry import resolve_backend
+    from aligntune.models.precision import low_precision_weights
+
     model, config = _meta_model(run)
     params = sum(p.numel() for p in model.parameters())
-    trainable = _lora_params(model, run) if run.model.lora.enabled else params
+    lora = run.model.lora.enabled
+    trainable = _lora_params(model, run) if lora else params
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     vocab = getattr(config, "vocab_size", 0)
     seqs, tokens = _shape(run)
+    low = low_precision_weights(precision, device)
+    w = 2 if low else 4
+    per_value = 1 if precision in ("bf16", "fp16") else 2  # the 34 bytes are 16-bit activations
     if run.train.gradient_checkpointing:
-        per_layer = seqs * tokens * hidden * 4
-        activations = layers * per_layer + seqs * tokens * hidden * 34 * 2
+        per_layer = seqs * tokens * hidden * 2 * per_value
+        activations = layers * per_layer + seqs * tokens * hidden * 34 * per_value
     else:
-        activations = layers * seqs * tokens * hidden * 34 * 2
+        activations = layers * seqs * tokens * hidden * 34 * per_value
         if getattr(config, "_attn_implementation", None) == "eager":  # SDPA/flash keep no attention matrix
             activations += layers * 5 * heads * tokens * tokens * seqs * 2
-    activations += seqs * tokens * vocab * 4 * 2
-    weight_bytes = QUANTIZED_BYTES.get(run.model.quantization, 4)  # bitsandbytes: 1 byte (8bit), ~0.5 (4bit) a weight
-    out = {"weights": int(weight_bytes * params) + (4 * trainable if run.model.quantization != "none" else 0),
-           "gradients": 4 * trainable, "optimizer": 8 * trainable,
-           "reference": 4 * params if _needs_reference(run) else 0,
+    fused = resolve_backend(run) == "trl" and run.algorithm.name in FUSED_HEAD
+    activations += 0 if fused else seqs * tokens * vocab * 4 * 2
+    if run.model.quantization != "none":  # bitsandbytes: 1 byte (8bit), ~0.5 (4bit) a weight; fp32 adapters
+        weights = int(QUANTIZED_BYTES[run.model.quantization] * params) + 4 * trainable
+    else:
+        weights = w * params + (4 * trainable if low or lora else 0)  # fp32 masters (bf16 CPU) or fp32 adapters
+    out = {"weights": weights, "gradients": (6 if low and not lora else 4) * trainable, "optimizer": 8 * trainable,
+           "reference": w * params if _needs_reference(run) else 0,
            "critic": 16 * params if run.algorithm.name == "ppo" else 0, "activations": activations}
     out["total"] = sum(out.values())
     out["parameters"] = params
@@ -132,17 +151,27 @@ def available(device: str) -> tuple[int, str]:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
 
 
+def process_rss() -> int:
+    """This process's resident memory now, in bytes (0 where /proc is missing): what the libraries already hold when
+    the estimate is made, before any weights load; bench/memory_estimate.py adds it to compare with the peak RSS."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
 
 
-def check(run: RunConfig) -> dict[str, int]:
+def check(run: RunConfig, precision: str = "fp32") -> dict[str, int]:
     """Estimate, log it, and warn (once, with the breakdown) when it exceeds the device's memory."""
     from aligntune.errors import AligntuneError
     from aligntune.models.loading import resolve_device
 
     try:
-        est = estimate(run)
+        est = estimate(run, precision, resolve_device(run.device))
     except AligntuneError:
         raise
     except Exception as exc:
