@@ -1,34 +1,95 @@
-"""What builders ask the job for: the policy, the data splits and the rewards, each loaded on demand, so an
-algorithm pays only for what it uses. AlignmentJob (core/job.py) sets what these read: config, device, precision,
-tokenizer and the sample book."""
+"""What a builder gets and what it gives back: the contract between the job (core/job.py) and the engines' builders
+(the registry's in-process targets, `build(inputs: BuildInputs) -> Built`).
+
+    BuildInputs  what the job has set up (config, device, precision, tokenizer, callbacks, checkpoint dir, world
+                 size, the sample book) and the loaders of what costs to load (the policy, the data splits, the
+                 rewards, the fp32 base), each run on demand, so an algorithm pays only for what it uses
+    Policy       what load_policy loaded: the model, its PEFT config, and the precision facts the job needs later
+    Built        what a builder returns: the engine's trainer, plus what the job reads back (the master weights)
+
+A builder never sees the job and sets nothing on it; BuildInputs holds no reference to the job.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-class JobInputs:
-    """The builder-facing half of AlignmentJob."""
+from aligntune.config.schema import RunConfig
 
-    def load_policy(self, fp32_weights: bool = False):
+if TYPE_CHECKING:
+    from aligntune.run.samples import SampleBook
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The policy model as load_policy loaded it. `master_weights`: its weights are in a low-precision weight dtype
+    and the optimizer keeps fp32 masters (models.precision); `fp32_originals`: {parameter name: fp32 tensor} a
+    full-weight low-precision policy was rounded from (the masters-to-be), empty otherwise."""
+
+    model: Any
+    peft_config: Any | None = None
+    master_weights: bool = False
+    fp32_originals: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A builder's result: the engine's trainer (e.g. `trl.GRPOTrainer`, the native PPOTrainer) and what the job
+    needs back from the build. `master_weights`/`fp32_originals` as in Policy (the job gives the optimizer fp32
+    masters, and saves them instead of their rounding)."""
+
+    trainer: Any
+    master_weights: bool = False
+    fp32_originals: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, trainer: Any, policy: Policy) -> Built:
+        """The result of a build that trains `policy`."""
+        return cls(trainer, master_weights=policy.master_weights, fp32_originals=policy.fp32_originals)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildInputs:
+    """Everything a builder reads. The job constructs it after loading the tokenizer and setting up its callbacks.
+
+    `checkpoint_dir` is the engine's output directory (<run dir>/checkpoints); `callbacks` the job's own callbacks
+    (recorder, phase timer, progress), which the builder hands to its trainer; `book` records what the rewards saw
+    (reward_functions wraps each reward with it); `is_main`: this is the process that logs and writes."""
+
+    config: RunConfig
+    device: str
+    precision: str
+    tokenizer: Any
+    callbacks: list
+    checkpoint_dir: Path
+    book: SampleBook
+    world_size: int = 1
+    is_main: bool = True
+
+    def load_policy(self, fp32_weights: bool = False) -> Policy:
         """The policy model and its PEFT config (None without LoRA). Its weights are in the compute precision's
         weight dtype (bf16 for bf16 on a CPU, with fp32 master copies kept by the optimizer; see models.precision),
         or fp32 with `fp32_weights` (engines that run autocast themselves).
 
         For bf16 weights of a full-weight run the model loads in fp32 and is rounded here, keeping the fp32 tensors
         as the optimizer's masters-to-be (so an untouched weight is saved exactly as loaded); a LoRA run's frozen
-        base loads in bf16 directly (the merged model is built from an fp32 base at the end: `_save_merged`)."""
+        base loads in bf16 directly (the merged model is built from an fp32 base at the end: the job's
+        `_save_merged`)."""
         import torch
 
         from aligntune.models.loading import load_model, peft_config
         from aligntune.models.precision import to_low_precision, weight_dtype
 
         dtype = torch.float32 if fp32_weights else weight_dtype(self.precision, self.device)
-        self.master_weights = dtype != torch.float32
+        master_weights = dtype != torch.float32
         lora = peft_config(self.config.model)
-        if not self.master_weights or lora is not None:
-            return load_model(self.config.model, dtype), lora
+        if not master_weights or lora is not None:
+            return Policy(load_model(self.config.model, dtype), lora, master_weights)
         model = load_model(self.config.model, torch.float32)
-        self.fp32_originals = to_low_precision(model, dtype, keep=True)
-        return model, lora
+        originals = to_low_precision(model, dtype, keep=True)
+        return Policy(model, lora, master_weights, originals)
 
     def prompt_data(self):
         """Rows with a `prompt` column (plus the columns rewards read), shuffled with the run seed."""

@@ -4,7 +4,8 @@
     AlignmentJob(run, run_dir) builds model, tokenizer, data, rewards and the engine's trainer (errors surface here)
     .train()                   trains, saves, evaluates, writes summary.json; returns the final metrics
 
-What builders read from the job (the policy, data, rewards) is core/inputs.py's JobInputs.
+The job builds the engine's trainer through the registry's builder: `build(BuildInputs) -> Built` (core/inputs.py);
+the builder gets what the job set up and loaders for the rest, and returns the trainer plus what the job needs back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aligntune.config.schema import RunConfig
-from aligntune.core.inputs import JobInputs
+from aligntune.core.inputs import BuildInputs, Built
 from aligntune.core.registry import builder_target, check_launch, entry, load_target, resolve_backend
 from aligntune.errors import ConfigError
 
@@ -36,7 +37,7 @@ def run_job(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = N
     return AlignmentJob(run, run_dir, overrides, parallel_jobs=parallel_jobs).train()
 
 
-class AlignmentJob(JobInputs):
+class AlignmentJob:
     """One run: model, tokenizer, data, rewards and the engine's trainer, writing to one run directory.
 
     Building it loads everything (errors surface here, before training); `.train()` runs it and
@@ -90,10 +91,6 @@ class AlignmentJob(JobInputs):
         resume.check_resumable(self.run_dir.path, run)  # also for the Python API, where no CLI planned the resume
         return latest(self.run_dir.checkpoints)
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir.checkpoints
-
     def _build(self) -> None:
         from transformers import set_seed
 
@@ -104,7 +101,8 @@ class AlignmentJob(JobInputs):
 
         run = self.config
         set_seed(run.seed)  # fresh heads (reward model, critic) and LoRA adapters are initialised from the run's seed
-        build_trainer = load_target(builder_target(run))
+        target = builder_target(run)
+        build_trainer = load_target(target)
         self.device = resolve_device(run.device)
         from aligntune.backends.trl.common import check_rollout_engine
         from aligntune.models.loading import check_model_options
@@ -141,9 +139,15 @@ class AlignmentJob(JobInputs):
 
         self.phases = PhaseTimer()
         self.callbacks = [self.recorder, self.phases] + ([] if run.verbose else [self.progress])
-        self.master_weights = False  # set by load_policy when the weights are low precision
-        self.fp32_originals: dict = {}  # set by load_policy: the fp32 weights a full-weight bf16 policy was rounded from
-        self.trainer = build_trainer(run, self)
+        self.inputs = BuildInputs(config=run, device=self.device, precision=self.precision, tokenizer=self.tokenizer,
+                                  callbacks=self.callbacks, checkpoint_dir=self.run_dir.checkpoints, book=self.book,
+                                  world_size=self.world_size, is_main=self.is_main)
+        built = build_trainer(self.inputs)
+        if not isinstance(built, Built):
+            raise TypeError(f"the builder {target} returned {type(built).__name__}, not aligntune.core.inputs.Built")
+        self.trainer = built.trainer
+        self.master_weights = built.master_weights  # low-precision weights: the optimizer keeps fp32 masters
+        self.fp32_originals = built.fp32_originals  # the fp32 weights a full-weight bf16 policy was rounded from
         if self.master_weights and hasattr(self.trainer, "create_optimizer"):
             from aligntune.models.precision import use_master_weights
 
@@ -291,7 +295,7 @@ class AlignmentJob(JobInputs):
         model = getattr(self.trainer, "model", None) or getattr(getattr(self.trainer, "models", None), "policy", None)
         if not isinstance(model, PeftModel):  # e.g. the reward trainer already saves merged weights in model/
             return
-        merged = merge_into_fp32_base(model, self.load_fp32_base)
+        merged = merge_into_fp32_base(model, self.inputs.load_fp32_base)
         merged.save_pretrained(str(self.run_dir.path / "model_merged"))
         self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
 

@@ -6,6 +6,10 @@ and the job consult it; the schema knows no engine.
     native  aligntune's own PPO engine, in this process
     verl    launched: verl runs in its own environment; the entry translates the config, exports the data and
             launches verl's trainer (`run(run, run_dir, overrides)` instead of a trainer builder)
+
+An in-process entry's targets are builders, `build(inputs: BuildInputs) -> Built` (core/inputs.py): the job hands
+over what it set up (config, device, precision, tokenizer, callbacks, ...) and loaders for the policy, data and
+rewards; the builder returns the engine's trainer and what the job needs back, and never sees the job.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class Backend:
     """What one engine offers. `why_not` says why something is missing (an algorithm, or a feature key below), and
     goes into the refusal."""
 
-    algorithms: dict[str, str]  # algorithm -> "module:function": build(run, job), or run(run, run_dir, overrides)
+    algorithms: dict[str, str]  # algorithm -> "module:function": build(inputs) -> Built, or run(run, run_dir, overrides)
     launched: bool = False  # runs in its own environment, not in this process
     takes_trl_args: bool = False  # backend.trl_args reach the engine's config
     supports_resume: bool = True  # resume= continues from aligntune's checkpoints

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aligntune.config.schema import PPOAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 
 # aligntune key -> the PPOEngineConfig field it sets (tests check every algorithm.* and train.* key is here or below).
 MAPPED_FIELDS = {
@@ -175,21 +176,22 @@ def ppo_engine_config(run: RunConfig, output_dir: str) -> PPOEngineConfig:
     )
 
 
-def build(run: RunConfig, job) -> object:
-    """A native `PPOTrainer` for `run`. Every check that can fail runs here, before training starts:
+def build(inputs: BuildInputs) -> Built:
+    """A native `PPOTrainer` for the run. Every check that can fail runs here, before training starts:
     config, data, rewards, the value model's kind and tokenizer, then the models load."""
     from transformers import set_seed
 
     from aligntune.backends.native import ppo_models
     from aligntune.backends.native.ppo_trainer import PPOTrainer
 
-    cfg = ppo_engine_config(run, str(job.checkpoint_dir))
-    dataset, held_out = job.prompt_splits()
-    reward_funcs = job.reward_functions([dataset[i] for i in range(min(len(dataset), 4))])  # checked on real rows
+    cfg = ppo_engine_config(inputs.config, str(inputs.checkpoint_dir))
+    dataset, held_out = inputs.prompt_splits()
+    reward_funcs = inputs.reward_functions([dataset[i] for i in range(min(len(dataset), 4))])  # checked on real rows
     value_source = None
     if cfg.value_model != "policy":
-        value_source = ppo_models.check_value_model(cfg.value_model, job.tokenizer, cfg.trust_remote_code)
+        value_source = ppo_models.check_value_model(cfg.value_model, inputs.tokenizer, cfg.trust_remote_code)
     set_seed(cfg.seed)  # the critic's fresh value head and sampling are reproducible
-    model, peft_config = job.load_policy(fp32_weights=True)  # the engine computes in bf16/fp16 under autocast
-    models = ppo_models.build_models(model, peft_config, value_source, cfg)
-    return PPOTrainer(cfg, models, job.tokenizer, dataset, reward_funcs, job.callbacks, eval_dataset=held_out)
+    policy = inputs.load_policy(fp32_weights=True)  # the engine computes in bf16/fp16 under autocast
+    models = ppo_models.build_models(policy.model, policy.peft_config, value_source, cfg)
+    trainer = PPOTrainer(cfg, models, inputs.tokenizer, dataset, reward_funcs, inputs.callbacks, eval_dataset=held_out)
+    return Built.of(trainer, policy)

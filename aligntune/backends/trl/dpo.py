@@ -39,6 +39,7 @@ from aligntune.backends.trl.common import (
     with_trl_args,
 )
 from aligntune.config.schema import DPOAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 
 MAPPED_FIELDS = {
     "algorithm.beta": "beta",
@@ -107,10 +108,13 @@ def _trainer_class(reference_free: bool):
     return ReferenceFreeDPOTrainer
 
 
-def build(run: RunConfig, job) -> object:
-    train, held_out = job.preference_data()
-    args = to_dpo_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
-    model, peft_config = job.load_policy()
+def build(inputs: BuildInputs) -> Built:
+    """A `trl.DPOTrainer` (reference-free when asked) for the run's preference pairs."""
+    run = inputs.config
+    train, held_out = inputs.preference_data()
+    args = to_dpo_config(run, str(inputs.checkpoint_dir), has_eval=held_out is not None, world_size=inputs.world_size)
+    policy = inputs.load_policy()
     trainer_class = _trainer_class(run.algorithm.reference_free)
-    return trainer_class(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                         processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    trainer = trainer_class(model=policy.model, args=args, train_dataset=train, eval_dataset=held_out,
+                            processing_class=inputs.tokenizer, peft_config=policy.peft_config, callbacks=inputs.callbacks)
+    return Built.of(trainer, policy)

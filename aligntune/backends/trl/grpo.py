@@ -26,6 +26,7 @@ from aligntune.backends.trl.common import (
     with_trl_args,
 )
 from aligntune.config.schema import GRPOAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 from aligntune.errors import ConfigError
 
 # aligntune key -> the GRPOConfig field it sets; trl_args may not set these a second way.
@@ -87,10 +88,10 @@ def small_step_warning(run: RunConfig) -> str | None:
             f"or lower algorithm.num_mini_batches to {fewer} ({rollout // fewer} completions per step).")
 
 
-def warn_small_steps(run: RunConfig, job) -> None:
+def warn_small_steps(run: RunConfig, is_main: bool = True) -> None:
     """Log small_step_warning once per job (on the main process)."""
     text = small_step_warning(run)
-    if text and getattr(job, "is_main", True):
+    if text and is_main:
         from aligntune.run.guards import warn
 
         warn(text)
@@ -172,23 +173,26 @@ def overlong_reward(algo: GRPOAlgorithmConfig) -> Callable:
     return overlong
 
 
-def build(run: RunConfig, job) -> object:
-    """A `trl.GRPOTrainer` for `run` (with dynamic sampling when asked), wired to the job's callbacks and
+def build(inputs: BuildInputs) -> Built:
+    """A `trl.GRPOTrainer` for the run (with dynamic sampling when asked), wired to the job's callbacks and
     reward recorder."""
     from trl import GRPOTrainer
 
+    run = inputs.config
     algo = run.algorithm
-    train, held_out = job.prompt_splits()
-    args = to_grpo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
-    warn_small_steps(run, job)
-    reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
+    train, held_out = inputs.prompt_splits()
+    args = to_grpo_config(run, str(inputs.checkpoint_dir), inputs.world_size, has_eval=held_out is not None)
+    warn_small_steps(run, inputs.is_main)
+    reward_funcs = inputs.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
     if algo.overlong_buffer is not None:
-        reward_funcs.append(job.book.wrap(OVERLONG, overlong_reward(algo), 1.0))
-    model, peft_config = job.load_policy()
+        reward_funcs.append(inputs.book.wrap(OVERLONG, overlong_reward(algo), 1.0))
+    policy = inputs.load_policy()
     trainer_class, extra = GRPOTrainer, {}
     if algo.dynamic_sampling:
         from aligntune.backends.trl.dynamic_sampling import DynamicSamplingGRPOTrainer
 
         trainer_class, extra = DynamicSamplingGRPOTrainer, {"max_retries": algo.dynamic_sampling_max_retries}
-    return trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
-                         processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks, **extra)
+    trainer = trainer_class(model=policy.model, reward_funcs=reward_funcs, args=args, train_dataset=train,
+                            eval_dataset=held_out, processing_class=inputs.tokenizer, peft_config=policy.peft_config,
+                            callbacks=inputs.callbacks, **extra)
+    return Built.of(trainer, policy)

@@ -24,6 +24,7 @@ from aligntune.backends.trl.common import (
     with_trl_args,
 )
 from aligntune.config.schema import KTOAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 
 MAPPED_FIELDS = {
     "algorithm.beta": "beta",
@@ -65,11 +66,14 @@ def to_kto_config(run: RunConfig, output_dir: str, has_eval: bool, world_size: i
     return make_config("KTOConfig", kto_args(run, output_dir, has_eval, world_size), "KTO")
 
 
-def build(run: RunConfig, job) -> object:
+def build(inputs: BuildInputs) -> Built:
+    """A `trl.KTOTrainer` for the run's unpaired rows."""
     from trl import KTOTrainer
 
-    train, held_out = job.unpaired_data()
-    args = to_kto_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
-    model, peft_config = job.load_policy()
-    return KTOTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                      processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    run = inputs.config
+    train, held_out = inputs.unpaired_data()
+    args = to_kto_config(run, str(inputs.checkpoint_dir), has_eval=held_out is not None, world_size=inputs.world_size)
+    policy = inputs.load_policy()
+    trainer = KTOTrainer(model=policy.model, args=args, train_dataset=train, eval_dataset=held_out,
+                         processing_class=inputs.tokenizer, peft_config=policy.peft_config, callbacks=inputs.callbacks)
+    return Built.of(trainer, policy)

@@ -26,6 +26,7 @@ from aligntune.backends.trl.common import (
     with_trl_args,
 )
 from aligntune.config.schema import RewardModelAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 
 MAPPED_FIELDS = {
     "algorithm.max_length": "max_length",
@@ -76,18 +77,21 @@ def _trainer_class():
     return AligntuneRewardTrainer
 
 
-def build(run: RunConfig, job) -> object:
+def build(inputs: BuildInputs) -> Built:
+    """The run's policy checkpoint as a one-output sequence classifier, in a RewardTrainer that saves it merged."""
     from aligntune.models.heads import sequence_classifier_from
 
-    train, held_out = job.preference_data()
-    args = to_reward_config(run, str(job.checkpoint_dir), has_eval=held_out is not None, world_size=job.world_size)
-    causal_lm, peft_config = job.load_policy()
-    model = sequence_classifier_from(causal_lm, zero_head=False, trust_remote_code=run.model.trust_remote_code)
-    del causal_lm
+    run = inputs.config
+    train, held_out = inputs.preference_data()
+    args = to_reward_config(run, str(inputs.checkpoint_dir), has_eval=held_out is not None,
+                            world_size=inputs.world_size)
+    policy = inputs.load_policy()
+    model = sequence_classifier_from(policy.model, zero_head=False, trust_remote_code=run.model.trust_remote_code)
+    peft_config, policy = policy.peft_config, dataclasses.replace(policy, model=None)  # the causal LM is not kept
     if peft_config is not None:  # the score head must train (and be saved) too: PEFT's SEQ_CLS task does that
         peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
     trainer = _trainer_class()(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                               processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
-    trainer.load_fp32_base = lambda: sequence_classifier_from(job.load_fp32_base(), zero_head=False,
+                               processing_class=inputs.tokenizer, peft_config=peft_config, callbacks=inputs.callbacks)
+    trainer.load_fp32_base = lambda: sequence_classifier_from(inputs.load_fp32_base(), zero_head=False,
                                                               trust_remote_code=run.model.trust_remote_code)
-    return trainer
+    return Built.of(trainer, policy)

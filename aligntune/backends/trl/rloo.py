@@ -17,6 +17,7 @@ from __future__ import annotations
 from aligntune.backends.trl.common import VLLM_FIELDS, make_config, with_trl_args
 from aligntune.backends.trl.grpo import rollout_args, warn_small_steps
 from aligntune.config.schema import RLOOAlgorithmConfig, RunConfig
+from aligntune.core.inputs import BuildInputs, Built
 
 # aligntune key -> the RLOOConfig field it sets; trl_args may not set these a second way.
 MAPPED_FIELDS = {
@@ -57,14 +58,17 @@ def to_rloo_config(run: RunConfig, output_dir: str, world_size: int = 1, has_eva
     return make_config("RLOOConfig", rloo_args(run, output_dir, world_size, has_eval), "RLOO")
 
 
-def build(run: RunConfig, job) -> object:
-    """A `trl.RLOOTrainer` for `run`, wired to the job's callbacks and reward recorder."""
+def build(inputs: BuildInputs) -> Built:
+    """A `trl.RLOOTrainer` for the run, wired to the job's callbacks and reward recorder."""
     from trl import RLOOTrainer
 
-    train, held_out = job.prompt_splits()
-    args = to_rloo_config(run, str(job.checkpoint_dir), job.world_size, has_eval=held_out is not None)
-    warn_small_steps(run, job)
-    reward_funcs = job.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
-    model, peft_config = job.load_policy()
-    return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train, eval_dataset=held_out,
-                       processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+    run = inputs.config
+    train, held_out = inputs.prompt_splits()
+    args = to_rloo_config(run, str(inputs.checkpoint_dir), inputs.world_size, has_eval=held_out is not None)
+    warn_small_steps(run, inputs.is_main)
+    reward_funcs = inputs.reward_functions(rows=[train[i] for i in range(min(len(train), 4))])
+    policy = inputs.load_policy()
+    trainer = RLOOTrainer(model=policy.model, reward_funcs=reward_funcs, args=args, train_dataset=train,
+                          eval_dataset=held_out, processing_class=inputs.tokenizer, peft_config=policy.peft_config,
+                          callbacks=inputs.callbacks)
+    return Built.of(trainer, policy)

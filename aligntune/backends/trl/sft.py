@@ -24,6 +24,7 @@ from aligntune.backends.trl.common import (
     with_trl_args,
 )
 from aligntune.config.schema import RunConfig, SFTAlgorithmConfig
+from aligntune.core.inputs import BuildInputs, Built
 from aligntune.errors import ConfigError
 
 MAPPED_FIELDS = {
@@ -77,18 +78,23 @@ def to_sft_config(run: RunConfig, output_dir: str, has_eval: bool, prompt_comple
     return make_config("SFTConfig", sft_args(run, output_dir, has_eval, prompt_completion, conversational, world_size), "SFT")
 
 
-def build(run: RunConfig, job) -> object:
+def build(inputs: BuildInputs) -> Built:
+    """A `trl.SFTTrainer` for the run's demonstrations."""
     from trl import SFTTrainer
 
-    train, held_out = job.sft_data()
-    args = to_sft_config(run, str(job.checkpoint_dir), held_out is not None, *data_shape(train), world_size=job.world_size)
-    model, peft_config = job.load_policy()
+    run = inputs.config
+    train, held_out = inputs.sft_data()
+    args = to_sft_config(run, str(inputs.checkpoint_dir), held_out is not None, *data_shape(train),
+                         world_size=inputs.world_size)
+    policy = inputs.load_policy()
     try:
-        return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=held_out,
-                          processing_class=job.tokenizer, peft_config=peft_config, callbacks=job.callbacks)
+        trainer = SFTTrainer(model=policy.model, args=args, train_dataset=train, eval_dataset=held_out,
+                             processing_class=inputs.tokenizer, peft_config=policy.peft_config,
+                             callbacks=inputs.callbacks)
     except ValueError as exc:  # TRL's checks of data against the options, e.g. a chat template it cannot mark up
         if "assistant" in str(exc) or "chat template" in str(exc):
             raise ConfigError(f"TRL cannot train on the assistant turns only: {exc}",
                               "Set algorithm.assistant_only_loss=false, or use a model whose chat template has "
                               "{% generation %} markers.") from exc
         raise
+    return Built.of(trainer, policy)
