@@ -22,3 +22,19 @@ def workdir(tmp_path, monkeypatch):
     """Run in an empty directory, as a user would from their project."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real 2-step GRPO run (experiment=smoke) through the CLI, shared by the session: read it, don't change it
+    (its report.md may be rewritten)."""
+    from aligntune import cli
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert cli.main(["train", "experiment=smoke", "max_steps=2", f"hydra.run.dir={tmp}/run"]) == 0
+    finally:
+        os.chdir(cwd)
+    return tmp / "run"
