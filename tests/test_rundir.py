@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 from pathlib import Path
 
 import yaml
+from conftest import dead_pid
 
 import aligntune
 from aligntune.run import rundir
@@ -90,12 +90,6 @@ def test_reading_a_finished_run(tiny_run):
     assert rundir.find(tiny_run.parent) == [tiny_run]  # its .hydra/ is not a run
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_reading_a_crashed_half_written_run(tmp_path):
     from aligntune.run import liveness
 
@@ -107,7 +101,7 @@ def test_reading_a_crashed_half_written_run(tmp_path):
     (run / "summary.json").write_text('{"status": "runn')  # torn: unreadable reads {}
     assert files.is_run() and files.summary() == {} and files.status() == {}
     (run / "summary.json").write_text(json.dumps({"status": "running",
-                                                  "process": {**liveness.identity(), "pid": _dead_pid()}}))
+                                                  "process": {**liveness.identity(), "pid": dead_pid()}}))
     (run / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": 0.75}\n{"step": 3, "rew')
     (run / "samples.jsonl").write_text('{"step": 1, "completion": "q"}\n{"ste')
     (run / "config.yaml").write_text("seed: [1, 2\n")  # cut mid-write
