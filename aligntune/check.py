@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -165,6 +164,7 @@ def _paragraph(stderr: str) -> str:
 def smoke(result: Result, argv: list[str], run_dir: Path) -> None:
     """Train one experiment under debug=smoke, in this process, through `aligntune train`."""
     from aligntune import cli
+    from aligntune.run.rundir import RunFiles
 
     start = time.perf_counter()
     tee = _Tee(sys.stderr)
@@ -178,12 +178,9 @@ def smoke(result: Result, argv: list[str], run_dir: Path) -> None:
     if code == 0:
         return
     error = _paragraph(tee.copy.getvalue())
-    try:
-        error = error or json.loads((run_dir / "summary.json").read_text()).get("error", "")
-    except (OSError, ValueError):
-        pass
+    error = error or str(RunFiles(run_dir).summary().get("error", ""))
     result.status = FAILED
-    result.error = error or f"aligntune train exited {code}; see {run_dir}/train.log."
+    result.error = error or f"aligntune train exited {code}; see {RunFiles(run_dir).log_file}."
 
 
 def junit(results: list[Result], path: str, smoke_run: bool) -> None:

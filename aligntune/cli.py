@@ -429,19 +429,12 @@ def _job_failed(run_dir: str, exc: BaseException, code: int, multirun: bool) -> 
     the command's exit code says so at the end."""
     if not multirun:
         raise SystemExit(code)
-    import json
     from pathlib import Path
 
     from aligntune.run.rundir import RunDir
 
     rundir = RunDir(run_dir)
-    try:
-        status = json.loads(rundir.summary.read_text()).get("status")
-    except (OSError, ValueError):
-        status = None
-    if status != "failed":  # failed before the run directory was set up
-        rundir.path.mkdir(parents=True, exist_ok=True)
-        rundir.fail(exc)
+    rundir.fail_unless_failed(exc)  # failed before the run directory was set up
     rundir.record(exit_code=code)  # what the sweep's exit status is read from (_finish_sweep)
     print(f"job {Path(run_dir).name} failed; the sweep goes on with the next job.", file=sys.stderr)
 
@@ -470,6 +463,7 @@ def _task(cfg) -> float | None:
 
     from aligntune.config import compose
     from aligntune.run import console
+    from aligntune.run.rundir import RunFiles
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
@@ -509,7 +503,7 @@ def _task(cfg) -> float | None:
         logging.getLogger("aligntune").error("run failed", exc_info=exc)
         if traceback_requested():
             traceback.print_exc()
-        print(f"error: the run failed with {type(exc).__name__}: {exc}\n  The traceback is in {run_dir}/train.log "
+        print(f"error: the run failed with {type(exc).__name__}: {exc}\n  The traceback is in {RunFiles(run_dir).log_file} "
               "(or run again with --traceback).", file=sys.stderr)
         _job_failed(run_dir, exc, EXIT_FAILURE, multirun)
         return None

@@ -8,7 +8,7 @@
     aligntune report <run dir or sweep dir>
     aligntune compare <run dir> <run dir> ... [--out DIR]
 
-`eval` recomposes the run's own config (its .hydra/overrides.yaml) with the extra overrides, so the
+`eval` recomposes the run's own config (the overrides it was composed from: RunFiles.overrides) with the extra overrides, so the
 held-out data and rewards are the run's unless you say otherwise. `model=` (instead of `run=`) takes a
 model as `train` does: a model preset (configs/model/*.yaml: tiny, smollm2_135m, ...), a shipped id
 (aligntune:tiny), a local model directory or a hub id; `eval` composes `model=<it>` with the other
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import yaml
 
 from aligntune.errors import ConfigError
 
@@ -36,13 +34,11 @@ def _take(args: list[str], key: str) -> tuple[str | None, list[str]]:
 
 
 def _run_overrides(location: Path) -> list[str]:
-    """The overrides a run was composed with (aligntune's record first: it holds the config search path too)."""
+    """The overrides a run was composed with (RunFiles.overrides: its config search path included)."""
     from aligntune.config.overrides import is_hydra, is_searchpath
+    from aligntune.run.rundir import RunFiles
 
-    for saved in (location / "overrides.yaml", location / ".hydra" / "overrides.yaml"):
-        if saved.is_file():
-            return [o for o in yaml.safe_load(saved.read_text()) or [] if not is_hydra(o) or is_searchpath(o)]
-    return []
+    return [o for o in RunFiles(location).overrides() if not is_hydra(o) or is_searchpath(o)]
 
 
 def _with_inherited_changes(overrides: list[str]) -> list[str]:
@@ -56,7 +52,10 @@ def _with_inherited_changes(overrides: list[str]) -> list[str]:
 
 
 def _is_run(path: Path) -> bool:
-    return (path / "summary.json").is_file() or (path / "model").is_dir()
+    from aligntune.run.rundir import RunFiles
+
+    files = RunFiles(path)
+    return files.is_run() or files.model.is_dir()
 
 
 def _model_override(value: str) -> str:
@@ -112,17 +111,18 @@ def eval_command(args: list[str]) -> int:
     path = Path(location)
     if not path.exists():
         raise ConfigError(f"run={location} does not exist.", _model_fix() + ".")
-    from aligntune.run.liveness import read_status
+    from aligntune.run.rundir import RunFiles
 
-    status = read_status(path).get("status") if (path / "summary.json").is_file() else None
-    if status not in (None, "completed") and not (path / "model").is_dir():
+    files = RunFiles(path)
+    status = files.status().get("status") if files.is_run() else None
+    if status not in (None, "completed") and not files.model.is_dir():
         raise ConfigError(f"run={location} has no trained model to evaluate: the run is {status}"
                           + (" (its process is gone)." if status == "crashed" else "."),
                           "Resume it first (aligntune train resume=" + str(path) + "), or evaluate a completed run.")
     run, _ = preflight.load(_with_inherited_changes(_run_overrides(path) + overrides))
     quiet_engines()
     result = evaluate(run, path)
-    is_run = (path / "summary.json").exists()
+    is_run = files.summary_file.exists()
     out = write_result(result, path if is_run else Path.cwd())
     console.print(eval_table(result))
     console.print(f"written to {out} (and {out.parent.parent / 'eval.json'}, the latest)", soft_wrap=True)
@@ -278,7 +278,8 @@ def compare_command(args: list[str]) -> int:
     """Overlay the curves of several runs (one figure per metric) and print their final metrics side by side."""
     from aligntune.run import report
     from aligntune.run.console import console
-    from aligntune.run.plots import read_jsonl, write_compare_plots
+    from aligntune.run.plots import write_compare_plots
+    from aligntune.run.rundir import RunFiles
 
     out, dirs, i = Path.cwd(), [], 0
     while i < len(args):
@@ -306,7 +307,7 @@ def compare_command(args: list[str]) -> int:
                           "(or a sweep directory)")
     names = [r.name for r in runs]
     labels = [r.name if names.count(r.name) == 1 else str(r) for r in runs]
-    written = write_compare_plots({label: read_jsonl(r / "metrics.jsonl") for label, r in zip(labels, runs)}, out)
+    written = write_compare_plots({label: RunFiles(r).metrics() for label, r in zip(labels, runs)}, out)
     console.print(report.side_by_side_table({label: report.read_summary(r) for label, r in zip(labels, runs)}))
     console.print(f"{len(written)} figures written to {out}" + "".join(f"\n  {p.name}" for p in written), soft_wrap=True)
     return 0

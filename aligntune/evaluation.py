@@ -23,8 +23,9 @@ from aligntune.errors import ConfigError, ModelError
 
 def model_folder(location: str | Path) -> Path:
     """The folder that holds the model of `location` (a run directory's model/, else the location itself)."""
-    path = Path(location)
-    return path / "model" if (path / "model").is_dir() else path
+    from aligntune.run.rundir import RunFiles
+
+    return RunFiles(location).weights()
 
 
 def inference_placement(location: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[str, str]:

@@ -25,10 +25,12 @@ USAGE = ("Usage: aligntune vllm-serve run=<run dir> | model=<preset, aligntune:<
 
 def served_model(run_dir: Path) -> Path:
     """The full-weight model a run directory (or its model/ folder) saved."""
-    folder = run_dir / "model" if (run_dir / "model").is_dir() else run_dir
+    from aligntune.run.rundir import RunFiles
+
+    folder = RunFiles(run_dir).weights()
     if (folder / "config.json").is_file():
         return folder
-    merged = (run_dir if folder != run_dir else run_dir.parent) / "model_merged"
+    merged = RunFiles(run_dir if folder != run_dir else run_dir.parent).model_merged
     if (folder / "adapter_config.json").is_file():
         if (merged / "config.json").is_file():
             return merged

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import changed_params, read_jsonl
 
 from aligntune import cli, preflight
 from aligntune.backends.trl import dynamic_sampling as ds
@@ -528,20 +529,6 @@ def test_dynamic_sampling_refuses_an_entropy_bonus_it_would_rescale(workdir, cap
 
 
 # --- real tiny runs through the CLI ---------------------------------------------------------------------
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def changed_params(model_dir: Path) -> list[str]:
-    from transformers import AutoModelForCausalLM
-
-    from aligntune.models import tiny
-
-    before = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny")).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
-    return [k for k in before if not torch.equal(before[k], after[k])]
-
 
 def train(workdir: Path, *overrides: str, steps: int = 2) -> tuple[list[dict], dict, Path]:
     run_dir = workdir / "run"

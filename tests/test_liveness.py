@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import dead_pid
 
 from aligntune import cli
 from aligntune.run import liveness
@@ -21,17 +22,11 @@ def _summary(run_dir: Path, **fields) -> None:
     (run_dir / "summary.json").write_text(json.dumps({"status": "running", **fields}))
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_a_running_run_whose_process_is_gone_reads_crashed(tmp_path):
     me = liveness.identity()
     alive, dead, reused = tmp_path / "alive", tmp_path / "dead", tmp_path / "reused"
     _summary(alive, process=me)
-    _summary(dead, process={**me, "pid": _dead_pid()})
+    _summary(dead, process={**me, "pid": dead_pid()})
     _summary(reused, process={**me, "pid_start": (me["pid_start"] or 0) + 1})  # our pid, another process's start
     (dead / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"ste')  # the last line cut by the kill
     assert liveness.read_status(alive)["status"] == "running"

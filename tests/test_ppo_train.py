@@ -4,10 +4,9 @@ parameters changed, options exercised, and the smoke experiment's reward rising.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
+from conftest import changed_params, read_jsonl
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
@@ -18,16 +17,6 @@ STEP_KEYS = ("reward", "reward_std", "rewards/letter_match/mean", "score", "non_
              "loss/value", "returns/mean", "values/mean", "explained_variance", "completions/mean_length",
              "completions/clipped_ratio", "step_time", "learning_rate", "ppo/updates", "ppo/early_stopped",
              "rewards/unscored")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def changed_params(model_dir: Path) -> list[str]:
-    before = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny")).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
-    return [k for k in before if not torch.equal(before[k], after[k])]
 
 
 def test_cli_ppo_run_logs_metrics_and_changes_the_policy(workdir):

@@ -38,17 +38,10 @@ def links(markdown: str) -> list[str]:
     return re.findall(r"\]\(([^)]+)\)", markdown)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """One real 2-step GRPO run through the CLI, shared by the tests of this module."""
-    tmp = tmp_path_factory.mktemp("report-run")
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        assert cli.main(["train", "experiment=smoke", "max_steps=2", f"hydra.run.dir={tmp}/run"]) == 0
-    finally:
-        os.chdir(cwd)
-    return tmp / "run"
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    """One real 2-step GRPO run through the CLI (tests/conftest.py), shared with other modules."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from conftest import read_jsonl
 
 from aligntune import cli
 from aligntune.errors import RewardError
@@ -160,10 +160,6 @@ def test_check_uses_placeholder_completions_in_the_prompts_shape():
 
 
 # through the real CLI
-
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def test_user_reward_file_through_the_cli(workdir):
     (workdir / "my_rewards.py").write_text(textwrap.dedent(USER_REWARDS))

@@ -9,20 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
+from conftest import changed_params, read_jsonl
 
 from aligntune import cli, preflight
 from aligntune.backends.native.ppo import ppo_engine_config
 from aligntune.backends.trl.grpo import grpo_args
 from aligntune.config import compose
 from aligntune.errors import EXIT_USAGE, ConfigError
-from aligntune.models import tiny
 from aligntune.run import trackers
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -31,12 +25,6 @@ def scalars(event_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(event_dir))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def changed_params(model_dir: Path) -> list[str]:
-    before = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny")).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
-    return [k for k in before if not torch.equal(before[k], after[k])]
 
 
 def test_logger_takes_a_name_a_list_or_none():

@@ -6,30 +6,14 @@ Each test asserts that metrics were logged AND that the parameters changed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from conftest import changed_params, read_jsonl
 from transformers import AutoModelForCausalLM
 
 from aligntune import cli
 from aligntune.models import tiny
-
-
-def initial_tiny_params() -> dict[str, torch.Tensor]:
-    model = AutoModelForCausalLM.from_pretrained(tiny.resolve("aligntune:tiny"))
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def changed_params(model_dir: Path) -> list[str]:
-    before = initial_tiny_params()
-    after = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
-    return [k for k in before if not torch.equal(before[k], after[k])]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_cli_run_writes_a_complete_run_directory(workdir):

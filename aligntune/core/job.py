@@ -173,7 +173,7 @@ class AlignmentJob:
 
         can_checkpoint = hasattr(self.trainer, "_save_checkpoint")
         if can_checkpoint:
-            make_atomic(self.trainer, self.run_dir.path / "config.yaml")
+            make_atomic(self.trainer, self.run_dir.config_file)
         self.interrupt = InterruptGuard(can_checkpoint, self.config.rollout_steps())
         self.book.check = self.nonfinite.check_rewards
         extra = [self.interrupt, self.nonfinite, TrainingWarnings(self.config)]
@@ -296,8 +296,8 @@ class AlignmentJob:
         if not isinstance(model, PeftModel):  # e.g. the reward trainer already saves merged weights in model/
             return
         merged = merge_into_fp32_base(model, self.inputs.load_fp32_base)
-        merged.save_pretrained(str(self.run_dir.path / "model_merged"))
-        self.tokenizer.save_pretrained(str(self.run_dir.path / "model_merged"))
+        merged.save_pretrained(str(self.run_dir.model_merged))
+        self.tokenizer.save_pretrained(str(self.run_dir.model_merged))
 
     def _restore_token_count(self) -> None:
         """The num_tokens count continues from the last logged value (patches.set_token_count)."""

@@ -117,19 +117,14 @@ def launch(run: RunConfig, run_dir: str | Path, overrides: list[str]) -> dict:
     with log.open("w", encoding="utf-8") as stderr:
         code = subprocess.run(cmd, env=env, stderr=None if run.verbose else stderr, check=False).returncode
     rundir = RunDir(run_dir)
-    try:
-        summary = json.loads(rundir.summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = {}
+    summary = rundir.summary()
     if code == 0 and summary.get("status") == "completed":
         return summary
-    if summary.get("status") != "failed":
-        rundir.path.mkdir(parents=True, exist_ok=True)
-        rundir.fail(RuntimeError(f"the launched processes exited with code {code}; see {log}"))
+    rundir.fail_unless_failed(RuntimeError(f"the launched processes exited with code {code}; see {log}"))
     kind, _, message = str(summary.get("error", "")).partition(": ")
     error_class = getattr(errors, kind, None)
     if isinstance(error_class, type) and issubclass(error_class, errors.AligntuneError):
         raise error_class(message)
     raise RuntimeError(f"the {run.distributed.num_processes} launched processes exited with code {code}"
                        f"{' (' + summary['error'] + ')' if summary.get('error') else ''}; accelerate's and torchrun's "
-                       f"output is in {log}, the run's log in {run_dir / 'train.log'}")
+                       f"output is in {log}, the run's log in {rundir.log_file}")

@@ -52,10 +52,11 @@ def main(argv: list[str]) -> int:
     except AligntuneError as exc:
         if rank == 0:
             report(exc)
-            if not (run_dir / "summary.json").exists():
-                from aligntune.run.rundir import RunDir
+            from aligntune.run.rundir import RunDir
 
-                RunDir(run_dir).fail(exc)
+            rundir = RunDir(run_dir)
+            if not rundir.summary_file.exists():
+                rundir.fail(exc)
         return EXIT_USAGE
     except Exception:
         import logging

@@ -42,11 +42,11 @@ class RunRecorder(TrainerCallback):
             self.history.append(record)  # the trainer's end-of-run summary: kept for summary.json, not a step
             return
         self.history.append(record)
-        self.run_dir.append(self.run_dir.metrics, record)
+        self.run_dir.log_metrics(record)
         if self.book is not None and self.log_samples:
             rows = self.book.rows(self.log_samples, self.weights)
             for row in rows:
-                self.run_dir.append(self.run_dir.samples, {"step": state.global_step, **row})
+                self.run_dir.log_sample({"step": state.global_step, **row})
             if rows:
                 self.first_samples = self.first_samples or rows
                 self.last_samples = rows

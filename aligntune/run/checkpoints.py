@@ -21,6 +21,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from aligntune.run.rundir import CONFIG
+
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -51,7 +53,7 @@ def make_atomic(trainer, config_file: Path) -> None:
             save(model, trial)
         written = staging_root / f"checkpoint-{trainer.state.global_step}"
         if config_file.is_file():
-            shutil.copy(config_file, written / "config.yaml")
+            shutil.copy(config_file, written / CONFIG)
         target = final_root / written.name
         if target.exists():
             shutil.rmtree(target)

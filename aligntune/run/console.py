@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from aligntune.run.rundir import RunFiles
+
 console = Console(stderr=False, highlight=False)
 engine_bars = False  # the engines' own progress bars on the console: -v (set by aligntune.run.logs.setup)
 
@@ -121,7 +123,7 @@ def start_panel(run, run_dir, overrides: list[str], default):
     for section, items in changed.items():
         grid.add_row(Text(f"  {section}", style="cyan"), Text("  ".join(items)))
     grid.add_row("run directory", Text(str(run_dir)))
-    grid.add_row("full config", Text(f"{run_dir}/config.yaml (or -v, or --cfg job)"))
+    grid.add_row("full config", Text(f"{RunFiles(run_dir).config_file} (or -v, or --cfg job)"))
     return Panel(grid, title="aligntune train", title_align="left", expand=False)
 
 

@@ -27,6 +27,8 @@ import sys
 
 from transformers import TrainerCallback
 
+from aligntune.run.rundir import RunFiles
+
 log = logging.getLogger("aligntune")
 
 
@@ -63,7 +65,7 @@ def reward_failure_error(failure: RewardFailure, step: int, checkpoint, run_dir)
     return RewardError(
         f"Reward '{name}' raised {type(error).__name__}: {error} at step {step} (it passed the check before "
         f"training, so this batch's completions or columns set it off).{saved}",
-        f"Fix the reward for such inputs: its traceback is in {run_dir / 'train.log'} (or run with --traceback)."
+        f"Fix the reward for such inputs: its traceback is in {RunFiles(run_dir).log_file} (or run with --traceback)."
         f"{resume}")
 
 

@@ -13,16 +13,17 @@ rewritten by readers; `aligntune report --mark-crashed` writes the crashed statu
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 import time
 from pathlib import Path
 
+from aligntune.run.rundir import HEARTBEAT as HEARTBEAT  # where tests and callers have found it
+from aligntune.run.rundir import RunDir, RunFiles
+
 BEAT_S = 30.0  # heartbeat period
 STALE_S = 180.0  # a heartbeat this old (6 missed beats) means the process on another host is gone
-HEARTBEAT = "heartbeat"
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -60,7 +61,7 @@ class Heartbeat:
     """Touches <run>/heartbeat every `period` seconds from a daemon thread until stopped."""
 
     def __init__(self, run_dir: Path, period: float = BEAT_S):
-        self.path = Path(run_dir) / HEARTBEAT
+        self.path = RunFiles(run_dir).heartbeat_file
         self.period = period
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,24 +91,19 @@ class Heartbeat:
 
 def heartbeat_age(run_dir: Path) -> float | None:
     try:
-        return time.time() - float((Path(run_dir) / HEARTBEAT).read_text().strip())
+        return time.time() - float(RunFiles(run_dir).heartbeat_file.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
 def _last_step(run_dir: Path) -> int:
-    from aligntune.run.plots import read_jsonl  # skips a line the kill cut short
-
-    steps = [r.get("step") for r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
+    steps = [r.get("step") for r in RunFiles(run_dir).metrics()]  # a line the kill cut short is skipped
     return max((s for s in steps if isinstance(s, int)), default=0)
 
 
 def read_summary(run_dir: str | Path) -> dict:
     """summary.json as written ({} when missing or unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return RunFiles(run_dir).summary()
 
 
 def crashed(run_dir: str | Path, summary: dict) -> bool:
@@ -129,7 +125,7 @@ def read_status(run_dir: str | Path) -> dict:
     summary = read_summary(run_dir)
     if not crashed(run_dir, summary):
         return summary
-    checkpoint = latest(run_dir / "checkpoints")
+    checkpoint = latest(RunFiles(run_dir).checkpoints)
     return {**summary, "status": "crashed", "step": _last_step(run_dir),
             "checkpoint": str(checkpoint) if checkpoint else None,
             "resume": f"aligntune train resume={run_dir}" if checkpoint else None,
@@ -138,10 +134,8 @@ def read_status(run_dir: str | Path) -> dict:
 
 def mark_crashed(run_dir: str | Path) -> bool:
     """Write a crashed run's status into its summary.json; False when the run is not crashed."""
-    from aligntune.run.rundir import write_json_atomic
-
     status = read_status(run_dir)
     if status.get("status") != "crashed":
         return False
-    write_json_atomic(Path(run_dir) / "summary.json", status)
+    RunDir(run_dir).write_summary(status)
     return True

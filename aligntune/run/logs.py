@@ -13,7 +13,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup(run_dir: Path, verbose: bool) -> None:
     root = logging.getLogger()
-    log_file = str((run_dir / "train.log").resolve())
+    from aligntune.run.rundir import RunFiles
+
+    log_file = str(RunFiles(run_dir).log_file.resolve())
     if not any(isinstance(h, logging.FileHandler) and h.baseFilename == log_file for h in root.handlers):
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))

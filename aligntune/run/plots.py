@@ -11,9 +11,11 @@ this module costs nothing.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+
+from aligntune.run.rundir import RunFiles
+from aligntune.run.rundir import read_jsonl as read_jsonl  # a line cut short by a crash is skipped (run/rundir.py)
 
 # (file stem, title, keys drawn in that figure): a training curve with its held-out (eval_) counterpart.
 # "rewards/*/mean" expands to every reward component. A figure is drawn when any of its keys was logged.
@@ -32,19 +34,6 @@ COMPARE_METRICS = ["reward", "rewards/*/mean", "kl", "loss", "completions/mean_l
                    "eval_accuracy"]
 # eval_* keys that are bookkeeping, not metrics (left out of the comparison tables).
 EVAL_SKIP = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: the rest of the file is still worth plotting
-    return rows
 
 
 def series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -140,7 +129,7 @@ def _draw(path: Path, title: str, lines: list[tuple[str, list[float], list[float
 def write_run_plots(run_dir: str | Path) -> list[Path]:
     """One PNG per metric group the run logged, into <run>/plots/. Returns the files written."""
     run_dir = Path(run_dir)
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = RunFiles(run_dir).metrics()
     out = run_dir / "plots"
     return [_draw(out / f"{stem}.png", title, [(k, *series(rows, k)) for k in keys])
             for stem, title, keys in run_figures(rows)]

@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 import yaml
 
-from aligntune.run.plots import EVAL_SKIP, phase_means, read_jsonl, write_phase_plot, write_run_plots
+from aligntune.run.plots import EVAL_SKIP, phase_means, write_phase_plot, write_run_plots
+from aligntune.run.rundir import RunFiles, find
 
 # Final metrics of the comparison tables, in this order, when any run has them (report.md lists them all).
 COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_first_20pct_se", "reward_last_20pct",
@@ -28,24 +29,16 @@ COMPARE_KEYS = ["steps", "reward", "reward_first_20pct", "reward_first_20pct_se"
 # too narrow (comparison.csv and .md have every column).
 CONSOLE_KEYS = ["job", "status", "error", "reward", "eval_reward", "eval_preference_accuracy", "rewards/accuracies",
                 "reward_last_20pct", "steps", "kl", "loss", "wall_time_s"]
-LINKED_FILES = ["summary.json", "config.yaml", "overrides.yaml", "metrics.jsonl", "samples.jsonl", "train.log"]
 
 
 def read_summary(run_dir: Path) -> dict:
     """summary.json as readers show it: a "running" run whose process is gone reads "crashed" (run.liveness)."""
-    from aligntune.run.liveness import read_status
-
-    return read_status(run_dir)
+    return RunFiles(run_dir).status()
 
 
 def read_overrides(run_dir: Path) -> list[str]:
-    for path in (run_dir / "overrides.yaml", run_dir / ".hydra" / "overrides.yaml"):
-        if path.is_file():
-            try:
-                return [str(o) for o in yaml.safe_load(path.read_text(encoding="utf-8")) or []]
-            except yaml.YAMLError:
-                return []
-    return []
+    """The overrides the run was composed from (RunFiles.overrides: the one reading order)."""
+    return RunFiles(run_dir).overrides()
 
 
 def _job_order(rel: Path) -> tuple:
@@ -58,9 +51,9 @@ def find_runs(path: str | Path) -> tuple[str, list[Path]]:
     """("run", [path]) for a run directory, ("sweep", [job dirs in job order]) for a directory holding runs,
     ("none", []) otherwise. A run directory is one with a summary.json."""
     path = Path(path)
-    if (path / "summary.json").is_file():
+    if RunFiles(path).is_run():
         return "run", [path]
-    jobs = [p.parent for p in path.rglob("summary.json") if ".hydra" not in p.parts]
+    jobs = find(path)
     if jobs:
         return "sweep", sorted(jobs, key=lambda job: _job_order(job.relative_to(path)))
     return "none", []
@@ -174,7 +167,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     out += [" · ".join(head), ""]
     if overrides:
         out += ["overrides: " + " ".join(f"`{o}`" for o in overrides), ""]
-    out += ["files: " + " · ".join(f"[{name}]({name})" for name in LINKED_FILES if (run_dir / name).is_file()), ""]
+    out += ["files: " + " · ".join(f"[{name}]({name})" for name in RunFiles(run_dir).linked_files()), ""]
     out += ["## Summary", "", "| metric | value |", "|---|---:|"]
     out += [f"| {_md_cell(k)} | {_md_cell(_fmt(summary[k]))} |" for k in summary_keys(summary)]
     out += phases_markdown(run_dir, summary)
@@ -188,7 +181,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     else:
         out.append("No metrics were logged.")
     out += ["", "## Sample completions: first, middle and last logged step", ""]
-    out += samples_markdown(read_jsonl(run_dir / "samples.jsonl"))
+    out += samples_markdown(RunFiles(run_dir).samples())
     report = run_dir / "report.md"
     report.write_text("\n".join(out) + "\n", encoding="utf-8")
     return report

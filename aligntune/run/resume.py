@@ -1,7 +1,7 @@
 """`aligntune train resume=<run dir>|latest [resume_force=true] [KEY=VALUE ...]`: continue a run in its own directory.
 
-The run's config is recomposed from what it was started with (<run dir>/.hydra/overrides.yaml) plus the new
-overrides, and compared with the config it ran (<run dir>/config.yaml). A difference that would change the
+The run's config is recomposed from what it was composed from (RunFiles.overrides: <run dir>/overrides.yaml,
+search path included) plus the new overrides, and compared with the config it ran (<run dir>/config.yaml). A difference that would change the
 run (model, data, algorithm, batch arithmetic, optimiser, seed, ...) is refused with the list of differences
 unless resume_force=true; only settings that do not touch the optimisation may change (RESUMABLE_CHANGES).
 A completed run is refused too: it has nothing left to train, and resuming it must not look like success.
@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
 from aligntune.errors import ConfigError
+from aligntune.run.rundir import RunFiles, find
 
 # Keys that may differ on resume without changing the optimisation (prefixes end with a dot; a leading dot: the
 # last part of any key, e.g. rewards.<name>.timeout_s, which a run stopped by a slow reward is resumed with).
@@ -34,9 +33,7 @@ def _value(overrides: list[str], key: str) -> str | None:
 
 
 def _status(run_dir: Path) -> dict:
-    from aligntune.run.liveness import read_status
-
-    return read_status(run_dir)
+    return RunFiles(run_dir).status()
 
 
 def _live(summary: dict) -> bool:
@@ -52,16 +49,16 @@ def find_run(ref: str, outputs: Path = Path("outputs")) -> Path:
     from aligntune.run.checkpoints import latest
 
     if ref == "latest":
-        runs = sorted((p.parent for p in outputs.glob("*/*/summary.json")), key=lambda p: (p.parent.name, p.name))
+        runs = sorted(find(outputs, "*/*"), key=lambda p: (p.parent.name, p.name))
         candidates = [r for r in runs if _status(r).get("status") != "completed" and not _live(_status(r))
-                      and latest(r / "checkpoints")]
+                      and latest(RunFiles(r).checkpoints)]
         if not candidates:
             raise ConfigError(f"resume=latest found no unfinished run with a checkpoint under {outputs.resolve()}.",
                               "Give the run directory (resume=outputs/<date>/<time>_<id>), or run from the directory "
                               "that holds outputs/.")
         return candidates[-1].resolve()
     path = Path(ref).expanduser()
-    if not (path / "summary.json").is_file():
+    if not RunFiles(path).is_run():
         raise ConfigError(f"resume={ref} is not a run directory (no summary.json in it).",
                           "Give the directory of the run to continue (outputs/<date>/<time>_<id>), or resume=latest.")
     return path.resolve()
@@ -102,12 +99,10 @@ def plan(overrides: list[str], multirun: bool, searchpath: list[str] | None = No
     ref = _value(overrides, "resume")
     force = (_value(overrides, "resume_force") or "false").lower() == "true"
     run_dir = find_run(ref)
-    saved_file = run_dir / ".hydra" / "overrides.yaml"
-    saved = [o for o in (yaml.safe_load(saved_file.read_text()) or []) if not o.startswith(_OWN_KEYS)] \
-        if saved_file.is_file() else []
-    recorded = run_dir / "overrides.yaml"  # aligntune's record: it also holds the search path (Hydra's does not)
-    if not searchpath and recorded.is_file():
-        searchpath = [o for o in (yaml.safe_load(recorded.read_text()) or []) if is_searchpath(o)]
+    recorded = RunFiles(run_dir).overrides()  # the job's overrides and its search path
+    saved = [o for o in recorded if not o.startswith(_OWN_KEYS) and not is_searchpath(o)]
+    if not searchpath:
+        searchpath = [o for o in recorded if is_searchpath(o)]
     new = [o for o in overrides if not o.startswith(_OWN_KEYS)] + list(searchpath or [])
     run, _ = preflight.load(saved + new + [f"resume_force={str(force).lower()}"])
     checkpoint, changed = check_resumable(run_dir, run)
@@ -130,13 +125,16 @@ def check_resumable(run_dir: Path, run) -> tuple[Path, list[str]]:
     if summary.get("status") == "completed":
         raise ConfigError(f"The run {run_dir} already completed ({summary.get('steps', '?')} steps); resuming it would "
                           "train nothing.", f"To train further, start a new run from its model: "
-                          f"model.name_or_path={run_dir / 'model'} (with the steps you want).")
-    checkpoint = latest(run_dir / "checkpoints")
+                          f"model.name_or_path={RunFiles(run_dir).model} (with the steps you want).")
+    checkpoint = latest(RunFiles(run_dir).checkpoints)
     if checkpoint is None:
         raise ConfigError(f"The run {run_dir} has no checkpoint to resume from (status: {summary.get('status', '?')}); "
                           "it stopped before writing one.", "Start it again; set train.save_steps=N to checkpoint "
                           "every N steps (an interrupted run always writes one).")
-    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    ran = RunFiles(run_dir).config()
+    if ran is None:
+        raise ConfigError(f"The run {run_dir} has no readable config.yaml to compare the resumed config with.",
+                          "Start it again (its config.yaml is written when a run starts).")
     changed = differences(ran, asdict(run))
     if changed and not run.resume_force:
         raise ConfigError(f"Resuming {run_dir} with a config that differs from the one it ran would change the run: "

@@ -30,6 +30,7 @@ ENTRYPOINT = "verl.trainer.main_ppo"
 def prepare(run: RunConfig, run_dir: str | Path) -> list[str]:
     """Export the data and reward file, translate the config; returns the command (python, -m, ..., overrides)."""
     from aligntune.models.loading import model_location
+    from aligntune.run.rundir import RunFiles
 
     run_dir = Path(run_dir).resolve()
     out = run_dir / "verl"
@@ -37,7 +38,7 @@ def prepare(run: RunConfig, run_dir: str | Path) -> list[str]:
     reward_file = out / "reward_fn.py"
     exporter.write_reward_file(run, reward_file, run_dir)
     ex = Exported(train_file=str(train), val_file=str(val) if val else None, reward_file=str(reward_file),
-                  train_rows=rows, model_path=model_location(run.model), checkpoint_dir=str(run_dir / "checkpoints"),
+                  train_rows=rows, model_path=model_location(run.model), checkpoint_dir=str(RunFiles(run_dir).checkpoints),
                   experiment=run_dir.name,
                   value_model_path=(str(Path(run.algorithm.value_model).expanduser().resolve())
                                     if getattr(run.algorithm, "value_model", "policy") != "policy" else None))
@@ -84,4 +85,4 @@ def run(run: RunConfig, run_dir: str | Path, overrides: list[str] | None = None)
         error = RuntimeError(f"verl exited with code {code}")
         rundir.fail(error)
         raise error
-    return rundir.finish({"backend": "verl", "checkpoints": str(Path(run_dir) / "checkpoints")})
+    return rundir.finish({"backend": "verl", "checkpoints": str(rundir.checkpoints)})
