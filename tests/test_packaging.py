@@ -55,3 +55,11 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
     assert command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_tests_mirror_the_package():
+    """tests/<a>/<b>/test_x.py sits beside aligntune/<a>/<b>/: each test folder names a package folder."""
+    stray = [str(d.relative_to(ROOT / "tests")) for d in (ROOT / "tests").rglob("*") if d.is_dir()
+             and d.name not in ("fixtures", "__pycache__") and "fixtures" not in d.parts
+             and not (ROOT / "aligntune" / d.relative_to(ROOT / "tests")).is_dir()]
+    assert not stray, f"test folders without a package folder: {stray}"

@@ -59,7 +59,7 @@ BACKENDS: dict[str, Backend] = {
                  "num_mini_batches": "verl splits a rollout by prompts (actor.ppo_mini_batch_size)"}),
 }
 # The keys check_supported refuses on a backend that does not support them (backend=verl's translation lists the
-# others: tests/test_verl.py).
+# others: tests/backends/verl/test_verl.py).
 REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions")
 
 

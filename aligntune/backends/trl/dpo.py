@@ -25,7 +25,7 @@ log sigmoid(x) - log sigmoid(-x) = x,
 
 exactly, with the same f-divergence, length-desensitisation and WPO weighting as TRL's other terms. So each
 sigmoid weight w becomes (2 - 2 eps) w, and one robust term weighted -(1 - 2 eps) times their sum is appended.
-tests/test_dpo.py checks the trainer's loss and gradients against cDPO computed by hand, which also fails if
+tests/backends/trl/test_dpo.py checks the trainer's loss and gradients against cDPO computed by hand, which also fails if
 TRL's robust formula ever changes.
 """
 

@@ -33,7 +33,7 @@ def workdir(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALIGNTUNE_TRACEBACK", "0")
-    # plots and report.md (tests/test_report.py covers them) cost seconds per run and prove nothing here
+    # plots and report.md (tests/run/test_report.py covers them) cost seconds per run and prove nothing here
     monkeypatch.setattr(report, "write_run_report_or_warn", lambda run_dir: None)
     return tmp_path
 

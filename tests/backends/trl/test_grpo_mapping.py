@@ -301,11 +301,11 @@ TRAIN_VARIATIONS = {
 NOT_MAPPED = {
     ("algorithm", "name"): "selects the schema and the engine (core/registry.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
-    ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/test_reliability.py)",
+    ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/run/test_reliability.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",
-    ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/test_grpo_variants.py)",
-    ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/test_grpo_variants.py)",
-    ("algorithm", "dynamic_sampling_max_retries"): "that trainer's retry bound (tests/test_grpo_variants.py)",
+    ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/backends/trl/test_grpo_variants.py)",
+    ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/backends/trl/test_grpo_variants.py)",
+    ("algorithm", "dynamic_sampling_max_retries"): "that trainer's retry bound (tests/backends/trl/test_grpo_variants.py)",
 }
 SILENT_NO_OPS: dict = {}  # (group, field) -> reason; empty: every field reaches grpo_args
 

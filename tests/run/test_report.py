@@ -64,7 +64,7 @@ def sweep_dir(tmp_path_factory) -> tuple[Path, int, str]:
 def test_a_run_writes_plots_of_its_curves(run_dir):
     plots = run_dir / "plots"
     names = sorted(p.name for p in plots.iterdir())
-    # no DPO plots for GRPO; phases.png is the step's phase breakdown (a bar, tests/test_phases.py)
+    # no DPO plots for GRPO; phases.png is the step's phase breakdown (a bar, tests/run/test_phases.py)
     assert names == ["completion_length.png", "entropy.png", "kl.png", "loss.png", "phases.png", "reward.png"]
     for png in plots.iterdir():
         if png.name != "phases.png":

@@ -12,7 +12,7 @@ from aligntune.data import formats
 from aligntune.data.loading import load
 from aligntune.errors import ConfigError, DataError
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def cfg(name, **kw) -> DatasetConfig:

@@ -68,7 +68,7 @@ def _overrides(group: str, option: str) -> list[str]:
     ovs = [f"{group}={option}", *MANDATORY.get((group, option), [])]
     if (group, option) == ("backend", "verl"):
         # launching needs backend.verl.python (the verl environment); the default job's after-training evaluation
-        # is aligntune's own (refused for verl: tests/test_verl.py)
+        # is aligntune's own (refused for verl: tests/backends/verl/test_verl.py)
         ovs += ["dry_run=true", "eval.after_training=false"]
     if group == "dataset" and not _brings_rewards(group, option):
         ovs.append("+rewards.probe.fn=letter_match")  # the default algorithm (GRPO) needs a reward
