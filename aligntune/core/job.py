@@ -124,7 +124,7 @@ class AlignmentJob:
 
             compact_fused_head_on_cpu()  # TRL's LM head scores every position on CPU; its GPU path only completions
         self.tokenizer = load_tokenizer(run.model)
-        self.memory_estimate = memory.check(run, self.precision)  # before any weights are loaded
+        self.memory_estimate = memory.check(run, self.precision, self.device)  # before any weights are loaded
         if self.memory_estimate:
             self.run_dir.record(memory_estimate_gib=round(self.memory_estimate["total"] / 2**30, 3),
                                 memory_baseline_gib=round(memory.process_rss() / 2**30, 3))

@@ -165,19 +165,21 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
 
 
-def check(run: RunConfig, precision: str = "fp32") -> dict[str, int]:
-    """Estimate, log it, and warn (once, with the breakdown) when it exceeds the device's memory."""
+def check(run: RunConfig, precision: str = "fp32", device: str | None = None) -> dict[str, int]:
+    """Estimate, log it, and warn (once, with the breakdown) when it exceeds the memory of `device` (default: the
+    run's, resolved)."""
     from aligntune.errors import AligntuneError
     from aligntune.models.loading import resolve_device
 
+    device = device or resolve_device(run.device)
     try:
-        est = estimate(run, precision, resolve_device(run.device))
+        est = estimate(run, precision, device)
     except AligntuneError:
         raise
     except Exception as exc:
         log.warning("memory estimate unavailable: %s: %s", type(exc).__name__, exc)
         return {}
-    have, what = available(resolve_device(run.device))
+    have, what = available(device)
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in est.items() if k not in ("total", "parameters") and v)
     log.info("memory estimate: %s for %s parameters (%s); %s: %s", _gb(est["total"]), est["parameters"], parts, what,
              _gb(have))
