@@ -300,10 +300,10 @@ def _sweep_dir(overrides: list[str]) -> str:
 def _finish_sweep(sweep_dir: str, code: int) -> int:
     """After a sweep: list its jobs, write and print the comparison (and the best trial of a search). Jobs are
     read back from their summary.json, so this works whichever launcher ran them (in this process or not); the
-    command exits with the code the first failed job recorded there (RunDir.exit_code)."""
+    command exits with the code the first failed job recorded there (RunFiles.exit_code)."""
     from aligntune.run import report
     from aligntune.run.console import console
-    from aligntune.run.rundir import RunDir
+    from aligntune.run.rundir import RunFiles
 
     _, jobs = report.find_runs(sweep_dir)
     if code == 0 and jobs:
@@ -318,7 +318,7 @@ def _finish_sweep(sweep_dir: str, code: int) -> int:
         for job in failed:
             console.print(f"  {os.path.join(sweep_dir, job)}", soft_wrap=True)
     # a job that completed may still fail the sweep (its optimized_metric was missing): its summary says so
-    codes = [c for c in (RunDir(job).exit_code() for job in jobs) if c != 0]
+    codes = [c for c in (RunFiles(job).exit_code() for job in jobs) if c != 0]
     return codes[0] if code == 0 and codes else code
 
 

@@ -132,6 +132,16 @@ class RunFiles:
 
         return read_status(self.path)
 
+    def exit_code(self) -> int:
+        """The exit code this run stands for, from its summary.json: the `exit_code` recorded there (a sweep job's,
+        cli._job_failed), else 0 when completed, 130 when interrupted, 1 otherwise (failed, or no summary at all)."""
+        from aligntune.errors import EXIT_FAILURE, EXIT_INTERRUPTED
+
+        summary = self.summary()
+        if isinstance(summary.get("exit_code"), int):
+            return summary["exit_code"]
+        return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary.get("status"), EXIT_FAILURE)
+
     def overrides(self) -> list[str]:
         """The overrides config.yaml was composed from (the reading order is in the module docstring)."""
         for path in (self.overrides_file, self.hydra_overrides_file):
@@ -267,16 +277,6 @@ class RunDir(RunFiles):
         if self.summary().get("status") != "failed":
             self.path.mkdir(parents=True, exist_ok=True)
             self.fail(error)
-
-    def exit_code(self) -> int:
-        """The exit code this run stands for, from its summary.json: the `exit_code` recorded there (a sweep job's,
-        cli._job_failed), else 0 when completed, 130 when interrupted, 1 otherwise (failed, or no summary at all)."""
-        from aligntune.errors import EXIT_FAILURE, EXIT_INTERRUPTED
-
-        summary = self.summary()
-        if isinstance(summary.get("exit_code"), int):
-            return summary["exit_code"]
-        return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(summary.get("status"), EXIT_FAILURE)
 
     def append(self, path: Path, record: dict) -> None:
         if not self.main:
