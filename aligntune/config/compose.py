@@ -221,7 +221,8 @@ def check_grammar(overrides: list[str], multirun: bool = False) -> None:
 def hydra_overrides(overrides: list[str]) -> list[str]:
     """`overrides` as Hydra is given them, by every stage: the recorded search path (hydra.searchpath of the user
     directories, aligntune.config.searchpath) becomes the full one, the user directories then the shipped configs."""
-    from aligntune.config.searchpath import from_overrides, hydra_override, is_searchpath
+    from aligntune.config.overrides import is_searchpath
+    from aligntune.config.searchpath import from_overrides, hydra_override
 
     return [o for o in overrides if not is_searchpath(o)] + [hydra_override(from_overrides(overrides))]
 

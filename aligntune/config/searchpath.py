@@ -27,6 +27,7 @@ import os
 import re
 from pathlib import Path
 
+from aligntune.config.overrides import is_searchpath
 from aligntune.errors import ConfigError
 
 ENV = "ALIGNTUNE_CONFIG_PATH"
@@ -148,12 +149,6 @@ def from_overrides(overrides: list[str]) -> list[Path]:
         if is_searchpath(o):
             dirs += [Path(d) for d in _entries(o.split("=", 1)[1]) if Path(d) != shipped and Path(d) not in dirs]
     return dirs
-
-
-def is_searchpath(override: str) -> bool:
-    from aligntune.config import overrides
-
-    return overrides.is_searchpath(override)
 
 
 def options(group: str, dirs: list[Path]) -> dict[str, Path]:

@@ -91,7 +91,7 @@ def plan(overrides: list[str], multirun: bool, searchpath: list[str] | None = No
     """The overrides that continue the run `resume=` names, in its own directory; ConfigError if it cannot.
     `searchpath`: this command's config search path override ([] for none: the run's recorded one is used)."""
     from aligntune import preflight
-    from aligntune.config.searchpath import is_searchpath
+    from aligntune.config.overrides import is_searchpath
     from aligntune.run.checkpoints import step_of
 
     if multirun:
