@@ -86,8 +86,8 @@ class BuildInputs:
         master_weights = dtype != torch.float32
         lora = peft_config(self.config.model)
         if not master_weights or lora is not None:
-            return Policy(load_model(self.config.model, dtype), lora, master_weights)
-        model = load_model(self.config.model, torch.float32)
+            return Policy(load_model(self.config.model, dtype, device=self.device), lora, master_weights)
+        model = load_model(self.config.model, torch.float32, device=self.device)
         originals = to_low_precision(model, dtype, keep=True)
         return Policy(model, lora, master_weights, originals)
 

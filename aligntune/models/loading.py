@@ -201,20 +201,26 @@ def load_kwargs(cfg: ModelConfig, dtype, quantize: bool = True) -> dict:
     return kwargs
 
 
-def load_model(cfg: ModelConfig, dtype=None, quantize: bool = True):
+def load_model(cfg: ModelConfig, dtype=None, quantize: bool = True, device: str | None = None):
     """The policy on CPU with weights in `dtype` (default fp32); the trainer places it on the device. A quantised
-    model (model.quantization) loads on the GPU; `quantize=False` loads it in full precision (a merge's base)."""
+    model (model.quantization) loads on the GPU; `quantize=False` loads it in full precision (a merge's base).
+    `device` (resolved: cpu|cuda), when known, lets `model.attn_implementation=auto` pick per device
+    (models/attention.py)."""
     from transformers import AutoModelForCausalLM
+
+    from aligntune.models import attention
 
     location = model_location(cfg)
     try:
-        return AutoModelForCausalLM.from_pretrained(location, **load_kwargs(cfg, dtype, quantize))
+        model = AutoModelForCausalLM.from_pretrained(location, **load_kwargs(cfg, dtype, quantize))
     except ValueError as exc:
         raise ModelError(f"{location} is not a causal language model that transformers can load ({exc}).",
                          "model.name_or_path must name a causal LM (e.g. a *ForCausalLM checkpoint).") from exc
     except OSError as exc:
         raise ModelError(f"Cannot load model weights from {location}: {exc}.",
                          "Check the directory holds the weights (model.safetensors) written by save_pretrained.") from exc
+    attention.apply(model, cfg.attn_implementation, device)
+    return model
 
 
 def peft_config(cfg: ModelConfig):
