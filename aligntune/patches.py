@@ -6,7 +6,9 @@
     transformers.Trainer._get_output_dir         overridden on the instance while a checkpoint is staged
     trl.{DPO,SFT,Reward}Trainer._total_train_tokens  set on resume: the num_tokens count continues
     trl.{GRPO,RLOO}Trainer._generate / _calculate_rewards  wrapped on the instance to time phases (run/phases.py);
-                                                 GRPO's _calculate_rewards is overridden by dynamic sampling
+                                                 GRPO's _calculate_rewards is overridden by dynamic sampling;
+                                                 _generate also runs on prepared weights (models/decoding.py)
+    torch.ops.mkldnn._reorder_linear_weight / _linear_pointwise  oneDNN's packed-weight linear (models/decoding.py)
 
 `PRIVATE` lists them with the signature each was written against; tests/test_patches.py checks them against the
 installed TRL and transformers, so an upgrade that renames or reshapes one fails loudly in the test suite instead
@@ -113,6 +115,16 @@ def wrap_save_checkpoint(trainer, around: Callable) -> None:
         guard("transformers")
     save = trainer._save_checkpoint
     trainer._save_checkpoint = functools.partial(around, save)
+
+
+def wrap_generate(trainer, around: Callable) -> bool:
+    """Route a TRL GRPO/RLOO trainer's `_generate(prompts)` (its rollout) through `around(generate, prompts)`, on
+    this instance only. False (nothing changed) for a trainer without one."""
+    if not any(c.__name__ in ("GRPOTrainer", "RLOOTrainer") for c in type(trainer).__mro__):
+        return False
+    guard("trl")
+    trainer._generate = functools.partial(around, trainer._generate)
+    return True
 
 
 @contextmanager

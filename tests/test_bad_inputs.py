@@ -128,6 +128,10 @@ CASES = [
     (C, ["model.revision=main"], ["model.revision=main", "Drop model.revision"]),
     (B, ["+backend.trl_args.model_init_kwargs={}"], ["backend.trl_args.model_init_kwargs", "model.attn_implementation"]),
     (C, ["algorithm=dpo", "train.log_completions=true"], ["train.log_completions", "samples.jsonl"]),
+    # config: the CPU decoding switches (issue #20) where nothing decodes with transformers' generate
+    (C, ["algorithm=dpo", "rollout.sampler=multinomial"], ["rollout.sampler", "samples no rollouts", "Drop"]),
+    (C, ["rollout.sampler=gumbel"], ["rollout.sampler", "gumbel", "inverse_cdf"]),
+    (C, ["backend=verl", "rollout.prepared_weights=false"], ["rollout.prepared_weights", "verl", "Drop"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
     (C, ["train.batch_size=two"], ["train.batch_size", "'two'", "type"]),

@@ -26,6 +26,7 @@ QUANTIZATIONS = ("none", "4bit", "8bit")  # bitsandbytes, through transformers' 
 QUANT_TYPES = ("nf4", "fp4")
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 ROLLOUT_ENGINES = ("hf", "vllm")
+SAMPLERS = ("auto", "multinomial", "inverse_cdf")
 VLLM_MODES = ("colocate", "server")
 DEVICES = ("auto", "cpu", "cuda")
 DATASET_FORMATS = ("auto", "prompt", "messages", "prompt_completion", "hh_rlhf", "ultrafeedback",
@@ -676,12 +677,23 @@ class RolloutConfig:
     """How GRPO/RLOO sample their rollouts: hf (transformers' generate, every device) or vllm (CUDA)."""
 
     engine: str = "hf"
+    # hf rollouts and the held-out evaluation's generation: linear layers decode on weights prepared once per
+    # rollout (LoRA merged into a copy, oneDNN-packed on CPU; models/decoding.py). null: on for CPU, where it is
+    # measured faster; off on CUDA (not measured there).
+    prepared_weights: Optional[bool] = None
+    # hf rollouts and sampled evaluation: how a token is drawn. auto: inverse_cdf on CPU (one uniform per row; the
+    # same distribution as multinomial, measured faster), multinomial on CUDA (transformers' torch.multinomial).
+    sampler: str = "auto"
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self):
         _one_of("rollout.engine", self.engine, ROLLOUT_ENGINES)
         _check(self.engine == "vllm" or self.vllm == VllmConfig(), "rollout.vllm.* is set, but rollout.engine=hf.",
                "Add rollout.engine=vllm, or drop rollout.vllm.*.")
+        _one_of("rollout.sampler", self.sampler, SAMPLERS)
+        _check(self.engine == "hf" or (not self.prepared_weights and self.sampler == "auto"),
+               "rollout.prepared_weights and rollout.sampler shape transformers' generate, and rollout.engine=vllm "
+               "generates in vLLM.", "Drop rollout.prepared_weights and rollout.sampler, or use rollout.engine=hf.")
 
 
 @dataclass

@@ -152,9 +152,11 @@ class AlignmentJob:
             from aligntune.models.precision import use_master_weights
 
             use_master_weights(self.trainer, self.fp32_originals)
+        from aligntune.models.decoding import use_fast_decoding
         from aligntune.run.phases import instrument
 
-        instrument(self.trainer, self.phases)
+        use_fast_decoding(self.trainer, run.rollout, self.device)
+        instrument(self.trainer, self.phases)  # after: the weights' preparation counts as generation time
         from aligntune.run.trackers import place
 
         handler = getattr(self.trainer, "callback_handler", None)  # transformers' Trainer; the native engine: .callbacks
@@ -219,6 +221,9 @@ class AlignmentJob:
             self.trainer.save_model(str(self.run_dir.model))  # every process: sharded engines gather; rank 0 writes
             if not self.is_main:
                 return {}
+            from aligntune.run.memory import release_training_state
+
+            release_training_state(self.trainer)  # room for the merge's fp32 base and the evaluation's models
             self.tokenizer.save_pretrained(str(self.run_dir.model))
             if self.config.model.lora.save_merged:
                 self._save_merged()

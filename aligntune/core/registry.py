@@ -32,6 +32,7 @@ class Backend:
     supports_resume: bool = True  # resume= continues from aligntune's checkpoints
     supports_skip_nonfinite: bool = True  # train.on_nonfinite=skip
     vllm_rollouts: tuple[str, ...] = ()  # algorithms whose rollouts rollout.engine=vllm generates
+    hf_rollouts: bool = True  # rollouts through transformers' generate (rollout.prepared_weights, rollout.sampler)
     completions_table: tuple[str, ...] = ()  # algorithms with TRL's completions table (train.log_completions)
     mini_batches_by_prompts: bool = False  # algorithm.num_mini_batches splits a rollout by prompts, not completions
     check: str | None = None  # "module:function": the engine's own torch-free refusals, check(run)
@@ -51,16 +52,22 @@ BACKENDS: dict[str, Backend] = {
     "verl": Backend(
         {"grpo": "aligntune.backends.verl.job:run", "ppo": "aligntune.backends.verl.job:run"},
         launched=True, supports_resume=False, supports_skip_nonfinite=False, mini_batches_by_prompts=True,
+        hf_rollouts=False,
         check="aligntune.backends.verl.job:check",
         why_not={"resume": "verl resumes through its own trainer.resume_mode from its checkpoints, not aligntune's",
                  "train.on_nonfinite=skip": "verl has no skip-the-step switch for NaN/inf (keep the default, stop)",
                  "rollout.engine": "is sampled by verl, whose rollout is backend.verl.rollout (vllm by default)",
+                 "rollout.decoding": "samples through verl's rollout engine (backend.verl.rollout)",
                  "train.log_completions": "verl logs its own generations (trainer.log_val_generations)",
                  "num_mini_batches": "verl splits a rollout by prompts (actor.ppo_mini_batch_size)"}),
 }
 # The keys check_supported refuses on a backend that does not support them (backend=verl's translation lists the
 # others: tests/backends/verl/test_verl.py).
-REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions")
+REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions",
+                       "rollout.prepared_weights", "rollout.sampler")
+
+
+ROLLOUT_ALGORITHMS = ("grpo", "rloo", "ppo")  # the algorithms that sample rollouts
 
 
 def resolve_backend(run: RunConfig) -> str:
@@ -120,6 +127,13 @@ def check_supported(run: RunConfig) -> None:
                           f"algorithm={algo} on backend={backend} "
                           + (found.why_not.get("rollout.engine") or "samples no rollouts") + ".",
                           "Drop rollout.engine (hf).")
+    decoding = [k for k, on in (("rollout.prepared_weights", run.rollout.prepared_weights is not None),
+                                ("rollout.sampler", run.rollout.sampler != "auto")) if on]
+    if decoding and (not found.hf_rollouts or algo not in ROLLOUT_ALGORITHMS):
+        raise ConfigError(f"{' and '.join(decoding)} shape{'' if len(decoding) > 1 else 's'} the rollouts of "
+                          f"transformers' generate, and {on}, which "
+                          + (found.why_not.get("rollout.decoding", "") if not found.hf_rollouts else
+                             "samples no rollouts") + ".", f"Drop {', '.join(decoding)}.")
     if run.train.log_completions and algo not in found.completions_table:
         raise ConfigError(f"train.log_completions=true turns on TRL's completions table of GRPO and RLOO, and "
                           f"algorithm={algo} on backend={backend} has none{why('train.log_completions')}.",

@@ -1,0 +1,201 @@
+"""Rollouts on CPU: every linear layer of the policy as one matmul on weights prepared once per generation.
+
+Decoding reads every weight once per new token, for a handful of rows (the rollout's sequences), so on a CPU its
+cost is the weights' trip from memory, not arithmetic. Two things waste that trip, and `prepared_linears` removes
+both for the duration of one `generate` call (rollout.fast_linears, on by default on CPU):
+
+- **LoRA's unmerged adapters.** A peft LoRA layer runs the base matmul, then casts the input to the adapters'
+  dtype for two more small matmuls and an add: three kernel calls and two casts per layer and token. Here the
+  adapter is merged into a *copy* of the base weight (W + s * B @ A, in fp32, rounded once to the weight dtype;
+  peft's own `get_delta_weight`), so the base weight itself is never modified (peft's merge/unmerge round trip
+  is not exact in bf16) and the copy is dropped when generation ends.
+- **oneDNN re-packing the weight on every call.** A bf16 matmul on CPU reorders the weight into oneDNN's blocked
+  layout each time it runs. The weight is reordered once (`torch.ops.mkldnn._reorder_linear_weight`) and every
+  decode step uses the packed copy (`torch.ops.mkldnn._linear_pointwise`): the same kernel, so full-weight runs
+  generate bit-identical tokens (tests/models/test_decoding.py).
+
+`bench/decoding.py` measures it side by side. It costs one extra copy of the linear weights while a rollout runs
+(in the weight dtype). DoRA and other LoRA variants, layers with their own forward override (accelerate hooks,
+offloading) and calls that record a graph keep their normal forward.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+
+
+def _packs(weight) -> bool:
+    """Whether oneDNN packing applies: a bf16 weight on CPU, in a PyTorch built with oneDNN, on a CPU where oneDNN
+    runs bf16 (AVX512-BF16/AMX; on an AVX2-only CPU it refuses, and the weight runs as a plain matmul)."""
+    import torch
+
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and _onednn_bf16())
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _lora_weight(module):
+    """The weight a peft LoRA Linear computes with (base + active adapters), or None if it cannot be one matmul."""
+    import torch
+
+    base = module.base_layer
+    if not isinstance(base, torch.nn.Linear) or getattr(module, "fan_in_fan_out", False):
+        return None
+    if module.disable_adapters or module.merged:
+        return base.weight
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if any(a in getattr(module, "lora_variant", {}) for a in active):  # DoRA and friends: not a plain delta
+        return None
+    if not active:
+        return base.weight
+    merged = base.weight.float()
+    for adapter in active:
+        merged = merged + module.get_delta_weight(adapter).float()
+    return merged.to(base.weight.dtype)
+
+
+def _targets(model):
+    """(module, weight, bias) for every linear layer of `model` that can run as one prepared matmul."""
+    import torch
+
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # peft is a dependency; without it there are no LoRA layers to merge
+        LoraLinear = ()
+    wrapped = set()
+    out = []
+    for module in model.modules():
+        if "forward" in vars(module):  # somebody (accelerate, a user) already replaced its forward
+            continue
+        if LoraLinear and isinstance(module, LoraLinear):
+            wrapped.add(id(module.base_layer))
+            weight = _lora_weight(module)
+            if weight is not None:
+                out.append((module, weight, module.base_layer.bias))
+        elif isinstance(module, torch.nn.Linear) and id(module) not in wrapped and type(module) is torch.nn.Linear:
+            out.append((module, module.weight, module.bias))
+    return [(m, w, b) for m, w, b in out if id(m) not in wrapped]
+
+
+def _prepared_forward(original, weight, bias, packed: bool, x, *args, **kwargs):
+    import torch
+
+    if args or kwargs or torch.is_grad_enabled():  # a call the prepared matmul does not cover: the module's own
+        return original(x, *args, **kwargs)
+    if packed:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@contextmanager
+def prepared_linears(model, rows: int = 1):
+    """Within the block, the linear layers of `model` run on prepared weights (see the module docstring); `rows`:
+    the number of sequences decoded together (oneDNN's packing hint). Restores every forward on exit."""
+    import torch
+
+    changed = []
+    try:
+        with torch.no_grad():
+            for module, weight, bias in _targets(model):
+                packed = _packs(weight)
+                if packed:
+                    weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
+                module.forward = functools.partial(_prepared_forward, module.forward, weight.detach(),
+                                                   None if bias is None else bias.detach(), packed)
+                changed.append(module)
+        yield len(changed)
+    finally:
+        for module in changed:
+            del module.forward
+
+
+def _inverse_cdf_multinomial(original, probs, num_samples, replacement=False, *, generator=None, out=None):
+    """`torch.multinomial` for one sample per row of a 2-D CPU float tensor, by inverse-CDF sampling: one uniform
+    per row and a search in the row's cumulative sum, instead of an exponential variate for every vocabulary entry.
+    Same distribution; a zero-probability entry is never drawn (the uniform lies in (0, 1]). Anything else goes to
+    the original."""
+    import torch
+
+    if (num_samples != 1 or out is not None or probs.dim() != 2 or probs.device.type != "cpu"
+            or not probs.dtype.is_floating_point):
+        return original(probs, num_samples, replacement, generator=generator, out=out)
+    cdf = probs.float().cumsum(-1)
+    uniform = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float32)
+    drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:])
+    return drawn.clamp_(max=probs.shape[1] - 1)
+
+
+@contextmanager
+def inverse_cdf_sampling():
+    """Within the block, transformers' sampling step (`torch.multinomial(probs, num_samples=1)` over the whole
+    vocabulary) draws by inverse CDF. On CPU the original spends its time on one exponential variate per vocabulary
+    entry: 16 ms of every decode step for 16 x 49,152 probabilities (a SmolLM2 rollout), against well under 1 ms
+    for this. The draws differ from torch.multinomial's for the same seed (another use of the random stream); their
+    distribution is the same (tests/models/test_decoding.py checks it on a known one)."""
+    import torch
+
+    original = torch.multinomial
+    torch.multinomial = functools.partial(_inverse_cdf_multinomial, original)
+    try:
+        yield
+    finally:
+        torch.multinomial = original
+
+
+def choices(rollout, device: str) -> tuple[bool, bool]:
+    """(prepared weights, inverse-CDF sampling) for `rollout` (the run's RolloutConfig) on `device`: where a setting
+    is left at auto (null / "auto") it is on for CPU, where it is measured faster, and off on CUDA, where the
+    weight copy costs GPU memory and neither has been measured."""
+    prepared = device == "cpu" if rollout.prepared_weights is None else bool(rollout.prepared_weights)
+    sampler = rollout.sampler == "inverse_cdf" or (rollout.sampler == "auto" and device == "cpu")
+    return prepared, sampler
+
+
+@contextmanager
+def fast_decoding(model, rows: int, prepared: bool, sampler: bool):
+    """`prepared_linears` and/or `inverse_cdf_sampling`, as chosen."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        if prepared:
+            stack.enter_context(prepared_linears(model, rows))
+        if sampler:
+            stack.enter_context(inverse_cdf_sampling())
+        yield
+
+
+def use_fast_decoding(trainer, rollout, device: str) -> bool:
+    """Run a trainer's rollout inside `fast_decoding` as `choices` says: a TRL GRPO/RLOO trainer's `_generate` (its
+    HF rollout) or the native PPO engine's `_sample`. False where nothing applies (other trainers, vLLM rollouts,
+    both switched off)."""
+    from aligntune.patches import wrap_generate
+
+    prepared, sampler = choices(rollout, device)
+    if not (prepared or sampler) or getattr(getattr(trainer, "args", None), "use_vllm", False):
+        return False
+    if hasattr(trainer, "models") and hasattr(trainer, "_sample"):  # aligntune's native PPO engine
+        sample, rows = trainer._sample, getattr(trainer.cfg, "batch_size", 1)
+
+        def native(*args, **kwargs):
+            with fast_decoding(trainer.models.policy, rows, prepared, sampler):
+                return sample(*args, **kwargs)
+
+        trainer._sample = native
+        return True
+
+    def around(generate, *args, **kwargs):
+        rows = getattr(trainer.args, "generation_batch_size", None) or 1
+        with fast_decoding(trainer.model, rows, prepared, sampler):
+            return generate(*args, **kwargs)
+
+    return wrap_generate(trainer, around)

@@ -1,0 +1,149 @@
+"""Rollouts on prepared weights and inverse-CDF sampling (models/decoding.py)."""
+
+import pytest
+import torch
+
+from aligntune.config import schema
+from aligntune.models import decoding, loading
+
+
+def _tiny(dtype=torch.bfloat16):
+    return loading.load_model(schema.ModelConfig(name_or_path="aligntune:tiny"), dtype, device="cpu").eval()
+
+
+def _generate(model, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, min_new_tokens=12,
+                              pad_token_id=0, **kwargs)
+
+
+def _no_overrides(model):
+    return not any("forward" in vars(m) for m in model.modules())
+
+
+def test_full_weight_bf16_decoding_on_packed_weights_is_bit_identical():
+    model = _tiny()
+    plain = _generate(model, do_sample=True, temperature=0.7)
+    with torch.no_grad():
+        logits = model(input_ids=plain).logits
+    with decoding.prepared_linears(model, rows=2) as changed:
+        assert changed == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        prepared = _generate(model, do_sample=True, temperature=0.7)
+        with torch.no_grad():
+            prepared_logits = model(input_ids=plain).logits
+    assert torch.equal(plain, prepared)
+    assert torch.equal(logits, prepared_logits)
+    assert _no_overrides(model)
+
+
+def test_lora_decodes_on_its_merged_weights_without_touching_the_base():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_tiny(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    ids = torch.randint(5, 100, (2, 7))
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits.float()
+        with decoding.prepared_linears(model, rows=2):
+            merged = model(input_ids=ids).logits.float()
+        exact = model(input_ids=ids).logits.float()
+    assert torch.equal(unmerged, exact)  # back to peft's own forward
+    # bf16: (W + s B A) rounded once against W x + s B (A x) in fp32 adapters; the logits of this 2-layer model agree
+    # to a few bf16 ulps of their scale
+    assert (merged - unmerged).abs().max() <= 0.05 * unmerged.abs().max()
+    assert not torch.equal(merged, _tiny_logits(ids))  # the adapter counts
+    for n, p in model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), n
+    assert _no_overrides(model)
+
+
+def _tiny_logits(ids):
+    with torch.no_grad():
+        return _tiny()(input_ids=ids).logits.float()
+
+
+def test_without_onednn_bf16_the_weights_run_as_plain_matmuls(monkeypatch):
+    """An AVX2-only CPU: oneDNN refuses bf16, so nothing is packed and decoding is still bit-identical."""
+    monkeypatch.setattr(decoding, "_onednn_bf16", lambda: False)
+    model = _tiny()
+    plain = _generate(model)
+    with decoding.prepared_linears(model, rows=2):
+        assert not any(isinstance(m.forward.args[1], torch.Tensor) and m.forward.args[1].is_mkldnn
+                       for m in model.modules() if "forward" in vars(m))
+        assert torch.equal(_generate(model), plain)
+
+
+def test_calls_with_a_graph_and_failures_keep_the_modules_own_forward():
+    model = _tiny(torch.float32)
+    ids = torch.tensor([[10, 11, 12]])
+    with decoding.prepared_linears(model, rows=1):
+        out = model(input_ids=ids, labels=ids)  # grad enabled: the original forward, so it trains
+        out.loss.backward()
+        assert model.lm_head.weight.grad is not None
+    with pytest.raises(RuntimeError, match="boom"):
+        with decoding.prepared_linears(model, rows=1):
+            raise RuntimeError("boom")
+    assert _no_overrides(model)
+
+
+def test_inverse_cdf_sampling_draws_the_right_distribution_and_never_a_zero():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(50_000, 1)
+    torch.manual_seed(0)
+    with decoding.inverse_cdf_sampling():
+        drawn = torch.multinomial(probs, num_samples=1)
+        assert torch.multinomial(probs[:4], 2).shape == (4, 2)  # not one sample per row: torch's own
+    assert drawn.shape == (100_000, 1) and drawn.dtype == torch.int64
+    first = torch.bincount(drawn[0::2, 0], minlength=4).float() / 50_000
+    # 50,000 draws: the binomial standard error of a frequency is at most 0.0023; 5 of them is 0.011
+    assert torch.allclose(first, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.011)
+    assert first[1] == 0
+    assert torch.all(drawn[1::2] == 3)
+    assert torch.multinomial is not decoding.inverse_cdf_sampling  # restored
+    assert "partial" not in type(torch.multinomial).__name__
+
+
+def test_auto_turns_both_on_for_cpu_only_and_the_keys_can_force_them():
+    cfg = schema.RolloutConfig()
+    assert decoding.choices(cfg, "cpu") == (True, True)
+    assert decoding.choices(cfg, "cuda") == (False, False)
+    assert decoding.choices(schema.RolloutConfig(prepared_weights=False, sampler="multinomial"), "cpu") == (False, False)
+    assert decoding.choices(schema.RolloutConfig(prepared_weights=True, sampler="inverse_cdf"), "cuda") == (True, True)
+
+
+def test_vllm_rollouts_refuse_the_hf_decoding_keys():
+    from aligntune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.engine=vllm generates in vLLM"):
+        schema.RolloutConfig(engine="vllm", sampler="inverse_cdf")
+    with pytest.raises(ConfigError, match="rollout.sampler"):
+        schema.RolloutConfig(sampler="gumbel")
+
+
+def test_a_grpo_run_decodes_its_rollouts_on_the_fast_path_and_the_keys_turn_it_off(workdir, monkeypatch):
+    from aligntune.core.backend_factory import create_rl_trainer
+
+    seen = []
+    real = decoding.fast_decoding
+
+    def spy(model, rows, prepared, sampler):
+        seen.append((prepared, sampler, torch.multinomial))
+        return real(model, rows, prepared, sampler)
+
+    monkeypatch.setattr(decoding, "fast_decoding", spy)
+    job = create_rl_trainer(experiment="smoke", max_steps=2, output_dir=workdir / "on")
+    summary = job.train()
+    assert summary["status"] == "completed" and summary["timing/generation"] > 0
+    assert len(seen) == 2 and all(s[:2] == (True, True) for s in seen)  # one rollout per step, both on (CPU)
+    assert torch.multinomial.__module__ == "torch"  # restored after every rollout
+    seen.clear()
+    job = create_rl_trainer(experiment="smoke", max_steps=1, output_dir=workdir / "off",
+                            **{"rollout.prepared_weights": False, "rollout.sampler": "multinomial"})
+    job.train()
+    assert seen == []
