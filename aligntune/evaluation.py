@@ -48,24 +48,31 @@ def inference_placement(location: str | Path, device: str = "auto", dtype: str =
 def load_for_inference(location: str | Path, device: str = "cpu", precision: str = "fp32"):
     """(model, tokenizer) from a run directory, its model/ folder, a LoRA adapter folder, or a model path, on
     `device` with weights in `precision` (bf16/fp16 weights for inference: no optimizer, so no master copies).
-    An adapter is merged into its base in fp32 first."""
+    Plain weights load straight into that dtype (each tensor rounded as it loads: the same weights as loading fp32
+    and casting, without the fp32 copy in memory). An adapter is merged into its base in fp32 first; a run's
+    `model_merged/` already is that merge, so it is read instead where it exists."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
+                                                                                                     torch.float32)
+    from aligntune.run.rundir import RunFiles
+
     path = model_folder(location)
+    merged = RunFiles(location).merged_weights()
     if not path.exists():  # a hub id (the caller checked that the hub or its cache has it)
-        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=dtype)
+    elif (path / "adapter_config.json").is_file() and merged is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype)
     elif (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
     elif (path / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     else:
         raise ModelError(f"{location} holds no model: no config.json or adapter_config.json (and no model/ folder).",
                          "Point run= at a run directory, its model/ folder, or a Hugging Face model directory.")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
-                                                                                                     torch.float32)
     model.to(device=device, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(location))
     tokenizer.padding_side = "left"
@@ -82,26 +89,40 @@ def format_prompt(tokenizer, prompt) -> str:
 
 
 def generate(model, tokenizer, prompts: list, samples: int, temperature: float, max_new_tokens: int, seed: int,
-             batch_size: int = 32) -> list[list[str]]:
-    """`samples` completions for each prompt (greedy when temperature is 0)."""
+             batch_size: int = 32, rollout=None) -> list[list[str]]:
+    """`samples` completions for each prompt (greedy when temperature is 0). `rollout` (a RolloutConfig; None: its
+    defaults): whether to decode on prepared weights and sample by inverse CDF (models/decoding.py)."""
     import torch
 
+    from aligntune.config.schema import RolloutConfig
+    from aligntune.models import decoding
+
     texts = [format_prompt(tokenizer, p) for p in prompts for _ in range(samples)]
-    out: list[str] = []
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
+    prepared, sampler = decoding.choices(rollout or RolloutConfig(), model.device.type)
     try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                     temperature=temperature if temperature > 0 else None, top_p=1.0,
-                                     pad_token_id=tokenizer.pad_token_id)
-            out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        with decoding.fast_decoding(model, min(batch_size, len(texts)), prepared, sampler and temperature > 0):
+            completions = _generate_batches(model, tokenizer, texts, max_new_tokens, temperature, batch_size)
     finally:
         torch.random.set_rng_state(generator_state)
-    return [out[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+    return [completions[i * samples:(i + 1) * samples] for i in range(len(prompts))]
+
+
+def _generate_batches(model, tokenizer, texts: list[str], max_new_tokens: int, temperature: float,
+                      batch_size: int) -> list[str]:
+    import torch
+
+    out: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 temperature=temperature if temperature > 0 else None, top_p=1.0,
+                                 pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -112,10 +133,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def score_prompts(model, tokenizer, rows, reward_funcs: dict, weights: dict, samples: int, temperature: float,
-                  max_new_tokens: int, seed: int) -> dict:
+                  max_new_tokens: int, seed: int, rollout=None) -> dict:
     """Sample, score and aggregate on `rows` (a list of dicts with `prompt` and reward columns)."""
     prompts = [r["prompt"] for r in rows]
-    completions = generate(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed)
+    completions = generate(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed, rollout=rollout)
     flat_prompts = [p for p in prompts for _ in range(samples)]
     flat = [c for group in completions for c in group]
     columns = {k: [r[k] for r in rows for _ in range(samples)] for k in rows[0] if k != "prompt"}
@@ -228,6 +249,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
     from aligntune.models.loading import SHIPPED, resolve_source
     from aligntune.rewards.registry import bind
+    from aligntune.run.memory import return_freed_memory
 
     if run.algorithm.name == "kto" and not run.dataset.unpair:
         raise ConfigError(f"Preference evaluation of a KTO run compares the chosen and rejected completion of each "
@@ -261,8 +283,11 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
     args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
     result["settings"].update(args, rewards={name: spec.weight for name, spec in run.rewards.items()})
-    result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args)
+    prepared = {"rollout": run.rollout}
+    result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args, **prepared)
     if base_location:
+        del model  # one model in memory at a time
+        return_freed_memory()
         base, base_tok = load_for_inference(base_location, device, precision)
-        result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args)
+        result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args, **prepared)
     return result

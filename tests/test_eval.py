@@ -168,3 +168,37 @@ def test_model_and_run_mistakes_exit_2_with_the_fix(workdir, capsys, args, needl
     assert err.startswith("error: ") and "Traceback" not in err
     for needle in needles:
         assert needle in err, (needle, err)
+
+
+def test_inference_weights_load_straight_into_their_dtype_as_loading_fp32_and_casting_would(trained_run):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from aligntune.evaluation import load_for_inference
+
+    folder = trained_run.run_dir.model
+    direct, _ = load_for_inference(trained_run.run_dir.path, "cpu", "bf16")
+    cast = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(torch.bfloat16)
+    mine = dict(direct.named_parameters())
+    for name, p in cast.named_parameters():
+        assert torch.equal(mine[name], p), name
+
+
+def test_a_lora_runs_evaluation_reads_its_merged_weights_when_the_run_wrote_them(workdir, monkeypatch):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    from aligntune.core.backend_factory import create_rl_trainer
+    from aligntune.evaluation import load_for_inference
+
+    run = workdir / "run"
+    create_rl_trainer(experiment="smoke", max_steps=2, output_dir=run,
+                      **{"model.lora.enabled": True, "model.lora.save_merged": True}).train()
+    merged, _ = load_for_inference(run, "cpu", "fp32")
+    fresh = AutoPeftModelForCausalLM.from_pretrained(str(run / "model"), dtype=torch.float32).merge_and_unload()
+    theirs = dict(fresh.named_parameters())
+    for name, p in merged.named_parameters():
+        assert torch.equal(p, theirs[name]), name  # model_merged/ is the same fp32 merge, read instead of redone
+    monkeypatch.setattr(AutoPeftModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("merged again")))
+    load_for_inference(run / "model", "cpu", "bf16")  # the model/ folder finds its run's model_merged/ too

@@ -101,6 +101,7 @@ FUSED_HEAD = ("grpo", "rloo", "dpo", "kto", "sft")  # TRL trainers that score th
 def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu") -> dict[str, int]:
     """Bytes per component (see the module docstring) and their `total`, for compute `precision` on `device`."""
     from aligntune.core.registry import resolve_backend
+    from aligntune.models.attention import keeps_probabilities
     from aligntune.models.precision import low_precision_weights
 
     model, config = _meta_model(run)
@@ -120,7 +121,8 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu") -> di
         activations = layers * per_layer + seqs * tokens * hidden * 34 * per_value
     else:
         activations = layers * seqs * tokens * hidden * 34 * per_value
-        if getattr(config, "_attn_implementation", None) == "eager":  # SDPA/flash keep no attention matrix
+        impl = "eager" if getattr(config, "_attn_implementation", None) == "eager" else run.model.attn_implementation
+        if keeps_probabilities(impl, precision, device, tokens):  # SDPA/flash keep no attention matrix
             activations += layers * 5 * heads * tokens * tokens * seqs * 2
     fused = resolve_backend(run) == "trl" and run.algorithm.name in FUSED_HEAD
     activations += 0 if fused else seqs * tokens * vocab * 4 * 2
@@ -159,6 +161,34 @@ def process_rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def return_freed_memory() -> bool:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc's `malloc_trim`): without it, memory a
+    finished phase freed stays in this process's RSS, and the next phase's allocations land on top of it. False
+    where the C library has no malloc_trim (not glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_training_state(trainer) -> None:
+    """Once training has ended, free what only it needed: the optimizer's moments and the gradients (the model
+    and its saved weights stay). The merge and the evaluation after training then load their models into that
+    room instead of on top of it. A later `trainer.train()` in the same process starts the moments afresh."""
+    optimizer = getattr(trainer, "optimizer", None)
+    state = getattr(optimizer, "state", None)
+    if hasattr(state, "clear"):
+        state.clear()
+    model = getattr(trainer, "model", None)
+    if model is not None and hasattr(model, "zero_grad"):
+        model.zero_grad(set_to_none=True)
+    return_freed_memory()
 
 
 def _gb(n: int) -> str:

@@ -170,6 +170,13 @@ class RunFiles:
         """The folder that holds the model: the run's model/, else the path itself (a model directory given as is)."""
         return self.model if self.model.is_dir() else self.path
 
+    def merged_weights(self) -> Path | None:
+        """A LoRA run's model_merged/ (its adapter merged into the fp32 base), for a run directory or its model/
+        folder; None where there is none."""
+        run = self.path.parent if self.path.name == MODEL and not self.model.is_dir() else self.path
+        merged = run / MODEL_MERGED
+        return merged if (merged / "config.json").is_file() else None
+
     def linked_files(self) -> list[str]:
         """The LINKED_FILES this run has."""
         return [name for name in LINKED_FILES if (self.path / name).is_file()]

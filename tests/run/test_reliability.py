@@ -535,7 +535,7 @@ def test_memory_preflight_warns_before_loading_weights_when_the_machine_is_too_s
     order = []
     monkeypatch.setattr(memory, "available", lambda device: (order.append("estimate") or 1000, "available RAM"))
     real_load = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda *args: (order.append("load"), real_load(*args))[1])
+    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: (order.append("load"), real_load(*args, **kwargs))[1])
     assert cli.main(["train", *SMOKE, "train.max_steps=1"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "warning: this run needs about" in err and "more than the 0.0 MB of available RAM" in err
@@ -697,3 +697,24 @@ def test_all_finite_is_not_fooled_by_a_sum_that_overflows():
     assert torch.isinf(big.sum()) and all_finite([big, torch.ones(3)])
     big[2] = float("nan")
     assert not all_finite([big])
+
+
+def test_training_state_is_released_once_training_has_ended(workdir, monkeypatch):
+    """The optimizer's moments and the gradients are freed before the merge and the evaluation (peak RSS)."""
+    from aligntune.core.backend_factory import create_rl_trainer
+    from aligntune.run import memory
+
+    released = []
+    real = memory.release_training_state
+
+    def spy(trainer):
+        assert trainer.optimizer.state  # Adam moments exist until now
+        real(trainer)
+        released.append((len(trainer.optimizer.state), [p.grad for p in trainer.model.parameters()]))
+
+    monkeypatch.setattr(memory, "release_training_state", spy)
+    job = create_rl_trainer(experiment="smoke", max_steps=2, output_dir=workdir / "run")
+    assert job.train()["status"] == "completed"
+    (count, grads), = released
+    assert count == 0 and all(g is None for g in grads)
+    assert isinstance(memory.return_freed_memory(), bool)
