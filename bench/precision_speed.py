@@ -11,7 +11,7 @@ Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
      `gradient_checkpointing=True`),
    - plain TRL with `bf16=False` (fp32; TRL's default gradient checkpointing kept).
 5. DPO on SmolLM2-135M (the shipped prefs_chat pairs): the same three sides.
-6. Roofline: this machine's matmul GFLOP/s in fp32 and bf16 (1024x1024, median of 5), and the share of the
+6. Roofline: this machine's matmul GFLOP/s in fp32 and bf16 (1024x1024, fastest of 20), and the share of the
    peak *of the dtype the aligntune step computes in* (bf16 weights or bf16 autocast: the bf16 peak; else fp32)
    that one aligntune GRPO / DPO step achieves (FLOPs counted as 2 x parameters per generated token
    and 6 x parameters per trained token).
@@ -130,18 +130,21 @@ def worker(algorithm: str, side: str, steps: int, model: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def matmul_gflops(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
+def matmul_gflops(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
+    """The machine's matmul peak for `dtype_name`: the fastest of `repeats` 1024^2 products after three warm-ups (a
+    peak is a best case; the median of a few short products read 35-50% low on this VM)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+    for _ in range(3):
+        a @ b
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n ** 3 / min(times) / 1e9
 
 
 def run_side(algorithm: str, side: str, steps: int, model: str, timeout: float) -> dict:
