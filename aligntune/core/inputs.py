@@ -12,6 +12,7 @@ A builder never sees the job and sets nothing on it; BuildInputs holds no refere
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ class BuildInputs:
     book: SampleBook
     world_size: int = 1
     is_main: bool = True
+    on_data_lengths: Callable[[int], None] | None = None  # called with the longest training sequence, once measured
 
     def load_policy(self, fp32_weights: bool = False) -> Policy:
         """The policy model and its PEFT config (None without LoRA). Its weights are in the compute precision's
@@ -115,7 +117,11 @@ class BuildInputs:
         from aligntune.data.lengths import fitter
         from aligntune.data.loading import load
 
-        return load(self.config.dataset, self.config.seed, kind, fit=fitter(self.config, self.tokenizer, kind))
+        measured: dict = {}
+        splits = load(self.config.dataset, self.config.seed, kind, fit=fitter(self.config, self.tokenizer, kind, measured))
+        if measured.get("longest") and self.on_data_lengths is not None:
+            self.on_data_lengths(measured["longest"])  # the job refines its memory estimate before weights load
+        return splits
 
     def reward_functions(self, rows: list[dict] | None = None) -> list:
         """The configured rewards in TRL's signature, each called once on a few dataset rows first (a broken

@@ -141,7 +141,8 @@ class AlignmentJob:
         self.callbacks = [self.recorder, self.phases] + ([] if run.verbose else [self.progress])
         self.inputs = BuildInputs(config=run, device=self.device, precision=self.precision, tokenizer=self.tokenizer,
                                   callbacks=self.callbacks, checkpoint_dir=self.run_dir.checkpoints, book=self.book,
-                                  world_size=self.world_size, is_main=self.is_main)
+                                  world_size=self.world_size, is_main=self.is_main,
+                                  on_data_lengths=self._refine_memory_estimate)
         built = build_trainer(self.inputs)
         if not isinstance(built, Built):
             raise TypeError(f"the builder {target} returned {type(built).__name__}, not aligntune.core.inputs.Built")
@@ -167,6 +168,16 @@ class AlignmentJob:
 
             self.trainer.remove_callback(PrinterCallback)
             self.trainer.remove_callback(ProgressCallback)
+
+    def _refine_memory_estimate(self, longest: int) -> None:
+        """The data's longest sequence is known (TRL pads each batch to its longest, not to max_length): estimate
+        again with it, before the weights load, and record that estimate."""
+        from aligntune.run import memory
+
+        refined = memory.check(self.config, self.precision, self.device, tokens=longest, warn=False)
+        if refined:
+            self.memory_estimate = refined
+            self.run_dir.record(memory_estimate_gib=round(refined["total"] / 2**30, 3))
 
     def _add_guards(self) -> None:
         """Clean interruption, atomic checkpoints (transformers trainers) and the divergence guards."""

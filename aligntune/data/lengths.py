@@ -49,14 +49,17 @@ def context_length(run: RunConfig) -> int | None:
     return None
 
 
-def fitter(run: RunConfig, tokenizer, kind: str):
-    """The `fit` hook of data.loading.load for `kind` (prompts | preferences | sft) on this run's model."""
+def fitter(run: RunConfig, tokenizer, kind: str, measured: dict | None = None):
+    """The `fit` hook of data.loading.load for `kind` (prompts | preferences | sft) on this run's model. `measured`,
+    if given, receives `longest`: the longest training sequence after TRL's truncation (sequence kinds)."""
     context = context_length(run)
 
     def fit(ds, rows: list[int], split: str):
         if kind == "prompts":  # the native engine tokenizes prompts without special tokens, TRL with them
             return fit_prompts(ds, rows, split, run, tokenizer, context, special=run.algorithm.name != "ppo")
-        check_sequences(ds, rows, split, run, tokenizer, context, kind)
+        longest = check_sequences(ds, rows, split, run, tokenizer, context, kind)
+        if measured is not None and split == "train" and longest:
+            measured["longest"] = longest
         return ds
 
     return fit
@@ -197,10 +200,12 @@ def sequence_lengths(ds, tokenizer, kind: str) -> tuple[list[int], list[int] | N
     return count_tokens(tokenizer, [_joined(tokenizer, p, c) for p, c in zip(ds["prompt"], ds["completion"])]), None
 
 
-def check_sequences(ds, rows: list[int], split: str, run: RunConfig, tokenizer, context: int | None, kind: str) -> None:
-    """Report what TRL will cut or drop at algorithm.max_length; refuse what would still exceed the context."""
+def check_sequences(ds, rows: list[int], split: str, run: RunConfig, tokenizer, context: int | None,
+                    kind: str) -> int | None:
+    """Report what TRL will cut or drop at algorithm.max_length; refuse what would still exceed the context. Returns
+    the longest sequence TRL will keep (after truncation), or None for no rows."""
     if len(ds) == 0:
-        return
+        return None
     algo, name = run.algorithm, run.dataset.name
     limit = algo.max_length
     lengths, prompts = sequence_lengths(ds, tokenizer, kind)
@@ -233,3 +238,4 @@ def check_sequences(ds, rows: list[int], split: str, run: RunConfig, tokenizer, 
         mode = f" ({algo.truncation_mode})" if algo.name == "dpo" else ""
         _warn(f"{len(cut)} of {len(ds)} {unit} of dataset {name} ({split}) are longer than algorithm.max_length={limit} "
               f"tokens and are truncated to it{mode}: rows {_rows(sorted(rows[i] for i in cut))}.")
+    return max((min(lengths[i], limit) for i in kept), default=None)

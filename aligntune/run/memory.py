@@ -98,8 +98,9 @@ QUANTIZED_BYTES = {"none": 4, "8bit": 1, "4bit": 0.5}
 FUSED_HEAD = ("grpo", "rloo", "dpo", "kto", "sft")  # TRL trainers that score through its fused LM head
 
 
-def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu") -> dict[str, int]:
-    """Bytes per component (see the module docstring) and their `total`, for compute `precision` on `device`."""
+def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", tokens: int | None = None) -> dict[str, int]:
+    """Bytes per component (see the module docstring) and their `total`, for compute `precision` on `device`.
+    `tokens`: the longest sequence the data holds, where it has been measured (default: the configured limit)."""
     from aligntune.core.registry import resolve_backend
     from aligntune.models.attention import keeps_probabilities
     from aligntune.models.precision import low_precision_weights
@@ -112,7 +113,8 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu") -> di
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     vocab = getattr(config, "vocab_size", 0)
-    seqs, tokens = _shape(run)
+    seqs, limit = _shape(run)
+    tokens = min(limit, tokens) if tokens else limit
     low = low_precision_weights(precision, device)
     w = 2 if low else 4
     per_value = 1 if precision in ("bf16", "fp16") else 2  # the 34 bytes are 16-bit activations
@@ -195,15 +197,17 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**27 else f"{n / 2**20:.1f} MB"
 
 
-def check(run: RunConfig, precision: str = "fp32", device: str | None = None) -> dict[str, int]:
+def check(run: RunConfig, precision: str = "fp32", device: str | None = None, tokens: int | None = None,
+          warn: bool = True) -> dict[str, int]:
     """Estimate, log it, and warn (once, with the breakdown) when it exceeds the memory of `device` (default: the
-    run's, resolved)."""
+    run's, resolved). `tokens`: as for `estimate`; the job checks again once the data's lengths are measured, with
+    `warn=False` (that estimate can only be lower, and the first one already warned)."""
     from aligntune.errors import AligntuneError
     from aligntune.models.loading import resolve_device
 
     device = device or resolve_device(run.device)
     try:
-        est = estimate(run, precision, device)
+        est = estimate(run, precision, device, tokens)
     except AligntuneError:
         raise
     except Exception as exc:
@@ -211,10 +215,12 @@ def check(run: RunConfig, precision: str = "fp32", device: str | None = None) ->
         return {}
     have, what = available(device)
     parts = ", ".join(f"{k} {_gb(v)}" for k, v in est.items() if k not in ("total", "parameters") and v)
-    log.info("memory estimate: %s for %s parameters (%s); %s: %s", _gb(est["total"]), est["parameters"], parts, what,
-             _gb(have))
-    if est["total"] > have:
-        seqs, tokens = _shape(run)
+    measured = f", with the data's longest sequence ({tokens} tokens)" if tokens else ""
+    log.info("memory estimate%s: %s for %s parameters (%s); %s: %s", measured, _gb(est["total"]), est["parameters"],
+             parts, what, _gb(have))
+    if est["total"] > have and warn:
+        seqs, limit = _shape(run)
+        tokens = min(limit, tokens) if tokens else limit
         text = (f"warning: this run needs about {_gb(est['total'])} ({parts}; {seqs} sequences of up to {tokens} tokens "
                 f"per forward/backward), more than the {_gb(have)} of {what}. Lower train.micro_batch_size or the "
                 "lengths, enable train.gradient_checkpointing or model.lora.enabled, or use a smaller model.")

@@ -515,9 +515,12 @@ def test_memory_estimate_follows_the_compute_precision_and_the_fused_head():
     from aligntune import preflight
     from aligntune.run import memory
 
-    run = preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs"])[0]
+    run = preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "model.attn_implementation=sdpa"])[0]
     fp32, bf16 = memory.estimate(run, "fp32", "cpu"), memory.estimate(run, "bf16", "cpu")
     n = fp32["parameters"]
+    auto = preflight.load(["model=tiny", "algorithm=dpo", "dataset=prefs", "algorithm.max_length=64"])[0]
+    # auto on CPU trains 16-bit short sequences with eager attention, which keeps its probabilities for the backward
+    assert memory.estimate(auto, "bf16", "cpu")["activations"] > memory.estimate(auto, "fp32", "cpu")["activations"] / 2
     # bf16 weights on a CPU: 2-byte weights and reference, fp32 masters, bf16 gradients plus their fp32 upcast
     assert fp32["weights"] == fp32["reference"] == 4 * n and fp32["gradients"] == 4 * n
     assert bf16["weights"] == 6 * n and bf16["reference"] == 2 * n and bf16["gradients"] == 6 * n
@@ -718,3 +721,23 @@ def test_training_state_is_released_once_training_has_ended(workdir, monkeypatch
     (count, grads), = released
     assert count == 0 and all(g is None for g in grads)
     assert isinstance(memory.return_freed_memory(), bool)
+
+
+def test_the_memory_estimate_is_refined_with_the_datas_longest_sequence(workdir):
+    """dpo_smoke's pairs are far shorter than algorithm.max_length: the recorded estimate uses their real length."""
+    import json
+
+    from aligntune import preflight
+    from aligntune.run import memory
+
+    run_dir = workdir / "run"
+    assert cli.main(["train", "experiment=dpo_smoke", "train.max_steps=1", f"hydra.run.dir={run_dir}"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    run = preflight.load(["experiment=dpo_smoke", "train.max_steps=1"])[0]
+    at_limit = memory.estimate(run, summary["compute_dtype"], "cpu")["total"] / 2**30
+    log = (run_dir / "train.log").read_text()
+    assert "with the data's longest sequence" in log
+    longest = int(log.split("with the data's longest sequence (")[1].split(" tokens")[0])
+    assert 0 < longest < run.algorithm.max_length
+    refined = memory.estimate(run, summary["compute_dtype"], "cpu", tokens=longest)["total"] / 2**30
+    assert summary["memory_estimate_gib"] == round(refined, 3) < round(at_limit, 3)
