@@ -7,7 +7,7 @@ and a LoRA adapter with a non-zero delta (the default job's 4 prompts x 4). The 
 median of `--reps` after a warm-up. Also checks that full-weight decoding on prepared weights gives the identical
 tokens (same seed, multinomial sampling), and the per-call cost of the two samplers on a 16 x 49,152 distribution.
 
-Run: .venv/bin/python bench/decoding.py [--reps 3] [--tokens 32]
+Run: .venv/bin/python bench/decoding.py [--reps 3] [--tokens 32] [--dtype auto|fp32|bf16]
 Writes bench/results/decoding.json. Target: each switch no slower than without it; full weights bit-identical.
 """
 
@@ -22,7 +22,7 @@ from common import Interference, interference_row, table, write_json
 VARIANTS = {"plain": (False, False), "prepared": (True, False), "prepared+inverse_cdf": (True, True)}
 
 
-def model_and_prompts(lora: bool, rows: int):
+def model_and_prompts(lora: bool, rows: int, dtype: str = "auto"):
     import torch
 
     from aligntune import preflight
@@ -31,7 +31,7 @@ def model_and_prompts(lora: bool, rows: int):
     from aligntune.models.loading import compute_precision, load_model, load_tokenizer
     from aligntune.models.precision import weight_dtype
 
-    run = preflight.load(["dataset=arith"])[0]
+    run = preflight.load(["dataset=arith", f"model.dtype={dtype}"])[0]
     precision = compute_precision(run.model, "cpu")
     model = load_model(run.model, weight_dtype(precision, "cpu"), device="cpu").eval()
     if lora:
@@ -86,10 +86,10 @@ def sampler_ms(reps: int = 50) -> dict:
     return out
 
 
-def measure(reps: int, tokens: int) -> dict:
-    watch, result = Interference(), {"reps": reps, "tokens": tokens, "forms": {}}
+def measure(reps: int, tokens: int, dtype: str = "auto") -> dict:
+    watch, result = Interference(), {"reps": reps, "tokens": tokens, "dtype": dtype, "forms": {}}
     for form, lora, rows in (("full weights, 8 sequences", False, 8), ("LoRA, 16 sequences", True, 16)):
-        model, tok, ids, mask, precision = model_and_prompts(lora, rows)
+        model, tok, ids, mask, precision = model_and_prompts(lora, rows, dtype)
         times = {v: [] for v in VARIANTS}
         for rep in range(reps + 1):
             for name, (prepared, sampler) in VARIANTS.items():
@@ -131,10 +131,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--dtype", default="auto", help="model.dtype (fp32: the path AVX2-only CPUs take)")
     args = parser.parse_args()
-    result = measure(args.reps, args.tokens)
+    result = measure(args.reps, args.tokens, args.dtype)
     print(table(rows(result)))
-    print(f"wrote {write_json('decoding', result)}")
+    print(f"wrote {write_json('decoding' if args.dtype == 'auto' else f'decoding_{args.dtype}', result)}")
     return 0 if all(r["ok"] is not False for r in rows(result)) else 1
 
 

@@ -84,7 +84,17 @@ def _targets(model):
                 out.append((module, weight, module.base_layer.bias))
         elif isinstance(module, torch.nn.Linear) and id(module) not in wrapped and type(module) is torch.nn.Linear:
             out.append((module, module.weight, module.bias))
-    return [(m, w, b) for m, w, b in out if id(m) not in wrapped]
+    return [(m, w, b) for m, w, b in out if id(m) not in wrapped and _whole(w)]
+
+
+def _whole(weight) -> bool:
+    """A whole weight held by this process: not a DTensor shard (FSDP2) nor the empty placeholder that ZeRO-3 and
+    FSDP1 leave in a module between gathers."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support
+        DTensor = ()
+    return weight.numel() > 0 and not (DTensor and isinstance(weight, DTensor))
 
 
 def _prepared_forward(original, weight, bias, packed: bool, x, *args, **kwargs):
@@ -181,6 +191,8 @@ def use_fast_decoding(trainer, rollout, device: str) -> bool:
     from aligntune.patches import wrap_generate
 
     prepared, sampler = choices(rollout, device)
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        prepared = False  # sharded weights: each process holds a slice, which generation gathers as it runs
     if not (prepared or sampler) or getattr(getattr(trainer, "args", None), "use_vllm", False):
         return False
     if hasattr(trainer, "models") and hasattr(trainer, "_sample"):  # aligntune's native PPO engine

@@ -147,3 +147,12 @@ def test_a_grpo_run_decodes_its_rollouts_on_the_fast_path_and_the_keys_turn_it_o
                             **{"rollout.prepared_weights": False, "rollout.sampler": "multinomial"})
     job.train()
     assert seen == []
+
+
+def test_sharded_or_empty_weights_keep_their_own_forward():
+    """ZeRO-3/FSDP1 leave an empty placeholder between gathers; such a layer is not prepared."""
+    model = _tiny(torch.float32)
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(0))
+    with decoding.prepared_linears(model, rows=1) as changed:
+        assert "forward" not in vars(model.lm_head)
+        assert changed == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1
