@@ -50,3 +50,26 @@ def test_cpu_scores_only_labelled_positions_with_identical_results(monkeypatch):
     assert (compact_logps[:, :6] == 0).all() and (compact_logps[:, 6:] != 0).all()
     for a, b in zip(full_grads, compact_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_cpu_sized_logprob_tiles_give_the_same_log_probs_and_gradients(monkeypatch):
+    """TRL's vocabulary tiles of 32,768 against aligntune's CPU size (patches.CPU_LOGPROB_CHUNK): the online
+    log-sum-exp runs in another order, so they agree to fp32 rounding (1e-5 on log-probs of a 5,000-word head and
+    on the gradients)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aligntune import patches
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=5000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.randint(0, 5000, (2, 9))
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
+    theirs, their_grads = _fused_logps(model, ids, ids)
+    assert patches.cpu_logprob_tiles() and trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == patches.CPU_LOGPROB_CHUNK
+    assert 5000 > patches.CPU_LOGPROB_CHUNK  # the head really is split into several tiles
+    mine, my_grads = _fused_logps(model, ids, ids)
+    assert torch.allclose(theirs, mine, atol=1e-5)
+    for a, b in zip(their_grads, my_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -120,9 +120,10 @@ class AlignmentJob:
             cores = threads.usable_cores()
             self.load_warning = threads.OtherLoadWarning(threads.configure(self.parallel_jobs, cores), cores)
         if resolve_backend(run) == "trl" and self.device == "cpu":
-            from aligntune.patches import compact_fused_head_on_cpu
+            from aligntune.patches import compact_fused_head_on_cpu, cpu_logprob_tiles
 
             compact_fused_head_on_cpu()  # TRL's LM head scores every position on CPU; its GPU path only completions
+            cpu_logprob_tiles()  # and its tiles are sized for GPUs
         self.tokenizer = load_tokenizer(run.model)
         self.memory_estimate = memory.check(run, self.precision, self.device)  # before any weights are loaded
         if self.memory_estimate:
