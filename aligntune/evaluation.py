@@ -54,10 +54,10 @@ def load_for_inference(location: str | Path, device: str = "cpu", precision: str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
-                                                                                                     torch.float32)
     from aligntune.run.rundir import RunFiles
 
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
+                                                                                                     torch.float32)
     path = model_folder(location)
     merged = RunFiles(location).merged_weights()
     if not path.exists():  # a hub id (the caller checked that the hub or its cache has it)
@@ -283,11 +283,10 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
     args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
     result["settings"].update(args, rewards={name: spec.weight for name, spec in run.rewards.items()})
-    prepared = {"rollout": run.rollout}
-    result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args, **prepared)
+    result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args, rollout=run.rollout)
     if base_location:
         del model  # one model in memory at a time
         return_freed_memory()
         base, base_tok = load_for_inference(base_location, device, precision)
-        result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args, **prepared)
+        result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args, rollout=run.rollout)
     return result

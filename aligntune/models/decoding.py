@@ -2,7 +2,7 @@
 
 Decoding reads every weight once per new token, for a handful of rows (the rollout's sequences), so on a CPU its
 cost is the weights' trip from memory, not arithmetic. Two things waste that trip, and `prepared_linears` removes
-both for the duration of one `generate` call (rollout.fast_linears, on by default on CPU):
+both for the duration of one `generate` call (`rollout.prepared_weights`, on by default on CPU):
 
 - **LoRA's unmerged adapters.** A peft LoRA layer runs the base matmul, then casts the input to the adapters'
   dtype for two more small matmuls and an add: three kernel calls and two casts per layer and token. Here the
@@ -82,9 +82,9 @@ def _targets(model):
             weight = _lora_weight(module)
             if weight is not None:
                 out.append((module, weight, module.base_layer.bias))
-        elif isinstance(module, torch.nn.Linear) and id(module) not in wrapped and type(module) is torch.nn.Linear:
+        elif type(module) is torch.nn.Linear and id(module) not in wrapped:  # subclasses (quantised layers) keep theirs
             out.append((module, module.weight, module.bias))
-    return [(m, w, b) for m, w, b in out if id(m) not in wrapped and _whole(w)]
+    return [(m, w, b) for m, w, b in out if _whole(w)]
 
 
 def _whole(weight) -> bool:
@@ -205,8 +205,9 @@ def use_fast_decoding(trainer, rollout, device: str) -> bool:
         trainer._sample = native
         return True
 
+    rows = getattr(trainer.args, "generation_batch_size", None) or 1
+
     def around(generate, *args, **kwargs):
-        rows = getattr(trainer.args, "generation_batch_size", None) or 1
         with fast_decoding(trainer.model, rows, prepared, sampler):
             return generate(*args, **kwargs)
 

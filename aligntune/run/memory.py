@@ -66,8 +66,14 @@ def _lora_params(model, run: RunConfig) -> int:
     return total
 
 
-def _shape(run: RunConfig) -> tuple[int, int]:
-    """(sequences per forward/backward, tokens per sequence)."""
+def _shape(run: RunConfig, longest: int | None = None) -> tuple[int, int]:
+    """(sequences per forward/backward, tokens per sequence). `longest`: the data's longest sequence, where it has
+    been measured; the configured limit caps it."""
+    seqs, limit = _configured_shape(run)
+    return seqs, min(limit, longest) if longest else limit
+
+
+def _configured_shape(run: RunConfig) -> tuple[int, int]:
     algo, t = run.algorithm, run.train
     if algo.name in ("grpo", "rloo"):
         per_step = t.batch_size * algo.group_size // algo.num_mini_batches
@@ -113,8 +119,7 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", token
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     vocab = getattr(config, "vocab_size", 0)
-    seqs, limit = _shape(run)
-    tokens = min(limit, tokens) if tokens else limit
+    seqs, tokens = _shape(run, tokens)
     low = low_precision_weights(precision, device)
     w = 2 if low else 4
     per_value = 1 if precision in ("bf16", "fp16") else 2  # the 34 bytes are 16-bit activations
@@ -219,8 +224,7 @@ def check(run: RunConfig, precision: str = "fp32", device: str | None = None, to
     log.info("memory estimate%s: %s for %s parameters (%s); %s: %s", measured, _gb(est["total"]), est["parameters"],
              parts, what, _gb(have))
     if est["total"] > have and warn:
-        seqs, limit = _shape(run)
-        tokens = min(limit, tokens) if tokens else limit
+        seqs, tokens = _shape(run, tokens)
         text = (f"warning: this run needs about {_gb(est['total'])} ({parts}; {seqs} sequences of up to {tokens} tokens "
                 f"per forward/backward), more than the {_gb(have)} of {what}. Lower train.micro_batch_size or the "
                 "lengths, enable train.gradient_checkpointing or model.lora.enabled, or use a smaller model.")
