@@ -89,7 +89,7 @@ def format_prompt(tokenizer, prompt) -> str:
 
 
 def generate(model, tokenizer, prompts: list, samples: int, temperature: float, max_new_tokens: int, seed: int,
-             batch_size: int = 32, rollout=None) -> list[list[str]]:
+             batch_size: int = 128, rollout=None) -> list[list[str]]:
     """`samples` completions for each prompt (greedy when temperature is 0). `rollout` (a RolloutConfig; None: its
     defaults): whether to decode on prepared weights and sample by inverse CDF (models/decoding.py)."""
     import torch
@@ -133,10 +133,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def score_prompts(model, tokenizer, rows, reward_funcs: dict, weights: dict, samples: int, temperature: float,
-                  max_new_tokens: int, seed: int, rollout=None) -> dict:
+                  max_new_tokens: int, seed: int, batch_size: int = 128, rollout=None) -> dict:
     """Sample, score and aggregate on `rows` (a list of dicts with `prompt` and reward columns)."""
     prompts = [r["prompt"] for r in rows]
-    completions = generate(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed, rollout=rollout)
+    completions = generate(model, tokenizer, prompts, samples, temperature, max_new_tokens, seed, batch_size=batch_size,
+                           rollout=rollout)
     flat_prompts = [p for p in prompts for _ in range(samples)]
     flat = [c for group in completions for c in group]
     columns = {k: [r[k] for r in rows for _ in range(samples)] for k in rows[0] if k != "prompt"}
@@ -281,7 +282,8 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     weights = {name: spec.weight for name, spec in run.rewards.items()}
     temperature = e.temperature if e.temperature is not None else getattr(run.algorithm, "temperature", 0.7)
     max_new = e.max_new_tokens or getattr(run.algorithm, "max_completion_length", 128)
-    args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed}
+    args = {"samples": e.samples, "temperature": temperature, "max_new_tokens": max_new, "seed": run.seed,
+            "batch_size": e.batch_size}
     result["settings"].update(args, rewards={name: spec.weight for name, spec in run.rewards.items()})
     result["trained"] = score_prompts(model, tokenizer, rows, funcs, weights, **args, rollout=run.rollout)
     if base_location:

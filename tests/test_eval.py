@@ -202,3 +202,28 @@ def test_a_lora_runs_evaluation_reads_its_merged_weights_when_the_run_wrote_them
     monkeypatch.setattr(AutoPeftModelForCausalLM, "from_pretrained",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("merged again")))
     load_for_inference(run / "model", "cpu", "bf16")  # the model/ folder finds its run's model_merged/ too
+
+
+def test_eval_batch_size_sets_how_many_completions_decode_together(trained_run, monkeypatch):
+    """eval.batch_size reaches model.generate; greedy answers of the fp32 tiny model do not depend on it."""
+    from transformers import GenerationMixin
+
+    sizes: list[int] = []
+    real = GenerationMixin.generate
+
+    def counting(self, *args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", counting)
+    for key, value in {"num_prompts": 6, "samples": 2, "temperature": 0}.items():
+        monkeypatch.setattr(trained_run.config.eval, key, value)  # restored for the module's other tests
+    answers = {}
+    for batch in (5, 128):
+        sizes.clear()
+        monkeypatch.setattr(trained_run.config.eval, "batch_size", batch)
+        result = trained_run.evaluate()
+        assert result["settings"]["batch_size"] == batch
+        answers[batch] = [s["completion"] for s in result["trained"]["samples"]]
+        assert sizes == ([5, 5, 2] * 2 if batch == 5 else [12, 12])  # trained, then base: 12 completions each
+    assert answers[5] == answers[128]

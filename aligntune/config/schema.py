@@ -525,11 +525,17 @@ class EvalConfig:
     temperature: Optional[float] = None  # null: the algorithm's sampling temperature; 0: greedy
     max_new_tokens: Optional[int] = None  # null: algorithm.max_completion_length (or 128)
     compare_base: bool = True  # evaluate the starting model too, side by side
+    # completions generated together. Decoding reads every weight once per token for the whole batch, so larger
+    # batches are faster (SmolLM2 on 2 CPU cores: 100 answers 1.4x faster in one batch than in batches of 32);
+    # lower it if evaluation runs out of memory (its KV cache grows with batch x length). Preference pairs
+    # (DPO, reward, KTO) are scored one at a time.
+    batch_size: int = 128
     after_training: bool = False  # train ends with this evaluation (replaces the engine's own final held-out eval)
 
     def __post_init__(self):
         _positive("eval.num_prompts", self.num_prompts)
         _positive("eval.samples", self.samples)
+        _positive("eval.batch_size", self.batch_size)
         if self.temperature is not None:
             _check(self.temperature >= 0, f"eval.temperature={self.temperature} is negative.", "Use 0 for greedy decoding.")
         if self.max_new_tokens is not None:
