@@ -8,8 +8,14 @@ process, median of `--reps` after a warm-up. Also the largest gradient differenc
 same function and round differently) and the process's peak RSS so far (eager keeps each layer's attention
 probabilities for the backward).
 
-Run: .venv/bin/python bench/attention.py [--reps 3] [--lengths 80,128,256] [--dtypes bf16]
-Writes bench/results/attention.json. Target: `auto` no slower than `sdpa` at every length up to MATH_MAX_KEYS.
+Decoding (`--decode-rows`, each a batch size): greedy generation of `--decode-tokens` new tokens from the shipped
+arith prompts on prepared weights, as a rollout (16 = the default job's 4 prompts x 4) and the held-out evaluation
+(100) decode, `sdpa` against `auto` (decode_attention for each one-query step), and how many sequences come out
+token for token the same.
+
+Run: .venv/bin/python bench/attention.py [--reps 3] [--lengths 80,128,256] [--dtypes bf16] [--decode-rows 16,100]
+Writes bench/results/attention.json. Target: `auto` no slower than `sdpa` at every length up to MATH_MAX_KEYS, and
+in decoding.
 """
 
 from __future__ import annotations
@@ -95,8 +101,51 @@ def measure(reps: int, lengths: list[int], dtypes: list[str], seqs: int) -> dict
     return result
 
 
+def decoding(reps: int, batch_rows: list[int], dtypes: list[str], tokens: int) -> list[dict]:
+    import torch
+
+    from aligntune import preflight
+    from aligntune.data.loading import load as load_rows
+    from aligntune.evaluation import format_prompt
+    from aligntune.models.decoding import fast_decoding
+    from aligntune.models.loading import load_tokenizer
+
+    run = preflight.load(["dataset=arith"])[0]
+    tok = load_tokenizer(run.model)
+    train, _ = load_rows(run.dataset, run.seed, "prompts")
+    out = []
+    for dtype_name in dtypes:
+        models = {"sdpa": load(dtype_name, "sdpa").eval(), "auto": load(dtype_name, "auto").eval()}
+        for n in batch_rows:
+            enc = tok([format_prompt(tok, train[i]["prompt"]) for i in range(n)], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+            times, ids = {impl: [] for impl in models}, {}
+            for rep in range(reps + 1):
+                for impl, model in models.items():
+                    t0 = time.perf_counter()
+                    with torch.no_grad(), fast_decoding(model, n, True, False):
+                        ids[impl] = model.generate(**enc, max_new_tokens=tokens, do_sample=False,
+                                                   pad_token_id=tok.pad_token_id)
+                    if rep:
+                        times[impl].append(time.perf_counter() - t0)
+            row = {"dtype": dtype_name, "rows": n, "tokens": tokens,
+                   **{f"{impl}_s": statistics.median(v) for impl, v in times.items()},
+                   "same_sequences": int((ids["sdpa"] == ids["auto"]).all(-1).sum())}
+            row["speedup"] = row["sdpa_s"] / row["auto_s"]
+            out.append(row)
+            print(row, flush=True)
+        del models
+    return out
+
+
 def rows(result: dict) -> list[dict]:
     out = []
+    for r in result.get("decoding", []):
+        out.append({"name": f"{r['dtype']} greedy decoding, {r['rows']} x {r['tokens']} tokens: sdpa / auto",
+                    "target": ">= 1 (auto no slower)", "ok": r["speedup"] >= 0.97,
+                    "value": f"{r['sdpa_s']:.2f} / {r['auto_s']:.2f} s = {r['speedup']:.2f}x"})
+        out.append({"name": f"{r['dtype']} greedy decoding, {r['rows']} sequences: token for token the same",
+                    "target": "", "ok": None, "value": f"{r['same_sequences']} of {r['rows']}"})
     for r in result["rows"]:
         name = f"{r['dtype']} {result['seqs']} x {r['length']}"
         within = r["length"] <= result["math_max_keys"]
@@ -120,8 +169,13 @@ def main() -> int:
     parser.add_argument("--seqs", type=int, default=8, help="sequences per batch (GRPO: prompts x group_size)")
     parser.add_argument("--lengths", default="80,128,256")
     parser.add_argument("--dtypes", default="bf16")
+    parser.add_argument("--decode-rows", default="16,100", help="batch sizes of the decoding rows ('' to skip)")
+    parser.add_argument("--decode-tokens", type=int, default=32)
     args = parser.parse_args()
-    result = measure(args.reps, [int(x) for x in args.lengths.split(",")], args.dtypes.split(","), args.seqs)
+    lengths = [int(x) for x in args.lengths.split(",") if x]
+    result = measure(args.reps, lengths, args.dtypes.split(","), args.seqs)
+    batch_rows = [int(x) for x in args.decode_rows.split(",") if x]
+    result["decoding"] = decoding(args.reps, batch_rows, args.dtypes.split(","), args.decode_tokens)
     print(table(rows(result)))
     print(f"wrote {write_json('attention', result)}")
     return 0 if all(r["ok"] is not False for r in rows(result)) else 1

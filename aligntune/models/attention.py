@@ -7,12 +7,21 @@ model's own eager attention (two matmuls and a softmax, the probabilities kept f
 Zen 4), and not faster in bf16 at 256 and beyond, where the matrices it keeps also grow with the square of the
 length.
 
-So on CPU, `auto` registers `cpu_sdpa` with transformers' AttentionInterface: the model's
-`eager_attention_forward` for 16-bit calls that record a graph for the backward with keys at most `MATH_MAX_KEYS`
-long, and transformers' `sdpa_attention_forward` (its GQA handling and causal rules unchanged) for everything
-else: decoding, no-grad scoring (reference and old log-probs), fp32 (not measured faster) and long sequences, with
-SDPA's own mask, so those calls are exactly `sdpa`'s. Eager gets that mask as the additive one it expects. The two
-compute the same function and round differently in bf16.
+Decoding has the opposite problem: one query per sequence, and SDPA's bf16 flash kernel costs 1.05 ms per layer
+call at 100 sequences x 50 keys (GQA packed by transformers), where two batched matmuls over each key/value head's
+group of query heads take 0.41 ms (0.29 against 0.22 ms at 32 sequences; at 8 and 16 the two are within noise of
+each other, so SDPA keeps those).
+
+So on CPU, `auto` registers `cpu_sdpa` with transformers' AttentionInterface:
+- the model's `eager_attention_forward` for 16-bit calls that record a graph for the backward with keys at most
+  `MATH_MAX_KEYS` long (it gets SDPA's mask as the additive one it expects);
+- `decode_attention` for 16-bit decoding steps of at least `DECODE_MIN_ROWS` sequences (one query each, no graph),
+  such as the held-out evaluation's batch: softmax(q k^T * scale) v per
+  key/value head, its query heads side by side, the softmax in fp32 as eager's;
+- transformers' `sdpa_attention_forward` (its GQA handling and causal rules unchanged) for everything else:
+  prefill and no-grad scoring (reference and old log-probs), fp32 (not measured faster) and long sequences, with
+  SDPA's own mask, so those calls are exactly `sdpa`'s.
+They compute the same function and round differently in bf16.
 
 `model.attn_implementation=sdpa` (or eager, flash_attention_2, ...) keeps that kernel everywhere. A model without
 SDPA support keeps transformers' choice. The choice is made at run time: a saved config.json records no attention
@@ -26,6 +35,8 @@ NAME = "cpu_sdpa"
 # flat (eager keeps heads x L x L attention probabilities per sequence and layer for the backward).
 # Measured in bench/attention.py.
 MATH_MAX_KEYS = 128
+# Fewest sequences a 16-bit decoding step needs for `decode_attention` (below it SDPA is as fast). Measured per call.
+DECODE_MIN_ROWS = 32
 
 
 def _eager_function(module):
@@ -50,16 +61,51 @@ def _additive_mask(mask, query, key):
     return torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, low)
 
 
+def _plain_decode_step(module, query, key, attention_mask, kwargs) -> bool:
+    """Whether this call is one decoding step that `decode_attention` computes exactly as the model defines it: one
+    query for each of at least DECODE_MIN_ROWS sequences, no graph, no dropout, no soft-capping, attention sinks or
+    position bias, and a mask (if any) shared by all heads."""
+    import torch
+
+    return (query.shape[-2] == 1 and query.shape[0] >= DECODE_MIN_ROWS and not torch.is_grad_enabled()
+            and query.shape[1] % key.shape[1] == 0
+            and not kwargs.get("dropout") and all(kwargs.get(k) is None for k in ("softcap", "position_bias", "s_aux"))
+            and getattr(module, "sinks", None) is None
+            and (attention_mask is None or (attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+                                            and attention_mask.shape[2] == 1)))
+
+
+def decode_attention(query, key, value, attention_mask, scaling=None):
+    """One decoding step's attention: query (batch, heads, 1, dim) against key/value (batch, kv_heads, keys, dim),
+    each key/value head with its group of query heads side by side (no repeated keys); mask boolean (True: attend),
+    additive, or None. Returns (batch, 1, heads, dim), the layout attention functions return."""
+    import torch
+
+    batch, heads, _, dim = query.shape
+    groups = key.shape[1]
+    scores = torch.matmul(query.reshape(batch, groups, heads // groups, dim), key.transpose(2, 3))
+    scores = scores * (dim ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, value).reshape(batch, 1, heads, dim)
+
+
 def cpu_sdpa_forward(module, query, key, value, attention_mask, **kwargs):
-    """The model's eager attention for short 16-bit sequences that need a backward, transformers' SDPA (with its
-    own mask, so exactly `attn_implementation=sdpa`) otherwise."""
+    """The model's eager attention for short 16-bit sequences that need a backward, `decode_attention` for 16-bit
+    decoding steps, transformers' SDPA (with its own mask, so exactly `attn_implementation=sdpa`) otherwise."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if torch.is_grad_enabled() and key.shape[-2] <= MATH_MAX_KEYS and query.dtype in (torch.bfloat16, torch.float16):
-        eager = _eager_function(module)
-        if eager is not None:
-            return eager(module, query, key, value, _additive_mask(attention_mask, query, key), **kwargs)
+    if query.dtype in (torch.bfloat16, torch.float16):
+        if torch.is_grad_enabled() and key.shape[-2] <= MATH_MAX_KEYS:
+            eager = _eager_function(module)
+            if eager is not None:
+                return eager(module, query, key, value, _additive_mask(attention_mask, query, key), **kwargs)
+        elif _plain_decode_step(module, query, key, attention_mask, kwargs):
+            return decode_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 

@@ -71,6 +71,52 @@ def test_auto_computes_what_sdpa_computes_with_padding(dtype, tolerance):
     assert losses["auto"] == pytest.approx(losses["sdpa"], rel=tolerance)
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_decode_attention_is_attention_over_each_key_value_heads_group(mask_kind):
+    """fp32 against SDPA with the key/value heads repeated (grouped-query attention, 9 query heads on 3 key/value
+    heads as SmolLM2): the same function, summed in another order (1e-6 of values of size ~1)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(5, 9, 1, 16), torch.randn(5, 3, 7, 16), torch.randn(5, 3, 7, 16)
+    keep = torch.ones(5, 1, 1, 7, dtype=torch.bool)
+    keep[1, ..., :3] = False  # left padding on one sequence
+    mask = {"none": None, "bool": keep,
+            "additive": torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)}[mask_kind]
+    out = attention.decode_attention(q, k, v, mask, scaling=0.3)
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1),
+                                          attn_mask=keep if mask_kind != "none" else None, scale=0.3)
+    assert out.shape == (5, 1, 9, 16)
+    assert torch.allclose(out, want.transpose(1, 2), atol=1e-6)
+
+
+def test_decoding_steps_in_16_bit_take_decode_attention_and_nothing_else_does(monkeypatch):
+    monkeypatch.setattr(attention, "DECODE_MIN_ROWS", 2)
+    calls = []
+    real = attention.decode_attention
+    monkeypatch.setattr(attention, "decode_attention", lambda q, *a, **k: calls.append(q.shape) or real(q, *a, **k))
+    ids = torch.tensor([[10, 11, 12, 13], [0, 0, 12, 13]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    tokens = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for impl in ("auto", "eager"):
+            calls.clear()
+            model = _tiny(impl, dtype)
+            tokens[dtype, impl] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                                                 pad_token_id=0)
+            layers = model.config.num_hidden_layers
+            expected = 4 * layers if (dtype, impl) == (torch.bfloat16, "auto") else 0  # 4 steps after the prefill
+            assert len(calls) == expected and all(shape[-2] == 1 for shape in calls)
+    assert torch.equal(tokens[torch.bfloat16, "auto"], tokens[torch.bfloat16, "eager"])  # the model's own attention
+    model = _tiny("auto", torch.bfloat16)
+    calls.clear()
+    model(input_ids=ids[:, :1], labels=ids[:, :1]).loss.backward()
+    assert calls == []  # one query, but a graph to train through: the eager branch
+    monkeypatch.setattr(attention, "DECODE_MIN_ROWS", 3)
+    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert calls == []  # fewer sequences than DECODE_MIN_ROWS: SDPA
+
+
 def test_a_saved_model_records_no_attention_implementation(tmp_path):
     model = _tiny("auto")
     model.save_pretrained(tmp_path)
