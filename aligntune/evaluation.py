@@ -91,7 +91,8 @@ def format_prompt(tokenizer, prompt) -> str:
 def generate(model, tokenizer, prompts: list, samples: int, temperature: float, max_new_tokens: int, seed: int,
              batch_size: int = 128, rollout=None) -> list[list[str]]:
     """`samples` completions for each prompt (greedy when temperature is 0). `rollout` (a RolloutConfig; None: its
-    defaults): whether to decode on prepared weights and sample by inverse CDF (models/decoding.py)."""
+    defaults): whether to decode on prepared weights, sample by inverse CDF and prefill each prompt once for its
+    samples (models/decoding.py)."""
     import torch
 
     from aligntune.config.schema import RolloutConfig
@@ -100,9 +101,10 @@ def generate(model, tokenizer, prompts: list, samples: int, temperature: float, 
     texts = [format_prompt(tokenizer, p) for p in prompts for _ in range(samples)]
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    prepared, sampler = decoding.choices(rollout or RolloutConfig(), model.device.type)
+    prepared, sampler, shared = decoding.choices(rollout or RolloutConfig(), model.device.type)
     try:
-        with decoding.fast_decoding(model, min(batch_size, len(texts)), prepared, sampler and temperature > 0):
+        with decoding.fast_decoding(model, min(batch_size, len(texts)), prepared, sampler and temperature > 0,
+                                    shared and samples > 1):
             completions = _generate_batches(model, tokenizer, texts, max_new_tokens, temperature, batch_size)
     finally:
         torch.random.set_rng_state(generator_state)

@@ -1,5 +1,6 @@
 """Rollout decoding on CPU, side by side (models/decoding.py): transformers' generate as it is, on prepared weights
-(`rollout.prepared_weights`), and on prepared weights with inverse-CDF sampling (`rollout.sampler`).
+(`rollout.prepared_weights`), on prepared weights with inverse-CDF sampling (`rollout.sampler`), and with each
+prompt's prefill run once for its 4 rows as well (`rollout.shared_prefill`).
 
 SmolLM2-135M-Instruct in bf16 (where the CPU has native bf16; fp32 elsewhere), the shipped arith prompts, sampled at
 temperature 0.7 for exactly `--tokens` new tokens, for each model form: full weights (a GRPO rollout of 2 prompts x 4)
@@ -19,7 +20,8 @@ import time
 
 from common import Interference, interference_row, table, write_json
 
-VARIANTS = {"plain": (False, False), "prepared": (True, False), "prepared+inverse_cdf": (True, True)}
+VARIANTS = {"plain": (False, False, False), "prepared": (True, False, False), "prepared+inverse_cdf": (True, True, False),
+            "prepared+inverse_cdf+shared_prefill": (True, True, True)}
 
 
 def model_and_prompts(lora: bool, rows: int, dtype: str = "auto"):
@@ -53,13 +55,13 @@ def model_and_prompts(lora: bool, rows: int, dtype: str = "auto"):
     return model, tok, ids, mask, precision
 
 
-def generate(model, tok, ids, mask, tokens: int, prepared: bool, sampler: bool, seed: int = 0):
+def generate(model, tok, ids, mask, tokens: int, prepared: bool, sampler: bool, shared: bool = False, seed: int = 0):
     import torch
 
     from aligntune.models.decoding import fast_decoding
 
     torch.manual_seed(seed)
-    with torch.no_grad(), fast_decoding(model, ids.shape[0], prepared, sampler):
+    with torch.no_grad(), fast_decoding(model, ids.shape[0], prepared, sampler, shared):
         return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
                               do_sample=True, temperature=0.7, top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id)
 
@@ -92,9 +94,9 @@ def measure(reps: int, tokens: int, dtype: str = "auto") -> dict:
         model, tok, ids, mask, precision = model_and_prompts(lora, rows, dtype)
         times = {v: [] for v in VARIANTS}
         for rep in range(reps + 1):
-            for name, (prepared, sampler) in VARIANTS.items():
+            for name, (prepared, sampler, shared) in VARIANTS.items():
                 t0 = time.perf_counter()
-                generate(model, tok, ids, mask, tokens, prepared, sampler, seed=rep)
+                generate(model, tok, ids, mask, tokens, prepared, sampler, shared, seed=rep)
                 if rep:
                     times[name].append(time.perf_counter() - t0)
         entry = {"precision": precision, "sequences": rows, **{f"{v}_s": statistics.median(t) for v, t in times.items()}}
@@ -113,7 +115,7 @@ def rows(result: dict) -> list[dict]:
     out = []
     for form, e in result["forms"].items():
         name = f"{form} x {result['tokens']} tokens ({e['precision']})"
-        for variant in ("prepared", "prepared+inverse_cdf"):
+        for variant in [v for v in VARIANTS if v != "plain"]:
             ratio = e["plain_s"] / e[f"{variant}_s"]
             out.append({"name": f"{name}: plain / {variant}", "target": ">= 1", "ok": ratio >= 0.97,
                         "value": f"{e['plain_s']:.2f} / {e[f'{variant}_s']:.2f} s = {ratio:.2f}x"})

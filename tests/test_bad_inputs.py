@@ -132,6 +132,9 @@ CASES = [
     (C, ["algorithm=dpo", "rollout.sampler=multinomial"], ["rollout.sampler", "samples no rollouts", "Drop"]),
     (C, ["rollout.sampler=gumbel"], ["rollout.sampler", "gumbel", "inverse_cdf"]),
     (C, ["backend=verl", "rollout.prepared_weights=false"], ["rollout.prepared_weights", "verl", "Drop"]),
+    (C, ["algorithm=sft", "dataset=letters_sft", "rollout.shared_prefill=true"],
+     ["rollout.shared_prefill", "samples no rollouts", "Drop"]),
+    (C, ["rollout.engine=vllm", "rollout.shared_prefill=true"], ["rollout.shared_prefill", "vLLM", "rollout.engine=hf"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
     (C, ["train.batch_size=two"], ["train.batch_size", "'two'", "type"]),

@@ -690,6 +690,9 @@ class RolloutConfig:
     # hf rollouts and sampled evaluation: how a token is drawn. auto: inverse_cdf on CPU (one uniform per row; the
     # same distribution as multinomial, measured faster), multinomial on CUDA (transformers' torch.multinomial).
     sampler: str = "auto"
+    # hf rollouts and evaluation with eval.samples > 1: each prompt's prefill runs once for its group_size rows, which
+    # copy its key/value cache. null: on for CPU, where it is measured faster; off on CUDA (not measured there).
+    shared_prefill: Optional[bool] = None
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
     def __post_init__(self):
@@ -697,9 +700,11 @@ class RolloutConfig:
         _check(self.engine == "vllm" or self.vllm == VllmConfig(), "rollout.vllm.* is set, but rollout.engine=hf.",
                "Add rollout.engine=vllm, or drop rollout.vllm.*.")
         _one_of("rollout.sampler", self.sampler, SAMPLERS)
-        _check(self.engine == "hf" or (not self.prepared_weights and self.sampler == "auto"),
-               "rollout.prepared_weights and rollout.sampler shape transformers' generate, and rollout.engine=vllm "
-               "generates in vLLM.", "Drop rollout.prepared_weights and rollout.sampler, or use rollout.engine=hf.")
+        _check(self.engine == "hf" or (not self.prepared_weights and self.sampler == "auto"
+                                       and not self.shared_prefill),
+               "rollout.prepared_weights, rollout.sampler and rollout.shared_prefill shape transformers' generate, and "
+               "rollout.engine=vllm generates in vLLM.",
+               "Drop rollout.prepared_weights, rollout.sampler and rollout.shared_prefill, or use rollout.engine=hf.")
 
 
 @dataclass

@@ -32,7 +32,7 @@ class Backend:
     supports_resume: bool = True  # resume= continues from aligntune's checkpoints
     supports_skip_nonfinite: bool = True  # train.on_nonfinite=skip
     vllm_rollouts: tuple[str, ...] = ()  # algorithms whose rollouts rollout.engine=vllm generates
-    hf_rollouts: bool = True  # rollouts through transformers' generate (rollout.prepared_weights, rollout.sampler)
+    hf_rollouts: bool = True  # rollouts through transformers' generate (rollout.prepared_weights, .sampler, .shared_prefill)
     completions_table: tuple[str, ...] = ()  # algorithms with TRL's completions table (train.log_completions)
     mini_batches_by_prompts: bool = False  # algorithm.num_mini_batches splits a rollout by prompts, not completions
     check: str | None = None  # "module:function": the engine's own torch-free refusals, check(run)
@@ -64,7 +64,7 @@ BACKENDS: dict[str, Backend] = {
 # The keys check_supported refuses on a backend that does not support them (backend=verl's translation lists the
 # others: tests/backends/verl/test_verl.py).
 REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions",
-                       "rollout.prepared_weights", "rollout.sampler")
+                       "rollout.prepared_weights", "rollout.sampler", "rollout.shared_prefill")
 
 
 ROLLOUT_ALGORITHMS = ("grpo", "rloo", "ppo")  # the algorithms that sample rollouts
@@ -128,7 +128,8 @@ def check_supported(run: RunConfig) -> None:
                           + (found.why_not.get("rollout.engine") or "samples no rollouts") + ".",
                           "Drop rollout.engine (hf).")
     decoding = [k for k, on in (("rollout.prepared_weights", run.rollout.prepared_weights is not None),
-                                ("rollout.sampler", run.rollout.sampler != "auto")) if on]
+                                ("rollout.sampler", run.rollout.sampler != "auto"),
+                                ("rollout.shared_prefill", run.rollout.shared_prefill is not None)) if on]
     if decoding and (not found.hf_rollouts or algo not in ROLLOUT_ALGORITHMS):
         raise ConfigError(f"{' and '.join(decoding)} shape{'' if len(decoding) > 1 else 's'} the rollouts of "
                           f"transformers' generate, and {on}, which "

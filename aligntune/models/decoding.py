@@ -17,6 +17,12 @@ both for the duration of one `generate` call (`rollout.prepared_weights`, on by 
 `bench/decoding.py` measures it side by side. It costs one extra copy of the linear weights while a rollout runs
 (in the weight dtype). DoRA and other LoRA variants, layers with their own forward override (accelerate hooks,
 offloading) and calls that record a graph keep their normal forward.
+
+A GRPO/RLOO rollout decodes each prompt `group_size` times, and transformers' generate runs the prompt's prefill
+once per row. `shared_prefill` (`rollout.shared_prefill`) runs it once per distinct prompt and gives each row a copy
+of its prompt's key/value cache: a quarter of the prefill at group_size 4 (the default job's rollout: 2.31 s ->
+2.01 s for 16 x 32 tokens). The prompt's last token is decoded as the first step instead of inside the prefill,
+so the rows differ from generate's own by rounding.
 """
 
 from __future__ import annotations
@@ -162,18 +168,83 @@ def inverse_cdf_sampling():
         torch.multinomial = original
 
 
-def choices(rollout, device: str) -> tuple[bool, bool]:
-    """(prepared weights, inverse-CDF sampling) for `rollout` (the run's RolloutConfig) on `device`: where a setting
-    is left at auto (null / "auto") it is on for CPU, where it is measured faster, and off on CUDA, where the
-    weight copy costs GPU memory and neither has been measured."""
-    prepared = device == "cpu" if rollout.prepared_weights is None else bool(rollout.prepared_weights)
-    sampler = rollout.sampler == "inverse_cdf" or (rollout.sampler == "auto" and device == "cpu")
-    return prepared, sampler
+# generate() keywords shared_prefill leaves to generate itself when present (anything beyond these: multimodal
+# inputs, a cache of the caller's, assistant models)
+_PLAIN_GENERATE_KWARGS = {"input_ids", "attention_mask", "generation_config", "disable_compile", "max_new_tokens",
+                          "min_new_tokens", "do_sample", "temperature", "top_p", "top_k", "pad_token_id"}
+
+
+def _forward_keywords(model) -> tuple[str, dict]:
+    """(the keyword the model's forward and generate take a key/value cache by, the prefill's other keywords): the
+    cache is `cache` from transformers 5.2x (which deprecates `past_key_values`), `past_key_values` before; the
+    prefill asks for the last position's logits only where the forward takes `logits_to_keep`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in names else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in names
+                                                                   else {})
+
+
+def _shared_prefill_generate(model, generate, *args, **kwargs):
+    """`generate(**kwargs)` with the prompt prefill run once for each run of identical consecutive rows (see the
+    module docstring); generate itself when there is nothing to share or the call is not a plain one."""
+    import torch
+
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    config = kwargs.get("generation_config") or getattr(model, "generation_config", None)
+    if (args or ids is None or mask is None or ids.dim() != 2 or ids.shape[1] < 2 or set(kwargs) - _PLAIN_GENERATE_KWARGS
+            or any(getattr(config, key, None) not in (None, 1) for key in ("num_return_sequences", "num_beams"))
+            or getattr(config, "cache_implementation", None) is not None
+            or getattr(config, "prompt_lookup_num_tokens", None) is not None):
+        return generate(*args, **kwargs)
+    first = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)  # each row that starts a new prompt
+    first[1:] = (ids[1:] != ids[:-1]).any(-1) | (mask[1:] != mask[:-1]).any(-1)
+    if bool(first.all()):
+        return generate(*args, **kwargs)
+    from transformers import DynamicCache
+
+    keyword, extra = _forward_keywords(model)
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # an older transformers: no per-layer kinds to take from the config
+        cache = DynamicCache()
+    head_ids, head_mask = ids[first, :-1], mask[first, :-1]
+    positions = (head_mask.long().cumsum(-1) - 1).masked_fill_(head_mask == 0, 0)  # as generate numbers them
+    with torch.no_grad():
+        model(input_ids=head_ids, attention_mask=head_mask, position_ids=positions, use_cache=True, **extra,
+              **{keyword: cache})
+    cache.batch_select_indices(first.long().cumsum(0) - 1)  # row i gets its prompt's cache
+    return generate(*args, **kwargs, **{keyword: cache})
 
 
 @contextmanager
-def fast_decoding(model, rows: int, prepared: bool, sampler: bool):
-    """`prepared_linears` and/or `inverse_cdf_sampling`, as chosen."""
+def shared_prefill(model):
+    """Within the block, `model.generate` prefills each distinct prompt once (see the module docstring). A model
+    whose generate is already replaced on the instance keeps it."""
+    if "generate" in vars(model):
+        yield False
+        return
+    model.generate = functools.partial(_shared_prefill_generate, model, model.generate)
+    try:
+        yield True
+    finally:
+        del model.generate
+
+
+def choices(rollout, device: str) -> tuple[bool, bool, bool]:
+    """(prepared weights, inverse-CDF sampling, shared prefill) for `rollout` (the run's RolloutConfig) on `device`:
+    where a setting is left at auto (null / "auto") it is on for CPU, where it is measured faster, and off on CUDA,
+    where the weight copy costs GPU memory and none has been measured."""
+    prepared = device == "cpu" if rollout.prepared_weights is None else bool(rollout.prepared_weights)
+    sampler = rollout.sampler == "inverse_cdf" or (rollout.sampler == "auto" and device == "cpu")
+    shared = device == "cpu" if rollout.shared_prefill is None else bool(rollout.shared_prefill)
+    return prepared, sampler, shared
+
+
+@contextmanager
+def fast_decoding(model, rows: int, prepared: bool, sampler: bool, shared: bool = False):
+    """`prepared_linears`, `inverse_cdf_sampling` and/or `shared_prefill`, as chosen."""
     from contextlib import ExitStack
 
     with ExitStack() as stack:
@@ -181,6 +252,8 @@ def fast_decoding(model, rows: int, prepared: bool, sampler: bool):
             stack.enter_context(prepared_linears(model, rows))
         if sampler:
             stack.enter_context(inverse_cdf_sampling())
+        if shared:
+            stack.enter_context(shared_prefill(model))
         yield
 
 
@@ -190,15 +263,15 @@ def use_fast_decoding(trainer, rollout, device: str) -> bool:
     both switched off)."""
     from aligntune.patches import wrap_generate
 
-    prepared, sampler = choices(rollout, device)
+    prepared, sampler, shared = choices(rollout, device)
     if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
         prepared = False  # sharded weights: each process holds a slice, which generation gathers as it runs
-    if not (prepared or sampler) or getattr(getattr(trainer, "args", None), "use_vllm", False):
+    if not (prepared or sampler or shared) or getattr(getattr(trainer, "args", None), "use_vllm", False):
         return False
     if hasattr(trainer, "models") and hasattr(trainer, "_sample"):  # aligntune's native PPO engine
         sample, rows = trainer._sample, getattr(trainer.cfg, "batch_size", 1)
 
-        def native(*args, **kwargs):
+        def native(*args, **kwargs):  # one sample per prompt: no prefill to share
             with fast_decoding(trainer.models.policy, rows, prepared, sampler):
                 return sample(*args, **kwargs)
 
@@ -208,7 +281,7 @@ def use_fast_decoding(trainer, rollout, device: str) -> bool:
     rows = getattr(trainer.args, "generation_batch_size", None) or 1
 
     def around(generate, *args, **kwargs):
-        with fast_decoding(trainer.model, rows, prepared, sampler):
+        with fast_decoding(trainer.model, rows, prepared, sampler, shared):
             return generate(*args, **kwargs)
 
     return wrap_generate(trainer, around)

@@ -109,12 +109,14 @@ def test_inverse_cdf_sampling_draws_the_right_distribution_and_never_a_zero():
     assert "partial" not in type(torch.multinomial).__name__
 
 
-def test_auto_turns_both_on_for_cpu_only_and_the_keys_can_force_them():
+def test_auto_turns_all_three_on_for_cpu_only_and_the_keys_can_force_them():
     cfg = schema.RolloutConfig()
-    assert decoding.choices(cfg, "cpu") == (True, True)
-    assert decoding.choices(cfg, "cuda") == (False, False)
-    assert decoding.choices(schema.RolloutConfig(prepared_weights=False, sampler="multinomial"), "cpu") == (False, False)
-    assert decoding.choices(schema.RolloutConfig(prepared_weights=True, sampler="inverse_cdf"), "cuda") == (True, True)
+    assert decoding.choices(cfg, "cpu") == (True, True, True)
+    assert decoding.choices(cfg, "cuda") == (False, False, False)
+    off = schema.RolloutConfig(prepared_weights=False, sampler="multinomial", shared_prefill=False)
+    assert decoding.choices(off, "cpu") == (False, False, False)
+    on = schema.RolloutConfig(prepared_weights=True, sampler="inverse_cdf", shared_prefill=True)
+    assert decoding.choices(on, "cuda") == (True, True, True)
 
 
 def test_vllm_rollouts_refuse_the_hf_decoding_keys():
@@ -122,6 +124,8 @@ def test_vllm_rollouts_refuse_the_hf_decoding_keys():
 
     with pytest.raises(ConfigError, match="rollout.engine=vllm generates in vLLM"):
         schema.RolloutConfig(engine="vllm", sampler="inverse_cdf")
+    with pytest.raises(ConfigError, match="rollout.shared_prefill"):
+        schema.RolloutConfig(engine="vllm", shared_prefill=True)
     with pytest.raises(ConfigError, match="rollout.sampler"):
         schema.RolloutConfig(sampler="gumbel")
 
@@ -132,19 +136,20 @@ def test_a_grpo_run_decodes_its_rollouts_on_the_fast_path_and_the_keys_turn_it_o
     seen = []
     real = decoding.fast_decoding
 
-    def spy(model, rows, prepared, sampler):
-        seen.append((prepared, sampler, torch.multinomial))
-        return real(model, rows, prepared, sampler)
+    def spy(model, rows, prepared, sampler, shared=False):
+        seen.append((prepared, sampler, shared, torch.multinomial))
+        return real(model, rows, prepared, sampler, shared)
 
     monkeypatch.setattr(decoding, "fast_decoding", spy)
     job = create_rl_trainer(experiment="smoke", max_steps=2, output_dir=workdir / "on")
     summary = job.train()
     assert summary["status"] == "completed" and summary["timing/generation"] > 0
-    assert len(seen) == 2 and all(s[:2] == (True, True) for s in seen)  # one rollout per step, both on (CPU)
+    assert len(seen) == 2 and all(s[:3] == (True, True, True) for s in seen)  # one rollout per step, all on (CPU)
     assert torch.multinomial.__module__ == "torch"  # restored after every rollout
     seen.clear()
     job = create_rl_trainer(experiment="smoke", max_steps=1, output_dir=workdir / "off",
-                            **{"rollout.prepared_weights": False, "rollout.sampler": "multinomial"})
+                            **{"rollout.prepared_weights": False, "rollout.sampler": "multinomial",
+                               "rollout.shared_prefill": False})
     job.train()
     assert seen == []
 
@@ -156,3 +161,74 @@ def test_sharded_or_empty_weights_keep_their_own_forward():
     with decoding.prepared_linears(model, rows=1) as changed:
         assert "forward" not in vars(model.lm_head)
         assert changed == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) - 1
+
+
+def _groups(rows_per_prompt: int):
+    """Two left-padded prompts, each repeated `rows_per_prompt` times in consecutive rows (as GRPO's sampler
+    orders a rollout)."""
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]]).repeat_interleave(rows_per_prompt, 0)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).repeat_interleave(rows_per_prompt, 0)
+    return ids, mask
+
+
+def _forward_batches(model, monkeypatch):
+    import functools
+
+    seen = []
+    real = type(model).forward
+
+    @functools.wraps(real)  # the signature shared_prefill reads its keywords from
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["input_ids"].shape)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    return seen
+
+
+def test_shared_prefill_runs_each_prompt_once_and_decodes_what_generate_decodes(monkeypatch):
+    """fp32 greedy: the same tokens as transformers' own generate (the prompt's last token is decoded as the first
+    step instead of inside the prefill, which changes nothing the argmax can see in fp32 here)."""
+    model = _tiny(torch.float32)
+    ids, mask = _groups(3)
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        plain = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    seen = _forward_batches(model, monkeypatch)
+    with torch.no_grad(), decoding.shared_prefill(model) as on:
+        assert on
+        shared = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert seen[0] == (2, 4)  # the prefill: one row per prompt, all but its last token
+    assert all(shape == (6, 1) for shape in seen[1:])  # every later step decodes one token for each of the 6 rows
+    assert torch.equal(plain, shared)
+    assert "generate" not in vars(model)  # restored
+
+
+def test_shared_prefill_leaves_distinct_prompts_and_other_calls_to_generate(monkeypatch):
+    model = _tiny(torch.float32)
+    seen = _forward_batches(model, monkeypatch)
+    ids, mask = _groups(1)
+    with torch.no_grad(), decoding.shared_prefill(model):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0)
+        assert seen[0] == (2, 5)  # nothing shared: generate's own prefill
+        seen.clear()
+        ids, mask = _groups(2)
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False, pad_token_id=0,
+                       num_beams=2)
+        assert seen[0] == (8, 5)  # beam search: generate's own (its beams expand the rows)
+
+
+def test_sampled_evaluation_prefills_each_prompt_once_for_its_samples(monkeypatch):
+    from aligntune.evaluation import generate
+
+    model = _tiny(torch.float32)
+    tok = loading.load_tokenizer(schema.ModelConfig(name_or_path="aligntune:tiny"))
+    tok.padding_side = "left"
+    seen = _forward_batches(model, monkeypatch)
+    out = generate(model, tok, ["abc", "defgh"], samples=3, temperature=0.7, max_new_tokens=4, seed=0)
+    assert [len(group) for group in out] == [3, 3]
+    assert seen[0][0] == 2  # two prompts prefilled, six completions
+    seen.clear()
+    generate(model, tok, ["abc", "defgh"], samples=3, temperature=0.7, max_new_tokens=4, seed=0,
+             rollout=schema.RolloutConfig(shared_prefill=False))
+    assert seen[0][0] == 6
