@@ -20,8 +20,8 @@ offloading) and calls that record a graph keep their normal forward.
 
 A GRPO/RLOO rollout decodes each prompt `group_size` times, and transformers' generate runs the prompt's prefill
 once per row. `shared_prefill` (`rollout.shared_prefill`) runs it once per distinct prompt and gives each row a copy
-of its prompt's key/value cache: a quarter of the prefill at group_size 4 (the default job's rollout: 2.31 s ->
-2.01 s for 16 x 32 tokens). The prompt's last token is decoded as the first step instead of inside the prefill,
+of its prompt's key/value cache: a quarter of the prefill at group_size 4 (`bench/decoding.py`, the default job's
+LoRA rollout of 16 x 32 tokens: 2.91 s -> 2.61 s, median of 8). The prompt's last token is decoded as the first step instead of inside the prefill,
 so the rows differ from generate's own by rounding.
 """
 
