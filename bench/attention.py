@@ -24,7 +24,7 @@ import argparse
 import statistics
 import time
 
-from common import Interference, interference_row, table, write_json
+from common import Interference, finish, interference_row
 
 
 def load(dtype_name: str, implementation: str):
@@ -176,9 +176,7 @@ def main() -> int:
     result = measure(args.reps, lengths, args.dtypes.split(","), args.seqs)
     batch_rows = [int(x) for x in args.decode_rows.split(",") if x]
     result["decoding"] = decoding(args.reps, batch_rows, args.dtypes.split(","), args.decode_tokens)
-    print(table(rows(result)))
-    print(f"wrote {write_json('attention', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return finish('attention', result, rows)
 
 
 if __name__ == "__main__":

@@ -53,3 +53,12 @@ def table(rows: list[dict]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(4)]
     line = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(c, widths)))
     return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(c) for c in cells[1:]])
+
+
+def finish(name: str, result: dict, rows) -> int:
+    """The end of a benchmark's main(): print `rows(result)` as a table, write bench/results/<name>.json, and return
+    the exit code (1 if any row failed; rows with ok=None are information only)."""
+    checked = rows(result)
+    print(table(checked))
+    print(f"wrote {write_json(name, result)}")
+    return 0 if all(r["ok"] is not False for r in checked) else 1

@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 
-from common import Interference, interference_row, table, write_json
+from common import Interference, finish, interference_row
 
 VARIANTS = {"plain": (False, False, False), "prepared": (True, False, False), "prepared+inverse_cdf": (True, True, False),
             "prepared+inverse_cdf+shared_prefill": (True, True, True)}
@@ -136,9 +136,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto", help="model.dtype (fp32: the path AVX2-only CPUs take)")
     args = parser.parse_args()
     result = measure(args.reps, args.tokens, args.dtype)
-    print(table(rows(result)))
-    print(f"wrote {write_json('decoding' if args.dtype == 'auto' else f'decoding_{args.dtype}', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return finish('decoding' if args.dtype == 'auto' else f'decoding_{args.dtype}', result, rows)
 
 
 if __name__ == "__main__":

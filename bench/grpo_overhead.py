@@ -33,7 +33,7 @@ import statistics
 import tempfile
 import time
 
-from common import Interference, interference_row, table, write_json
+from common import Interference, finish, interference_row
 
 TARGET = 1.02
 SIDES = ("aligntune", "plain")
@@ -197,9 +197,7 @@ def main() -> int:
                         help="torch threads per side (1 removes the 2-thread scheduling jitter; default: torch's)")
     args = parser.parse_args()
     result = measure(args.steps, args.reps, args.threads)
-    print(table(rows(result)))
-    print(f"wrote {write_json('grpo_overhead', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return finish('grpo_overhead', result, rows)
 
 
 if __name__ == "__main__":

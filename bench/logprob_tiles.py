@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import Interference, interference_row, table, write_json
+from common import Interference, finish, interference_row
 
 
 def run(hidden, weight, targets, chunk: int):
@@ -70,9 +70,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=4)
     args = parser.parse_args()
     result = measure([int(x) for x in args.tokens.split(",")], args.reps)
-    print(table(rows(result)))
-    print(f"wrote {write_json('logprob_tiles', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return finish('logprob_tiles', result, rows)
 
 
 if __name__ == "__main__":

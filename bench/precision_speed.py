@@ -33,7 +33,7 @@ import statistics
 import tempfile
 import time
 
-from common import Interference, interference_row, table, write_json
+from common import Interference, finish, interference_row
 
 TARGET = 1.8
 SIDES = ("aligntune", "trl_default", "trl_fp32")
@@ -296,9 +296,7 @@ def main() -> int:
     args = parser.parse_args()
     result = measure(args.steps, args.reps, args.model, args.timeout, tuple(args.sides.split(",")),
                      tuple(args.algorithms.split(",")))
-    print(table(rows(result)))
-    print(f"wrote {write_json('precision_speed', result)}")
-    return 0 if all(r["ok"] is not False for r in rows(result)) else 1
+    return finish('precision_speed', result, rows)
 
 
 if __name__ == "__main__":

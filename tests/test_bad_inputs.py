@@ -135,6 +135,11 @@ CASES = [
     (C, ["algorithm=sft", "dataset=letters_sft", "rollout.shared_prefill=true"],
      ["rollout.shared_prefill", "samples no rollouts", "Drop"]),
     (C, ["rollout.engine=vllm", "rollout.shared_prefill=true"], ["rollout.shared_prefill", "vLLM", "rollout.engine=hf"]),
+    (C, ["algorithm=dpo", "dataset=prefs", "train.shared_prefix=true"],
+     ["train.shared_prefix", "no groups of completions", "Drop train.shared_prefix"]),
+    (C, ["algorithm=ppo", "train.shared_prefix=false"], ["train.shared_prefix", "backend=native", "own engine", "Drop"]),
+    (B, ["train.shared_prefix=true", "train.gradient_checkpointing=true"],
+     ["train.shared_prefix=true", "gradient checkpointing", "Drop train.shared_prefix"]),
     # config: wrong types
     (C, ["group_size=abc"], ["algorithm.group_size", "'abc'"]),
     (C, ["train.batch_size=two"], ["train.batch_size", "'two'", "type"]),

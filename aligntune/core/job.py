@@ -158,6 +158,10 @@ class AlignmentJob:
         from aligntune.run.phases import instrument
 
         use_fast_decoding(self.trainer, run.rollout, self.device)
+        if resolve_backend(run) == "trl":
+            from aligntune.backends.trl.shared_prefix import use_shared_prefix
+
+            use_shared_prefix(self.trainer, run.train.shared_prefix, self.device)
         instrument(self.trainer, self.phases)  # after: the weights' preparation counts as generation time
         from aligntune.run.trackers import place
 

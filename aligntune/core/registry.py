@@ -34,6 +34,7 @@ class Backend:
     vllm_rollouts: tuple[str, ...] = ()  # algorithms whose rollouts rollout.engine=vllm generates
     hf_rollouts: bool = True  # rollouts through transformers' generate (rollout.prepared_weights, .sampler, .shared_prefill)
     completions_table: tuple[str, ...] = ()  # algorithms with TRL's completions table (train.log_completions)
+    shared_prefix: tuple[str, ...] = ()  # algorithms whose scoring runs each distinct prompt once (train.shared_prefix)
     mini_batches_by_prompts: bool = False  # algorithm.num_mini_batches splits a rollout by prompts, not completions
     check: str | None = None  # "module:function": the engine's own torch-free refusals, check(run)
     why_not: dict[str, str] = field(default_factory=dict)
@@ -45,6 +46,7 @@ BACKENDS: dict[str, Backend] = {
          "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
          "sft": "aligntune.backends.trl.sft:build", "kto": "aligntune.backends.trl.kto:build"},
         takes_trl_args=True, vllm_rollouts=("grpo", "rloo"), completions_table=("grpo", "rloo"),
+        shared_prefix=("grpo", "rloo"),
         why_not={"ppo": "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}),
     "native": Backend(
         {"ppo": "aligntune.backends.native.ppo:build"},
@@ -64,7 +66,7 @@ BACKENDS: dict[str, Backend] = {
 # The keys check_supported refuses on a backend that does not support them (backend=verl's translation lists the
 # others: tests/backends/verl/test_verl.py).
 REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions",
-                       "rollout.prepared_weights", "rollout.sampler", "rollout.shared_prefill")
+                       "rollout.prepared_weights", "rollout.sampler", "rollout.shared_prefill", "train.shared_prefix")
 
 
 ROLLOUT_ALGORITHMS = ("grpo", "rloo", "ppo")  # the algorithms that sample rollouts
@@ -139,6 +141,11 @@ def check_supported(run: RunConfig) -> None:
         raise ConfigError(f"train.log_completions=true turns on TRL's completions table of GRPO and RLOO, and "
                           f"algorithm={algo} on backend={backend} has none{why('train.log_completions')}.",
                           "Drop it; samples.jsonl holds every run's samples.")
+    if run.train.shared_prefix is not None and algo not in found.shared_prefix:
+        raise ConfigError(f"train.shared_prefix scores the group_size completions of each GRPO/RLOO prompt with one "
+                          f"forward of the prompt, and {on}"
+                          + (", which has no groups of completions to share a prompt" if backend == "trl" else
+                             ", which computes its log-probs in its own engine") + ".", "Drop train.shared_prefix.")
     if found.mini_batches_by_prompts and hasattr(run.algorithm, "num_mini_batches"):
         run.check_mini_batches(by_prompts=True, why=found.why_not.get("num_mini_batches", ""))
     if backend != "verl" and run.backend.verl != VerlConfig():

@@ -56,6 +56,7 @@ HANDLED_ELSEWHERE = {
     "backend.trl_args": "refused: the native engine is not TRL",
     "train.on_nonfinite": "NonFiniteGuard: rewards as computed, gradients before each update, the logged loss",
     "train.log_completions": "refused for PPO by the schema (TRL's completions table is GRPO/RLOO's)",
+    "train.shared_prefix": "refused by the registry for backend=native (it shares prompts in TRL's GRPO/RLOO scoring)",
 }
 
 

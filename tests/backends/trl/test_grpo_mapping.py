@@ -302,6 +302,7 @@ NOT_MAPPED = {
     ("algorithm", "name"): "selects the schema and the engine (core/registry.BACKENDS); grpo_args refuses non-GRPO",
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
     ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/run/test_reliability.py)",
+    ("train", "shared_prefix"): "routes the built trainer's scoring (backends/trl/shared_prefix.py, tests/backends/trl/test_shared_prefix.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",
     ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/backends/trl/test_grpo_variants.py)",
     ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/backends/trl/test_grpo_variants.py)",

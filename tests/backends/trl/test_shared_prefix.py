@@ -1,0 +1,137 @@
+"""train.shared_prefix: GRPO/RLOO log-probs with each distinct prompt run once (backends/trl/shared_prefix.py).
+
+The equivalence tests run in fp32 on the tiny model: the shared form is the same function, computed with the
+prompt in other batch shapes (4 rows instead of 12, the cache concatenated instead of one sequence), so the two
+differ only by the order of fp32 accumulations, ~1e-6 relative. 1e-4 absolute on log-probs of size ~5-10 and 1e-5
+relative on the gradient leave room for that and for nothing else (a wrong position or mask moves them by 1e-2 or
+more).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from aligntune.backends.trl import shared_prefix
+from aligntune.core.backend_factory import create_rl_trainer
+from aligntune.errors import ConfigError
+
+COMPLETION = 6
+
+
+def _trainer(workdir, **overrides):
+    return create_rl_trainer(experiment="smoke", max_steps=1, output_dir=workdir / "run",
+                             **{"model.dtype": "fp32", "eval.after_training": False, **overrides}).trainer
+
+
+def _batch(prompts: int, group: int, seed: int = 0, shuffle: bool = True):
+    """`prompts` left-padded prompts of different lengths, each `group` times with its own completions (some padded
+    after an early end), the rows shuffled as TRL shuffles a generation batch (or in order)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for p in range(prompts):
+        length = 5 + p
+        prompt = torch.randint(3, 50, (length,), generator=g)
+        for _ in range(group):
+            rows.append((prompt, torch.randint(3, 50, (COMPLETION,), generator=g), int(torch.randint(2, 7, (1,), generator=g))))
+    width = 5 + prompts - 1
+    ids = torch.zeros(len(rows), width + COMPLETION, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (prompt, completion, ends) in enumerate(rows):
+        ids[i, width - len(prompt):width], mask[i, width - len(prompt):width] = prompt, 1
+        ids[i, width:], mask[i, width:width + ends] = completion, 1
+    order = torch.randperm(len(rows), generator=g) if shuffle else torch.arange(len(rows))
+    return ids[order], mask[order]
+
+
+def _score(trainer, method, ids, mask, **kwargs):
+    """Log-probs, entropies and the gradient of a GRPO-like loss on them."""
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    logps, entropies, _ = method(model, ids, mask, COMPLETION, compute_entropy=True, **kwargs)
+    keep = mask[:, -COMPLETION:]
+    ((logps * keep).sum() / keep.sum() + 0.1 * (entropies * keep).sum() / keep.sum()).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return logps.detach() * keep, entropies.detach() * keep, grad
+
+
+def _forward_rows(monkeypatch, model):
+    """The shapes of input_ids each forward of the model's backbone gets (TRL's fused head and the model's own
+    forward both run it)."""
+    seen = []
+    backbone = model.base_model
+    real = type(backbone).forward
+
+    @functools.wraps(real)
+    def spy(self, *args, **kwargs):
+        seen.append(tuple(kwargs["input_ids"].shape))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(backbone), "forward", spy)
+    return seen
+
+
+def test_shared_scoring_equals_trls_and_runs_each_prompt_once(workdir, monkeypatch):
+    trainer = _trainer(workdir)
+    own = type(trainer)._get_per_token_logps_and_entropies.__get__(trainer)
+    assert isinstance(trainer._get_per_token_logps_and_entropies, functools.partial)  # null on CPU: on
+    ids, mask = _batch(prompts=3, group=4)
+    trainer.model.train()
+    expected = _score(trainer, own, ids, mask)
+    seen = _forward_rows(monkeypatch, trainer.model)
+    shared = _score(trainer, trainer._get_per_token_logps_and_entropies, ids, mask)
+    width = ids.shape[1] - COMPLETION
+    assert seen == [(3, width - 1), (12, COMPLETION + 1)]  # the prompts once, then each row's last prompt token on
+    assert torch.allclose(shared[0], expected[0], atol=1e-4, rtol=0)
+    assert torch.allclose(shared[1], expected[1], atol=1e-4, rtol=0)
+    assert expected[0].abs().max() > 1  # real log-probs, not zeros
+    assert ((shared[2] - expected[2]).norm() / expected[2].norm()) < 1e-5
+    assert expected[2].norm() > 0
+
+
+def test_shared_scoring_groups_within_each_chunk_and_leaves_distinct_prompts_to_trl(workdir, monkeypatch):
+    trainer = _trainer(workdir)
+    own = type(trainer)._get_per_token_logps_and_entropies.__get__(trainer)
+    ids, mask = _batch(prompts=2, group=4, seed=1, shuffle=False)
+    with torch.no_grad():
+        expected = own(trainer.model, ids, mask, COMPLETION, batch_size=3)[0]
+        seen = _forward_rows(monkeypatch, trainer.model)
+        chunked = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, COMPLETION, batch_size=3)[0]
+        width = ids.shape[1] - COMPLETION
+        # rows p0 p0 p0 | p0 p1 p1 | p1 p1: each chunk's distinct prompts once, then its rows
+        assert seen == [(1, width - 1), (3, COMPLETION + 1), (2, width - 1), (3, COMPLETION + 1), (1, width - 1),
+                        (2, COMPLETION + 1)]
+        keep = mask[:, -COMPLETION:].bool()
+        assert torch.allclose(chunked[keep], expected[keep], atol=1e-4, rtol=0)
+        seen.clear()
+        distinct, distinct_mask = _batch(prompts=4, group=1, seed=2)
+        trainer._get_per_token_logps_and_entropies(trainer.model, distinct, distinct_mask, COMPLETION)
+        assert seen == [tuple(distinct.shape)]  # nothing to share: TRL's own single forward
+
+
+def test_key_turns_it_off_and_training_runs_with_it(workdir, monkeypatch):
+    calls = []
+    real = shared_prefix.shared_logps
+    monkeypatch.setattr(shared_prefix, "shared_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    job = create_rl_trainer(experiment="smoke", max_steps=2, output_dir=workdir / "on", **{"eval.after_training": False})
+    before = {n: p.detach().clone() for n, p in job.trainer.model.named_parameters()}
+    summary = job.train()
+    assert summary["status"] == "completed" and summary["timing/forward_backward"] > 0
+    assert len(calls) >= 2  # each step's loss went through the shared scoring
+    assert any(not torch.equal(p, before[n]) for n, p in job.trainer.model.named_parameters())
+    off = _trainer(workdir / "off", **{"train.shared_prefix": False})
+    assert not isinstance(off._get_per_token_logps_and_entropies, functools.partial)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"train.gradient_checkpointing": True}, "gradient checkpointing"),
+    ({"model.lora.enabled": True, "model.lora.dropout": 0.1}, "dropout"),
+])
+def test_true_is_refused_where_it_cannot_apply_and_null_keeps_trls_scoring(workdir, overrides, needle):
+    with pytest.raises(ConfigError, match=needle) as refused:
+        _trainer(workdir / "true", **{"train.shared_prefix": True, **overrides})
+    assert "Drop train.shared_prefix" in refused.value.fix
+    auto = _trainer(workdir / "null", **overrides)
+    assert not isinstance(auto._get_per_token_logps_and_entropies, functools.partial)
