@@ -49,8 +49,9 @@ def run_once(seed: int, extra: list[str]) -> dict:
         if code != 0:
             sys.stderr.write(log.read_text()[-4000:])
     side = {s: {k.split("/", 2)[2]: v for k, v in summary.items() if k.startswith(f"eval/{s}/")} for s in ("base", "trained")}
+    phases = {k: round(v, 3) for k, v in summary.items() if k.startswith("timing/") or k == "train_runtime"}
     return {"seed": seed, "exit_code": code, "wall_s": round(wall, 1), "peak_rss_gib": round(peak_gib, 2),
-            "status": summary.get("status"), "steps": summary.get("steps"), "eval": side}
+            "status": summary.get("status"), "steps": summary.get("steps"), "eval": side, "phases": phases}
 
 
 def rows(result: dict) -> list[dict]:
@@ -72,6 +73,11 @@ def rows(result: dict) -> list[dict]:
         out.append({"name": f"held-out reward, base -> trained ({tag}, {n} prompts)",
                     "value": f"{base:.3f} -> {trained:.3f} ({trained - base:+.3f}, {(trained - base) / se:.1f} SE)",
                     "target": "trained > base", "ok": trained > base})
+        phases = r.get("phases", {})
+        if phases:
+            steps = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in phases.items() if k.startswith("timing/") and v >= 0.05)
+            out.append({"name": f"  training ({tag}): s per step by phase", "target": "", "ok": None,
+                        "value": f"{steps}; {phases.get('train_runtime', 0):.1f} s in all"})
         length = (r["eval"]["base"].get("completions/mean_length"), r["eval"]["trained"].get("completions/mean_length"))
         if None not in length:
             out.append({"name": f"  mean completion length ({tag})", "value": f"{length[0]:.1f} -> {length[1]:.1f} tokens",

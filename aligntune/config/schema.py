@@ -472,9 +472,9 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # NaN/inf loss, gradient or reward: stop (after checkpointing the last good state) | skip the step
     # GRPO/RLOO: TRL's own completions table (console, and W&B/trackio tables with logger=...), next to samples.jsonl
     log_completions: bool = False
-    # GRPO/RLOO on TRL: score a batch's log-probs (policy, reference, old policy) with each distinct prompt run once
-    # for its group_size completions (backends/trl/shared_prefix.py). null: on for CPU, where it is measured faster;
-    # off on CUDA (not measured there). Off by itself where it cannot apply (gradient checkpointing, dropout, several
+    # GRPO/RLOO/DPO on TRL: score a batch's log-probs (policy, reference, old policy) with each distinct prompt run
+    # once for its completions (backends/trl/shared_prefix.py). null: on for GRPO/RLOO on CPU, where it is measured
+    # faster; off on CUDA (not measured there) and for DPO (not measured faster: true turns it on). Off by itself where it cannot apply (gradient checkpointing, dropout, several
     # processes, multimodal or sliding-window models); true there is refused.
     shared_prefix: Optional[bool] = None
 

@@ -46,7 +46,7 @@ BACKENDS: dict[str, Backend] = {
          "dpo": "aligntune.backends.trl.dpo:build", "reward": "aligntune.backends.trl.reward:build",
          "sft": "aligntune.backends.trl.sft:build", "kto": "aligntune.backends.trl.kto:build"},
         takes_trl_args=True, vllm_rollouts=("grpo", "rloo"), completions_table=("grpo", "rloo"),
-        shared_prefix=("grpo", "rloo"),
+        shared_prefix=("grpo", "rloo", "dpo"),
         why_not={"ppo": "TRL removed its PPO trainer in version 1.13; aligntune's own PPO runs on backend=native."}),
     "native": Backend(
         {"ppo": "aligntune.backends.native.ppo:build"},
@@ -142,9 +142,9 @@ def check_supported(run: RunConfig) -> None:
                           f"algorithm={algo} on backend={backend} has none{why('train.log_completions')}.",
                           "Drop it; samples.jsonl holds every run's samples.")
     if run.train.shared_prefix is not None and algo not in found.shared_prefix:
-        raise ConfigError(f"train.shared_prefix scores the group_size completions of each GRPO/RLOO prompt with one "
+        raise ConfigError(f"train.shared_prefix scores the completions of each GRPO, RLOO or DPO prompt with one "
                           f"forward of the prompt, and {on}"
-                          + (", which has no groups of completions to share a prompt" if backend == "trl" else
+                          + (", whose rows do not share prompts" if backend == "trl" else
                              ", which computes its log-probs in its own engine") + ".", "Drop train.shared_prefix.")
     if found.mini_batches_by_prompts and hasattr(run.algorithm, "num_mini_batches"):
         run.check_mini_batches(by_prompts=True, why=found.why_not.get("num_mini_batches", ""))

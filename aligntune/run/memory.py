@@ -12,12 +12,15 @@ CPU, else 4):
               reference-free or precomputed, KTO unless precomputed, PPO); none with LoRA (the reference is the
               adapter-disabled base)
   critic      PPO: a second policy-sized model with its gradients and optimizer state
+  rollout     GRPO/RLOO/PPO rollouts on prepared weights (rollout.prepared_weights, on for CPU): w x the linear
+              layers' weights, the copy they decode on
   activations per micro-batch of sequences: layers x tokens x hidden x 34 bytes (Korthikanti et al. 2022,
               "Reducing Activation Recomputation", 16-bit; doubled for fp32; attention scores only with eager
               attention, SDPA keeps none) plus the logits (tokens x vocab x 4 x 2) where they are materialised:
               TRL's trainers (GRPO, RLOO, DPO, KTO, SFT) score through its fused LM head, in tiles, and keep none;
               with gradient checkpointing only each layer's input is kept. Tokens per sequence: the configured
-              maximum (algorithm.max_length, or prompt + completion), an upper bound of what the data holds.
+              maximum (algorithm.max_length, or prompt + completion), an upper bound of what the data holds;
+              with train.shared_prefix a GRPO/RLOO micro-batch's distinct prompts count once each.
 
 An estimate, not a measurement: allocator overhead, CUDA context and generation's KV cache are left out,
 so a warning is issued only when the estimate alone exceeds the memory available. bench/memory_estimate.py compares
@@ -104,9 +107,23 @@ QUANTIZED_BYTES = {"none": 4, "8bit": 1, "4bit": 0.5}
 FUSED_HEAD = ("grpo", "rloo", "dpo", "kto", "sft")  # TRL trainers that score through its fused LM head
 
 
+def _prepared_copy(run: RunConfig, device: str, model, w: int) -> int:
+    """rollout.prepared_weights: the rollouts of transformers' generate decode on a prepared copy of every linear
+    layer's weight (models/decoding.py), w bytes a value, held while a rollout runs."""
+    import torch
+
+    from aligntune.core.registry import ROLLOUT_ALGORITHMS
+    from aligntune.models.decoding import choices
+
+    if run.algorithm.name not in ROLLOUT_ALGORITHMS or run.rollout.engine != "hf" or not choices(run.rollout, device)[0]:
+        return 0
+    return w * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", tokens: int | None = None) -> dict[str, int]:
     """Bytes per component (see the module docstring) and their `total`, for compute `precision` on `device`.
     `tokens`: the longest sequence the data holds, where it has been measured (default: the configured limit)."""
+    from aligntune.backends.trl import shared_prefix
     from aligntune.core.registry import resolve_backend
     from aligntune.models.attention import keeps_probabilities
     from aligntune.models.precision import low_precision_weights
@@ -120,6 +137,13 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", token
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     vocab = getattr(config, "vocab_size", 0)
     seqs, tokens = _shape(run, tokens)
+    # train.shared_prefix: a GRPO/RLOO micro-batch runs each distinct prompt once, then every row's completion
+    # (backends/trl/shared_prefix.py); `through` is the tokens per sequence that then go through the model
+    through, prefix = tokens, 0
+    if run.algorithm.name in ("grpo", "rloo") and shared_prefix.expected(run, device):
+        prompts = min(seqs, max(1, run.train.batch_size // run.algorithm.num_mini_batches))
+        prefix = tokens - run.algorithm.max_completion_length - 1
+        through = (prompts * prefix + seqs * (tokens - prefix)) / seqs
     low = low_precision_weights(precision, device)
     w = 2 if low else 4
     per_value = 1 if precision in ("bf16", "fp16") else 2  # the 34 bytes are 16-bit activations
@@ -127,10 +151,13 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", token
         per_layer = seqs * tokens * hidden * 2 * per_value
         activations = layers * per_layer + seqs * tokens * hidden * 34 * per_value
     else:
-        activations = layers * seqs * tokens * hidden * 34 * per_value
+        activations = int(layers * seqs * through * hidden * 34 * per_value)
         impl = "eager" if getattr(config, "_attn_implementation", None) == "eager" else run.model.attn_implementation
         if keeps_probabilities(impl, precision, device, tokens):  # SDPA/flash keep no attention matrix
-            activations += layers * 5 * heads * tokens * tokens * seqs * 2
+            # queries x keys per sequence: each row's own (all of them, or its completion's against the whole row)
+            # and, shared, each prompt's once
+            scores = seqs * (tokens - prefix) * tokens + (seqs * through - seqs * (tokens - prefix)) * prefix
+            activations += int(layers * 5 * heads * scores * 2)
     fused = resolve_backend(run) == "trl" and run.algorithm.name in FUSED_HEAD
     activations += 0 if fused else seqs * tokens * vocab * 4 * 2
     if run.model.quantization != "none":  # bitsandbytes: 1 byte (8bit), ~0.5 (4bit) a weight; fp32 adapters
@@ -139,7 +166,8 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", token
         weights = w * params + (4 * trainable if low or lora else 0)  # fp32 masters (bf16 CPU) or fp32 adapters
     out = {"weights": weights, "gradients": (6 if low and not lora else 4) * trainable, "optimizer": 8 * trainable,
            "reference": w * params if _needs_reference(run) else 0,
-           "critic": 16 * params if run.algorithm.name == "ppo" else 0, "activations": activations}
+           "critic": 16 * params if run.algorithm.name == "ppo" else 0, "activations": activations,
+           "rollout": _prepared_copy(run, device, model, w)}
     out["total"] = sum(out.values())
     out["parameters"] = params
     return out

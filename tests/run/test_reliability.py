@@ -488,18 +488,18 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     from aligntune.models.loading import load_model
     from aligntune.run import memory
 
-    run, _ = preflight.load(["model=tiny"])
+    run, _ = preflight.load(["model=tiny", "train.shared_prefix=false"])
     est = memory.estimate(run)
     assert est["parameters"] == sum(p.numel() for p in load_model(run.model).parameters())
     assert est["weights"] == est["reference"] == 4 * est["parameters"] and est["optimizer"] == 8 * est["parameters"]
     assert est["total"] == sum(v for k, v in est.items() if k not in ("total", "parameters"))
-    no_kl = memory.estimate(preflight.load(["model=tiny", "beta=0.0"])[0])
+    no_kl = memory.estimate(preflight.load(["model=tiny", "beta=0.0", "train.shared_prefix=false"])[0])
     assert no_kl["reference"] == 0
-    lora = memory.estimate(preflight.load(["model=tiny", "model.lora.enabled=true"])[0])
+    lora = memory.estimate(preflight.load(["model=tiny", "model.lora.enabled=true", "train.shared_prefix=false"])[0])
     assert lora["reference"] == 0 and 0 < lora["optimizer"] < est["optimizer"] / 2
-    longer = memory.estimate(preflight.load(["model=tiny", "algorithm.max_completion_length=512"])[0])
+    longer = memory.estimate(preflight.load(["model=tiny", "algorithm.max_completion_length=512", "train.shared_prefix=false"])[0])
     assert longer["activations"] > est["activations"]
-    ckpt = memory.estimate(preflight.load(["model=tiny", "train.gradient_checkpointing=true"])[0])
+    ckpt = memory.estimate(preflight.load(["model=tiny", "train.gradient_checkpointing=true", "train.shared_prefix=false"])[0])
     assert ckpt["activations"] < est["activations"]
     assert memory.estimate(preflight.load(["experiment=ppo_smoke"])[0])["critic"] == 16 * est["parameters"]
     # KTO keeps a reference (unless precomputed) and runs each row with its mismatched KL sequence (loss_type kto)
@@ -510,6 +510,19 @@ def test_memory_estimate_counts_the_real_parameters_and_what_the_algorithm_keeps
     apo = memory.estimate(preflight.load(["experiment=kto_smoke", "algorithm.loss_type=apo_zero_unpaired"])[0])
     assert apo["activations"] < kto["activations"]
 
+
+def test_memory_estimate_counts_each_shared_prompt_once_and_the_rollouts_prepared_copy():
+    from aligntune import preflight
+    from aligntune.run import memory
+
+    shared = memory.estimate(preflight.load(["model=tiny"])[0], "fp32", "cpu")  # null on CPU: on
+    plain = memory.estimate(preflight.load(["model=tiny", "train.shared_prefix=false"])[0], "fp32", "cpu")
+    assert 0 < shared["activations"] < plain["activations"]
+    assert memory.estimate(preflight.load(["model=tiny"])[0], "fp32", "cuda")["activations"] == plain["activations"]
+    # rollouts decode on a copy of the linear layers' weights (rollout.prepared_weights: on for CPU)
+    assert 0 < shared["rollout"] <= 4 * shared["parameters"]
+    assert memory.estimate(preflight.load(["model=tiny", "rollout.prepared_weights=false"])[0])["rollout"] == 0
+    assert memory.estimate(preflight.load(["experiment=dpo_smoke"])[0])["rollout"] == 0
 
 
 def test_memory_estimate_follows_the_compute_precision_and_the_fused_head():

@@ -1,32 +1,41 @@
-"""`train.shared_prefix`: score each distinct prompt once in a GRPO/RLOO batch.
+"""`train.shared_prefix`: run each distinct prompt of a batch once when TRL scores it (GRPO, RLOO, DPO).
 
-A GRPO or RLOO batch holds every prompt `group_size` times, once with each of its completions, and TRL scores it
-(the policy's log-probs with a graph for the loss; the reference's and the old policy's without) by running the
-model over every row's prompt + completion. The prompt part of a row does not depend on its completion (causal
-attention), so the `group_size` rows of a prompt compute the same prompt states `group_size` times. With the
-switch on, `_get_per_token_logps_and_entropies` runs each distinct prompt once (all but its last token, with a
-key/value cache), gives each row its prompt's cache (an index, so the backward sums the rows' gradients into the
-shared prompt states) and runs the rows' last prompt token and completions against it through TRL's own fused LM
-head. That is the same function with the same positions (TRL numbers a row's tokens 0..n-1, as the cache does):
-at the default job's 4 prompts x 4 completions of 32 tokens after ~43 prompt tokens, 684 tokens go through the
-model instead of 1,200.
+A GRPO or RLOO batch holds every prompt `group_size` times, once with each of its completions; a DPO batch holds
+each prompt twice, with its chosen and its rejected answer. TRL scores a batch (the policy's log-probs with a graph
+for the loss; the reference's and the old policy's without) by running the model over every row's prompt +
+completion, through the fused LM head it puts on the model's forward. The prompt part of a row does not depend on
+its completion (causal attention), so the rows of a prompt compute the same prompt states again and again.
 
-It leaves a call to TRL's own method when there is nothing to share (every prompt once) and where the shared form
-is not known to be the same: multimodal inputs, token type ids, MoE router losses, sliding-window or hybrid
-layers, gradient checkpointing (its recomputation would write the cache twice), dropout in training (the rows of a
-prompt would share one dropout mask), and more than one process (DDP's reducer expects one forward per backward).
+With the switch on, that forward runs the batch's shared prefix (every row's tokens before the last one ahead of
+its first scored token) once per distinct prefix into a key/value cache, gives each row its prefix's cache (an
+index, so the backward sums the rows' gradients into the shared states) and runs the rest of each row against it
+through TRL's own fused head, whose per-token outputs get zeros for the prefix's positions (TRL's own value for
+unscored positions). That is the same function with the same positions (TRL numbers a row's tokens 0..n-1, as the
+cache does). At the default job's 4 prompts x 4 completions of 32 tokens after ~43 prompt tokens, 684 tokens go
+through the model instead of 1,200.
+
+It leaves a forward to TRL when there is nothing to share (every prefix once) and where the shared form is not
+known to be the same: inputs other than ids and mask (multimodal, token types), MoE router losses, sliding-window
+or hybrid layers, gradient checkpointing (its recomputation would write the cache twice), dropout in training (the
+rows of a prompt would share one dropout mask), and more than one process (DDP's reducer expects one forward per
+backward).
 """
 
 from __future__ import annotations
 
 import functools
+import types
+from contextlib import contextmanager
 
-# keywords of TRL's _get_per_token_logps_and_entropies that carry inputs the shared form does not handle
-_PLAIN = {"batch_size", "compute_entropy", "compute_aux_loss"}
+# the keywords of TRL's scoring forwards the shared form handles; any other input that is set (PEFT passes its
+# unset ones as None) leaves the call to TRL
+_PLAIN = {"input_ids", "attention_mask", "use_cache"}
+# TRL's fused head's per-token outputs (FusedCausalLMOutput)
+_PER_TOKEN = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
 
 def _groups(ids, mask) -> tuple[list[int], list[int]]:
-    """(the first row of each distinct prompt, each row's index into those): rows are the same prompt when their
+    """(the first row of each distinct prefix, each row's index into those): rows share a prefix when their
     unpadded tokens and padding agree (the pad token may also be a real token, so the mask takes part)."""
     first, index, seen = [], [], {}
     for row, key in enumerate(ids.masked_fill(mask == 0, -1).tolist()):
@@ -46,53 +55,85 @@ def _cache(model):
         return DynamicCache()
 
 
-def _shared(trainer, model, ids, mask, logits_to_keep: int, compute_entropy: bool):
-    """Log-probs (and entropies) of the completions of rows `ids` with their prompts run once each; None when every
-    prompt is distinct."""
+def _shared_forward(model, fused, keyword: str, extra: dict, *args, fused_lm_head=False, labels=None, **kwargs):
+    """TRL's fused forward `fused(..., labels=labels, fused_lm_head=True)` with the batch's shared prefix run once per
+    distinct prefix (see the module docstring); `fused` itself for every other call."""
     import torch
 
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    if (not fused_lm_head or args or labels is None or ids is None or mask is None or ids.dim() != 2
+            or labels.shape != ids.shape or any(v is not None for k, v in kwargs.items() if k not in _PLAIN)):
+        return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+    scored = labels != -100
+    rows_scored = scored.any(1)
+    # the prefix ends before the last token ahead of any row's first scored token (that token's state scores it)
+    width = int(scored.float().argmax(1)[rows_scored].min()) - 1 if bool(rows_scored.any()) else 0
+    first, index = _groups(ids[:, :width], mask[:, :width]) if width >= 1 else (None, None)
+    if first is None or len(first) == ids.size(0):  # no prefix, or nothing to share
+        return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+    cache = _cache(model)
+    head = torch.tensor(first, device=ids.device)
+    fused(input_ids=ids[head, :width], attention_mask=mask[head, :width], use_cache=True, **extra, **{keyword: cache})
+    cache.batch_select_indices(torch.tensor(index, device=ids.device))
+    out = fused(input_ids=ids[:, width:], attention_mask=mask, labels=labels[:, width:], fused_lm_head=True,
+                **{keyword: cache})
+    for name in _PER_TOKEN:  # back to the full rows' [rows, length - 1]: the prefix's positions are unscored
+        value = getattr(out, name, None)
+        if value is not None:
+            setattr(out, name, torch.cat([value.new_zeros(value.size(0), width), value], 1))
+    return out
+
+
+def _fused_modules(trainer) -> list:
+    """The models whose forward TRL gave its fused LM head: the policy (inside PEFT's wrapper) and the reference."""
+    from peft import PeftModel
+
+    model = trainer.model
+    found = [model.get_base_model() if isinstance(model, PeftModel) else model, getattr(trainer, "ref_model", None)]
+    return [m for m in found if m is not None and "forward" in vars(m)]
+
+
+def _share(module) -> None:
     from aligntune.models.decoding import _forward_keywords
 
-    prompt = ids.size(1) - logits_to_keep
-    first, index = _groups(ids[:, :prompt], mask[:, :prompt])
-    if len(first) == ids.size(0):
-        return None
-    keyword, extra = _forward_keywords(model)
-    cache = _cache(model)
-    rows = torch.tensor(index, device=ids.device)
-    head = torch.tensor(first, device=ids.device)
-    tail = ids[:, prompt - 1:]  # each row's last prompt token, then its completion
-    labels = tail.masked_fill(mask[:, prompt - 1:] == 0, -100)
-    labels[:, 0] = -100  # the last prompt token is not scored; the fused head shifts labels by one
-    with trainer.accelerator.autocast():
-        model(input_ids=ids[head, :prompt - 1], attention_mask=mask[head, :prompt - 1], use_cache=True, **extra,
-              **{keyword: cache})
-        cache.batch_select_indices(rows)
-        out = model(input_ids=tail, attention_mask=mask, labels=labels, fused_lm_head=True, **{keyword: cache})
-    return out.log_probs[:, -logits_to_keep:], (out.entropy[:, -logits_to_keep:] if compute_entropy else None)
+    fused = module.forward
+    keyword, extra = _forward_keywords(module)
+
+    @functools.wraps(type(module).forward)  # the signature generate validates its keywords against, as TRL's
+    def forward(self, *args, **kwargs):
+        return _shared_forward(self, fused, keyword, extra, *args, **kwargs)
+
+    module.forward = types.MethodType(forward, module)
+    module._aligntune_unshared_forward = fused
 
 
-def shared_logps(trainer, original, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-    """TRL's `_get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, ...)` with each
-    distinct prompt run once per chunk of `batch_size` rows (see the module docstring); `original` itself for the
-    calls the shared form does not cover."""
-    import torch
+@contextmanager
+def unshared(trainer):
+    """Within the block, the trainer's models score as TRL does (benchmarks and tests compare the two)."""
+    modules = [m for m in _fused_modules(trainer) if hasattr(m, "_aligntune_unshared_forward")]
+    shared = [m.forward for m in modules]
+    for m in modules:
+        m.forward = m._aligntune_unshared_forward
+    try:
+        yield
+    finally:
+        for m, forward in zip(modules, shared):
+            m.forward = forward
 
-    batch_size = kwargs.get("batch_size") or input_ids.size(0)
-    compute_entropy = bool(kwargs.get("compute_entropy"))
-    if (args or kwargs.get("compute_aux_loss") or any(v is not None for k, v in kwargs.items() if k not in _PLAIN)
-            or not 2 <= input_ids.size(1) - logits_to_keep or logits_to_keep < 1):
-        return original(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
-    logps, entropies = [], []
-    for start in range(0, input_ids.size(0), batch_size):
-        ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-        scored = _shared(trainer, model, ids, mask, logits_to_keep, compute_entropy)
-        if scored is None:
-            scored = original(model, ids, mask, logits_to_keep, batch_size=ids.size(0),
-                              compute_entropy=compute_entropy)[:2]
-        logps.append(scored[0])
-        entropies.append(scored[1])
-    return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None)
+
+def expected(run, device: str) -> bool:
+    """Whether `train.shared_prefix` will be on for `run` on `device`, from the config alone (the memory pre-flight
+    counts activations with it, before anything is built): what `use_shared_prefix` and `unsupported` decide for
+    the shipped models."""
+    from aligntune.core.registry import resolve_backend
+
+    setting, algo = run.train.shared_prefix, run.algorithm.name
+    if setting is False or resolve_backend(run) != "trl" or algo not in ("grpo", "rloo", "dpo"):
+        return False
+    if setting is None and (device != "cpu" or algo == "dpo"):
+        return False
+    return not (run.train.gradient_checkpointing or run.distributed.num_processes > 1
+                or (run.model.lora.enabled and run.model.lora.dropout > 0))
 
 
 def unsupported(trainer) -> str | None:
@@ -116,15 +157,19 @@ def unsupported(trainer) -> str | None:
 
 
 def use_shared_prefix(trainer, setting: bool | None, device: str) -> bool:
-    """`train.shared_prefix` for a built trainer: null turns it on for CPU runs (measured faster there; not measured
-    on CUDA, where it stays off), true wherever the shared form applies. Returns whether it is on. Raises ConfigError
+    """`train.shared_prefix` for a built GRPO, RLOO or DPO trainer: null turns it on for GRPO and RLOO on CPU
+    (measured faster there; not measured on CUDA, where it stays off; DPO on the shipped pairs of ~35 prompt tokens
+    and ~12 answer tokens was within noise, 0.99-1.09x, so DPO takes it with true only), true wherever the shared form
+    applies. Returns whether it is on. Raises ConfigError
     for true where `unsupported` says why it cannot apply; with null that is logged and TRL's scoring kept."""
     import logging
 
-    from trl import GRPOTrainer, RLOOTrainer
+    from trl import DPOTrainer, GRPOTrainer, RLOOTrainer
 
-    if setting is False or (setting is None and device != "cpu") or not isinstance(trainer, (GRPOTrainer, RLOOTrainer)):
+    if setting is False or not isinstance(trainer, (GRPOTrainer, RLOOTrainer, DPOTrainer)):
         return False
+    if setting is None and (device != "cpu" or isinstance(trainer, DPOTrainer)):
+        return False  # null: measured faster for GRPO/RLOO on CPU; DPO's short shipped pairs showed no gain
     reason = unsupported(trainer)
     if reason is not None:
         if setting:
@@ -134,7 +179,9 @@ def use_shared_prefix(trainer, setting: bool | None, device: str) -> bool:
                               "Drop train.shared_prefix (null keeps TRL's own scoring where it cannot apply).")
         logging.getLogger("aligntune").info("train.shared_prefix: off, because %s", reason)
         return False
-    method = trainer._get_per_token_logps_and_entropies
-    trainer._get_per_token_logps_and_entropies = functools.partial(shared_logps, trainer, method)
-    logging.getLogger("aligntune").info("train.shared_prefix: on (log-probs run each distinct prompt once per batch)")
-    return True
+    modules = _fused_modules(trainer)
+    for module in modules:
+        _share(module)
+    if modules:
+        logging.getLogger("aligntune").info("train.shared_prefix: on (scoring runs each distinct prompt once per batch)")
+    return bool(modules)

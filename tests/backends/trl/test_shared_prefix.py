@@ -1,4 +1,4 @@
-"""train.shared_prefix: GRPO/RLOO log-probs with each distinct prompt run once (backends/trl/shared_prefix.py).
+"""train.shared_prefix: GRPO/RLOO/DPO scoring with each distinct prompt run once (backends/trl/shared_prefix.py).
 
 The equivalence tests run in fp32 on the tiny model: the shared form is the same function, computed with the
 prompt in other batch shapes (4 rows instead of 12, the cache concatenated instead of one sequence), so the two
@@ -73,13 +73,17 @@ def _forward_rows(monkeypatch, model):
     return seen
 
 
+def _shared_on(trainer) -> bool:
+    return hasattr(trainer.model, "_aligntune_unshared_forward")
+
+
 def test_shared_scoring_equals_trls_and_runs_each_prompt_once(workdir, monkeypatch):
     trainer = _trainer(workdir)
-    own = type(trainer)._get_per_token_logps_and_entropies.__get__(trainer)
-    assert isinstance(trainer._get_per_token_logps_and_entropies, functools.partial)  # null on CPU: on
+    assert _shared_on(trainer)  # null on CPU: on
     ids, mask = _batch(prompts=3, group=4)
     trainer.model.train()
-    expected = _score(trainer, own, ids, mask)
+    with shared_prefix.unshared(trainer):
+        expected = _score(trainer, trainer._get_per_token_logps_and_entropies, ids, mask)
     seen = _forward_rows(monkeypatch, trainer.model)
     shared = _score(trainer, trainer._get_per_token_logps_and_entropies, ids, mask)
     width = ids.shape[1] - COMPLETION
@@ -93,10 +97,10 @@ def test_shared_scoring_equals_trls_and_runs_each_prompt_once(workdir, monkeypat
 
 def test_shared_scoring_groups_within_each_chunk_and_leaves_distinct_prompts_to_trl(workdir, monkeypatch):
     trainer = _trainer(workdir)
-    own = type(trainer)._get_per_token_logps_and_entropies.__get__(trainer)
     ids, mask = _batch(prompts=2, group=4, seed=1, shuffle=False)
     with torch.no_grad():
-        expected = own(trainer.model, ids, mask, COMPLETION, batch_size=3)[0]
+        with shared_prefix.unshared(trainer):
+            expected = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, COMPLETION, batch_size=3)[0]
         seen = _forward_rows(monkeypatch, trainer.model)
         chunked = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, COMPLETION, batch_size=3)[0]
         width = ids.shape[1] - COMPLETION
@@ -113,16 +117,16 @@ def test_shared_scoring_groups_within_each_chunk_and_leaves_distinct_prompts_to_
 
 def test_key_turns_it_off_and_training_runs_with_it(workdir, monkeypatch):
     calls = []
-    real = shared_prefix.shared_logps
-    monkeypatch.setattr(shared_prefix, "shared_logps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = shared_prefix._shared_forward
+    monkeypatch.setattr(shared_prefix, "_shared_forward",
+                        lambda *a, **k: calls.append(k.get("fused_lm_head")) or real(*a, **k))
     job = create_rl_trainer(experiment="smoke", max_steps=2, output_dir=workdir / "on", **{"eval.after_training": False})
     before = {n: p.detach().clone() for n, p in job.trainer.model.named_parameters()}
     summary = job.train()
     assert summary["status"] == "completed" and summary["timing/forward_backward"] > 0
-    assert len(calls) >= 2  # each step's loss went through the shared scoring
+    assert calls.count(True) >= 2  # each step's loss went through the shared scoring
     assert any(not torch.equal(p, before[n]) for n, p in job.trainer.model.named_parameters())
-    off = _trainer(workdir / "off", **{"train.shared_prefix": False})
-    assert not isinstance(off._get_per_token_logps_and_entropies, functools.partial)
+    assert not _shared_on(_trainer(workdir / "off", **{"train.shared_prefix": False}))
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -133,5 +137,36 @@ def test_true_is_refused_where_it_cannot_apply_and_null_keeps_trls_scoring(workd
     with pytest.raises(ConfigError, match=needle) as refused:
         _trainer(workdir / "true", **{"train.shared_prefix": True, **overrides})
     assert "Drop train.shared_prefix" in refused.value.fix
-    auto = _trainer(workdir / "null", **overrides)
-    assert not isinstance(auto._get_per_token_logps_and_entropies, functools.partial)
+    assert not _shared_on(_trainer(workdir / "null", **overrides))
+
+
+def test_dpo_loss_and_gradient_equal_trls_with_each_pair_prompt_run_once(workdir, monkeypatch):
+    """DPO's rows are [chosen..., rejected...] of the same prompts (right-padded): the policy and the reference
+    model each run a pair's prompt once. fp32 tolerances as above."""
+    assert not _shared_on(create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", max_steps=1,
+                                            output_dir=workdir / "null", **{"eval.after_training": False}).trainer)
+    job = create_rl_trainer(algorithm="dpo", experiment="dpo_smoke", max_steps=1, output_dir=workdir / "dpo",
+                            **{"model.dtype": "fp32", "eval.after_training": False, "train.shared_prefix": True})
+    trainer = job.trainer
+    assert _shared_on(trainer)  # DPO: with true (null leaves it off, not measured faster)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model
+    model.train()
+
+    def loss_and_grad():
+        model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    with shared_prefix.unshared(trainer):
+        expected = loss_and_grad()
+    seen = _forward_rows(monkeypatch, model)
+    shared = loss_and_grad()
+    rows = inputs["input_ids"].shape[0]
+    # policy and reference: the shared prefix once per distinct one (at most one per pair: prompts may also start
+    # alike), then every row's rest
+    assert len(seen) == 4 and seen[0] == seen[2] and seen[1] == seen[3] and seen[1][0] == rows
+    assert seen[0][0] <= rows // 2 and seen[0][1] + seen[1][1] == inputs["input_ids"].shape[1]
+    assert torch.allclose(shared[0], expected[0], atol=1e-5, rtol=0)
+    assert ((shared[1] - expected[1]).norm() / expected[1].norm()) < 1e-5 and expected[1].norm() > 0
