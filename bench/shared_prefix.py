@@ -67,6 +67,22 @@ def _timed(sides: dict, reps: int, passes: dict) -> tuple[dict, dict]:
     return {f"{k}_s": statistics.median(v) for k, v in times.items()}, last
 
 
+def _train_pass(params, loss):
+    """A timed forward+backward: `loss()` -> (the loss, what to keep of the forward); the pass returns (seconds,
+    (what was kept, the flattened gradient))."""
+    import torch
+
+    def run():
+        for p in params:
+            p.grad = None
+        t0 = time.perf_counter()
+        value, kept = loss()
+        value.backward()
+        return time.perf_counter() - t0, (kept, torch.cat([p.grad.flatten().float() for p in params]))
+
+    return run
+
+
 def _rel(a, b) -> float:
     return float((a - b).norm() / a.norm())
 
@@ -87,13 +103,11 @@ def grpo(reps: int, extra: list[str]) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
-    def train_pass():
-        for p in params:
-            p.grad = None
-        t0 = time.perf_counter()
+    def loss():
         logps, entropies, _ = score(model, ids, mask, TOKENS, compute_entropy=True)
-        ((logps * keep).sum() / keep.sum() + 0.01 * (entropies * keep).sum() / keep.sum()).backward()
-        return time.perf_counter() - t0, (logps.detach(), torch.cat([p.grad.flatten().float() for p in params]))
+        return (logps * keep).sum() / keep.sum() + 0.01 * (entropies * keep).sum() / keep.sum(), logps.detach()
+
+    train_pass = _train_pass(params, loss)
 
     def no_grad_pass():
         t0 = time.perf_counter()
@@ -115,8 +129,6 @@ def grpo(reps: int, extra: list[str]) -> dict:
 def dpo(reps: int, extra: list[str]) -> dict:
     """precision_speed's DPO job (SmolLM2 full weights, prefs_chat pairs, batch 4): one batch's loss (policy with
     backward, the reference model's no-grad forward) and backward."""
-    import torch
-
     from aligntune.backends.trl.shared_prefix import unshared
     from aligntune.core.backend_factory import create_rl_trainer
 
@@ -129,13 +141,11 @@ def dpo(reps: int, extra: list[str]) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
-    def train_pass():
-        for p in params:
-            p.grad = None
-        t0 = time.perf_counter()
-        loss = trainer.compute_loss(model, inputs)
-        loss.backward()
-        return time.perf_counter() - t0, (loss.detach(), torch.cat([p.grad.flatten().float() for p in params]))
+    def loss():
+        value = trainer.compute_loss(model, inputs)
+        return value, value.detach()
+
+    train_pass = _train_pass(params, loss)
 
     medians, last = _timed({"trl": lambda: unshared(trainer), "shared": contextlib.nullcontext}, reps,
                            {"train": train_pass})
