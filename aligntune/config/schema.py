@@ -474,8 +474,9 @@ class TrainConfig:
     log_completions: bool = False
     # GRPO/RLOO/DPO on TRL: score a batch's log-probs (policy, reference, old policy) with each distinct prompt run
     # once for its completions (backends/trl/shared_prefix.py). null: on for GRPO/RLOO on CPU, where it is measured
-    # faster; off on CUDA (not measured there) and for DPO (not measured faster: true turns it on). Off by itself where it cannot apply (gradient checkpointing, dropout, several
-    # processes, multimodal or sliding-window models); true there is refused.
+    # faster; off on CUDA (not measured there) and for DPO (not measured faster: true turns it on). Off by itself
+    # where it cannot apply (gradient checkpointing, dropout, several processes, multimodal or sliding-window
+    # models); true there is refused.
     shared_prefix: Optional[bool] = None
 
     def __post_init__(self):

@@ -161,7 +161,7 @@ class AlignmentJob:
         if resolve_backend(run) == "trl":
             from aligntune.backends.trl.shared_prefix import use_shared_prefix
 
-            use_shared_prefix(self.trainer, run.train.shared_prefix, self.device)
+            use_shared_prefix(self.trainer, run.train.shared_prefix, run.algorithm.name, self.device)
         instrument(self.trainer, self.phases)  # after: the weights' preparation counts as generation time
         from aligntune.run.trackers import place
 

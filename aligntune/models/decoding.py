@@ -21,8 +21,8 @@ offloading) and calls that record a graph keep their normal forward.
 A GRPO/RLOO rollout decodes each prompt `group_size` times, and transformers' generate runs the prompt's prefill
 once per row. `shared_prefill` (`rollout.shared_prefill`) runs it once per distinct prompt and gives each row a copy
 of its prompt's key/value cache: a quarter of the prefill at group_size 4 (`bench/decoding.py`, the default job's
-LoRA rollout of 16 x 32 tokens: 2.91 s -> 2.61 s, median of 8). The prompt's last token is decoded as the first step instead of inside the prefill,
-so the rows differ from generate's own by rounding.
+LoRA rollout of 16 x 32 tokens: 2.91 s -> 2.61 s, median of 8). The prompt's last token is decoded as the first
+step instead of inside the prefill, so the rows differ from generate's own by rounding.
 """
 
 from __future__ import annotations
@@ -186,6 +186,16 @@ def _forward_keywords(model) -> tuple[str, dict]:
                                                                    else {})
 
 
+def new_cache(model):
+    """An empty DynamicCache shaped by the model's config (its per-layer kinds), for a prefill to fill."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # an older transformers: no per-layer kinds to take from the config
+        return DynamicCache()
+
+
 def _shared_prefill_generate(model, generate, *args, **kwargs):
     """`generate(**kwargs)` with the prompt prefill run once for each run of identical consecutive rows (see the
     module docstring); generate itself when there is nothing to share or the call is not a plain one."""
@@ -202,13 +212,8 @@ def _shared_prefill_generate(model, generate, *args, **kwargs):
     first[1:] = (ids[1:] != ids[:-1]).any(-1) | (mask[1:] != mask[:-1]).any(-1)
     if bool(first.all()):
         return generate(*args, **kwargs)
-    from transformers import DynamicCache
-
     keyword, extra = _forward_keywords(model)
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # an older transformers: no per-layer kinds to take from the config
-        cache = DynamicCache()
+    cache = new_cache(model)
     head_ids, head_mask = ids[first, :-1], mask[first, :-1]
     positions = (head_mask.long().cumsum(-1) - 1).masked_fill_(head_mask == 0, 0)  # as generate numbers them
     with torch.no_grad():

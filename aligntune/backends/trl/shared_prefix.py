@@ -46,19 +46,12 @@ def _groups(ids, mask) -> tuple[list[int], list[int]]:
     return first, index
 
 
-def _cache(model):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # an older transformers: no per-layer kinds to take from the config
-        return DynamicCache()
-
-
 def _shared_forward(model, fused, keyword: str, extra: dict, *args, fused_lm_head=False, labels=None, **kwargs):
     """TRL's fused forward `fused(..., labels=labels, fused_lm_head=True)` with the batch's shared prefix run once per
     distinct prefix (see the module docstring); `fused` itself for every other call."""
     import torch
+
+    from aligntune.models.decoding import new_cache
 
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     if (not fused_lm_head or args or labels is None or ids is None or mask is None or ids.dim() != 2
@@ -71,7 +64,7 @@ def _shared_forward(model, fused, keyword: str, extra: dict, *args, fused_lm_hea
     first, index = _groups(ids[:, :width], mask[:, :width]) if width >= 1 else (None, None)
     if first is None or len(first) == ids.size(0):  # no prefix, or nothing to share
         return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
-    cache = _cache(model)
+    cache = new_cache(model)
     head = torch.tensor(first, device=ids.device)
     fused(input_ids=ids[head, :width], attention_mask=mask[head, :width], use_cache=True, **extra, **{keyword: cache})
     cache.batch_select_indices(torch.tensor(index, device=ids.device))
@@ -121,16 +114,25 @@ def unshared(trainer):
             m.forward = forward
 
 
+ALGORITHMS = ("grpo", "rloo", "dpo")  # the TRL trainers whose batches repeat prompts
+
+
+def _wanted(setting: bool | None, algorithm: str, device: str) -> bool:
+    """What `train.shared_prefix` asks for: true, or null for GRPO and RLOO on CPU (measured faster there; not
+    measured on CUDA; DPO on the shipped pairs of ~35 prompt tokens and ~12 answer tokens was within noise,
+    0.99-1.09x, so DPO takes it with true only)."""
+    if setting is not None:
+        return setting and algorithm in ALGORITHMS
+    return device == "cpu" and algorithm in ("grpo", "rloo")
+
+
 def expected(run, device: str) -> bool:
     """Whether `train.shared_prefix` will be on for `run` on `device`, from the config alone (the memory pre-flight
     counts activations with it, before anything is built): what `use_shared_prefix` and `unsupported` decide for
     the shipped models."""
     from aligntune.core.registry import resolve_backend
 
-    setting, algo = run.train.shared_prefix, run.algorithm.name
-    if setting is False or resolve_backend(run) != "trl" or algo not in ("grpo", "rloo", "dpo"):
-        return False
-    if setting is None and (device != "cpu" or algo == "dpo"):
+    if resolve_backend(run) != "trl" or not _wanted(run.train.shared_prefix, run.algorithm.name, device):
         return False
     return not (run.train.gradient_checkpointing or run.distributed.num_processes > 1
                 or (run.model.lora.enabled and run.model.lora.dropout > 0))
@@ -156,20 +158,14 @@ def unsupported(trainer) -> str | None:
     return None
 
 
-def use_shared_prefix(trainer, setting: bool | None, device: str) -> bool:
-    """`train.shared_prefix` for a built GRPO, RLOO or DPO trainer: null turns it on for GRPO and RLOO on CPU
-    (measured faster there; not measured on CUDA, where it stays off; DPO on the shipped pairs of ~35 prompt tokens
-    and ~12 answer tokens was within noise, 0.99-1.09x, so DPO takes it with true only), true wherever the shared form
-    applies. Returns whether it is on. Raises ConfigError
-    for true where `unsupported` says why it cannot apply; with null that is logged and TRL's scoring kept."""
+def use_shared_prefix(trainer, setting: bool | None, algorithm: str, device: str) -> bool:
+    """`train.shared_prefix` for a built TRL trainer of `algorithm`: on where `_wanted` says so and the shared form
+    applies. Returns whether it is on. Raises ConfigError for true where `unsupported` says why it cannot apply;
+    with null that is logged and TRL's scoring kept."""
     import logging
 
-    from trl import DPOTrainer, GRPOTrainer, RLOOTrainer
-
-    if setting is False or not isinstance(trainer, (GRPOTrainer, RLOOTrainer, DPOTrainer)):
+    if not _wanted(setting, algorithm, device):
         return False
-    if setting is None and (device != "cpu" or isinstance(trainer, DPOTrainer)):
-        return False  # null: measured faster for GRPO/RLOO on CPU; DPO's short shipped pairs showed no gain
     reason = unsupported(trainer)
     if reason is not None:
         if setting:
