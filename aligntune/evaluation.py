@@ -45,35 +45,42 @@ def inference_placement(location: str | Path, device: str = "auto", dtype: str =
     return device, compute_precision(ModelConfig(name_or_path=source, dtype=dtype), device)
 
 
-def load_for_inference(location: str | Path, device: str = "cpu", precision: str = "fp32"):
+def load_for_inference(location: str | Path, device: str = "cpu", precision: str = "fp32",
+                       attn_implementation: str = "auto"):
     """(model, tokenizer) from a run directory, its model/ folder, a LoRA adapter folder, or a model path, on
     `device` with weights in `precision` (bf16/fp16 weights for inference: no optimizer, so no master copies).
     Plain weights load straight into that dtype (each tensor rounded as it loads: the same weights as loading fp32
     and casting, without the fp32 copy in memory). An adapter is merged into its base in fp32 first; a run's
-    `model_merged/` already is that merge, so it is read instead where it exists."""
+    `model_merged/` already is that merge, so it is read instead where it exists. `attn_implementation`: the run's
+    model.attn_implementation, so evaluation attends as training did (auto: on CPU the per-call kernel of
+    models/attention.py, whose 16-bit decoding steps of a large batch, such as the held-out evaluation's, attend
+    with two matmuls instead of SDPA's flash kernel; any other: that kernel)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from aligntune.models import attention
     from aligntune.run.rundir import RunFiles
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device != "cpu" else torch.float32}.get(precision,
                                                                                                      torch.float32)
+    kernel = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     path = model_folder(location)
     merged = RunFiles(location).merged_weights()
     if not path.exists():  # a hub id (the caller checked that the hub or its cache has it)
-        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(location), dtype=dtype, **kernel)
     elif (path / "adapter_config.json").is_file() and merged is not None:
-        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=dtype, **kernel)
     elif (path / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kernel).merge_and_unload()
     elif (path / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kernel)
     else:
         raise ModelError(f"{location} holds no model: no config.json or adapter_config.json (and no model/ folder).",
                          "Point run= at a run directory, its model/ folder, or a Hugging Face model directory.")
     model.to(device=device, dtype=dtype)
+    attention.apply(model, attn_implementation, device)
     tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else str(location))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -264,13 +271,14 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
         source = resolve_source(run.model.name_or_path)
         base_location = SHIPPED[source]() if source in SHIPPED else source
     device, precision = inference_placement(model_location, run.device, run.model.dtype)
-    model, tokenizer = load_for_inference(model_location, device, precision)
+    attn = run.model.attn_implementation
+    model, tokenizer = load_for_inference(model_location, device, precision, attn)
     result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None,
                     "device": device, "compute_dtype": precision,
                     "settings": {"dataset": run.dataset.name, "num_prompts": e.num_prompts}}
     if run.algorithm.name in PAIRWISE or run.algorithm.name == "kto":  # KTO: the pairs it was trained on unpaired
         rows = held_out_rows(run, "preferences", e.num_prompts)
-        reference = load_for_inference(base_location, device, precision)[0] if base_location else None
+        reference = load_for_inference(base_location, device, precision, attn)[0] if base_location else None
         if reference is None:
             raise ConfigError("Preference evaluation compares against the starting model, and eval.compare_base=false.",
                               "Set eval.compare_base=true.")
@@ -291,6 +299,6 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     if base_location:
         del model  # one model in memory at a time
         return_freed_memory()
-        base, base_tok = load_for_inference(base_location, device, precision)
+        base, base_tok = load_for_inference(base_location, device, precision, attn)
         result["base"] = score_prompts(base, base_tok, rows, funcs, weights, **args, rollout=run.rollout)
     return result

@@ -85,6 +85,21 @@ def test_evaluation_runs_on_the_runs_device_and_compute_dtype(trained_run, tmp_p
     assert isinstance(out[0], str)
 
 
+def test_evaluation_attends_as_the_run_asked(trained_run, monkeypatch):
+    """model.attn_implementation reaches the evaluation's models: auto is models/attention.py's per-call kernel on
+    CPU (whose 16-bit decoding steps of a large batch attend with two matmuls), an explicit kernel is that kernel."""
+    from aligntune import evaluation
+    from aligntune.models import attention
+
+    run_dir = trained_run.run_dir.path
+    assert evaluation.load_for_inference(run_dir, "cpu", "bf16")[0].config._attn_implementation == attention.NAME
+    assert evaluation.load_for_inference(run_dir, "cpu", "bf16", "eager")[0].config._attn_implementation == "eager"
+    asked, real = [], evaluation.load_for_inference
+    monkeypatch.setattr(evaluation, "load_for_inference", lambda *a: asked.append(a[3:]) or real(*a))
+    trained_run.evaluate()
+    assert asked and set(asked) == {(trained_run.config.model.attn_implementation,)}
+
+
 def test_generate_refuses_an_unknown_placement(capsys):
     assert cli.main(["generate", "run=x", "prompt=hi", "dtype=bf17"]) == 2
     assert "dtype=auto|fp32|bf16|fp16" in capsys.readouterr().err
