@@ -99,7 +99,7 @@ def generate(model, tokenizer, prompts: list, samples: int, temperature: float, 
              batch_size: int = 128, rollout=None) -> list[list[str]]:
     """`samples` completions for each prompt (greedy when temperature is 0). `rollout` (a RolloutConfig; None: its
     defaults): whether to decode on prepared weights, sample by inverse CDF and prefill each prompt once for its
-    samples (models/decoding.py)."""
+    samples and the prompts' common start once (models/decoding.py)."""
     import torch
 
     from aligntune.config.schema import RolloutConfig
@@ -110,8 +110,7 @@ def generate(model, tokenizer, prompts: list, samples: int, temperature: float, 
     torch.manual_seed(seed)
     prepared, sampler, shared = decoding.choices(rollout or RolloutConfig(), model.device.type)
     try:
-        with decoding.fast_decoding(model, min(batch_size, len(texts)), prepared, sampler and temperature > 0,
-                                    shared and samples > 1):
+        with decoding.fast_decoding(model, min(batch_size, len(texts)), prepared, sampler and temperature > 0, shared):
             completions = _generate_batches(model, tokenizer, texts, max_new_tokens, temperature, batch_size)
     finally:
         torch.random.set_rng_state(generator_state)
@@ -255,9 +254,16 @@ def history(directory: Path) -> list[dict]:
     return out
 
 
+def starting_model(run: RunConfig) -> str:
+    """Where the run's starting model loads from (a shipped preset's local directory, else model.name_or_path)."""
+    from aligntune.models.loading import SHIPPED, resolve_source
+
+    source = resolve_source(run.model.name_or_path)
+    return SHIPPED[source]() if source in SHIPPED else source
+
+
 def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
     """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
-    from aligntune.models.loading import SHIPPED, resolve_source
     from aligntune.rewards.registry import bind
     from aligntune.run.memory import return_freed_memory
 
@@ -268,8 +274,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
                           "summary.json), or train on preference pairs with dataset.unpair=true.")
     e = run.eval
     if base_location is None and e.compare_base:
-        source = resolve_source(run.model.name_or_path)
-        base_location = SHIPPED[source]() if source in SHIPPED else source
+        base_location = starting_model(run)
     device, precision = inference_placement(model_location, run.device, run.model.dtype)
     attn = run.model.attn_implementation
     model, tokenizer = load_for_inference(model_location, device, precision, attn)

@@ -8,8 +8,13 @@ and a LoRA adapter with a non-zero delta (the default job's 4 prompts x 4). The 
 median of `--reps` after a warm-up. Also checks that full-weight decoding on prepared weights gives the identical
 tokens (same seed, multinomial sampling), and the per-call cost of the two samplers on a 16 x 49,152 distribution.
 
-Run: .venv/bin/python bench/decoding.py [--reps 3] [--tokens 32] [--dtype auto|fp32|bf16]
-Writes bench/results/decoding.json. Target: each switch no slower than without it; full weights bit-identical.
+With --eval instead: the held-out evaluation's generation as the default job runs it (`evaluation.score_prompts`: the
+base model, 100 held-out arith prompts, greedy, 32 new tokens, one batch), with `rollout.shared_prefill` off and on
+alternating. Distinct prompts: what is shared is the tokens all prompts start with (the chat template's system turn).
+
+Run: .venv/bin/python bench/decoding.py [--reps 3] [--tokens 32] [--dtype auto|fp32|bf16] [--eval]
+Writes bench/results/decoding.json (decoding_eval.json with --eval). Target: each switch no slower than without it;
+full weights bit-identical.
 """
 
 from __future__ import annotations
@@ -111,6 +116,57 @@ def measure(reps: int, tokens: int, dtype: str = "auto") -> dict:
     return result
 
 
+def measure_eval(reps: int, tokens: int) -> dict:
+    from aligntune import preflight
+    from aligntune.config.schema import RolloutConfig
+    from aligntune.evaluation import (
+        format_prompt,
+        held_out_rows,
+        inference_placement,
+        load_for_inference,
+        score_prompts,
+        starting_model,
+    )
+    from aligntune.models import decoding
+    from aligntune.rewards.registry import bind
+
+    watch = Interference()
+    run = preflight.load(["dataset=arith"])[0]
+    base = starting_model(run)
+    device, precision = inference_placement(base, "cpu", run.model.dtype)
+    model, tok = load_for_inference(base, device, precision, run.model.attn_implementation)
+    texts = [format_prompt(tok, r["prompt"]) for r in held_out_rows(run, "prompts", run.eval.num_prompts)]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    common = decoding._common_prefix(enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1])
+    rows_ = held_out_rows(run, "prompts", run.eval.num_prompts)
+    funcs = {name: bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()}
+    weights = {name: spec.weight for name, spec in run.rewards.items()}
+    times, scored = {"off": [], "on": []}, {}
+    for rep in range(reps + 1):
+        for side in times:
+            t0 = time.perf_counter()
+            scored[side] = score_prompts(model, tok, rows_, funcs, weights, 1, 0.0, tokens, run.seed,
+                                         rollout=RolloutConfig(shared_prefill=side == "on"))
+            if rep:
+                times[side].append(time.perf_counter() - t0)
+    return {"reps": reps, "tokens": tokens, "precision": precision, "prompts": len(rows_),
+            "prompt_tokens": int(enc["attention_mask"].sum(-1).float().mean()), "common_prefix": common,
+            **{f"{side}_s": statistics.median(t) for side, t in times.items()},
+            **{f"{side}_reward": scored[side]["reward"] for side in times},
+            "other_cpu_cores": round(watch.cores(), 3)}
+
+
+def eval_rows(result: dict) -> list[dict]:
+    ratio = result["off_s"] / result["on_s"]
+    name = (f"evaluation, {result['prompts']} greedy answers x {result['tokens']} tokens ({result['precision']}; "
+            f"prompts ~{result['prompt_tokens']} tokens, {result['common_prefix']} shared)")
+    return [{"name": f"{name}: shared_prefill off / on", "target": ">= 1", "ok": ratio >= 0.97,
+             "value": f"{result['off_s']:.2f} / {result['on_s']:.2f} s = {ratio:.2f}x"},
+            {"name": "held-out reward off / on (bf16 rounds the matmuls' other shapes differently)", "target": "",
+             "ok": None, "value": f"{result['off_reward']:.2f} / {result['on_reward']:.2f}"},
+            interference_row("evaluation runs", result["other_cpu_cores"])]
+
+
 def rows(result: dict) -> list[dict]:
     out = []
     for form, e in result["forms"].items():
@@ -134,7 +190,10 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--dtype", default="auto", help="model.dtype (fp32: the path AVX2-only CPUs take)")
+    parser.add_argument("--eval", action="store_true", help="the held-out evaluation's generation instead")
     args = parser.parse_args()
+    if args.eval:
+        return finish("decoding_eval", measure_eval(args.reps, args.tokens), eval_rows)
     result = measure(args.reps, args.tokens, args.dtype)
     return finish('decoding' if args.dtype == 'auto' else f'decoding_{args.dtype}', result, rows)
 

@@ -696,8 +696,9 @@ class RolloutConfig:
     # hf rollouts and sampled evaluation: how a token is drawn. auto: inverse_cdf on CPU (one uniform per row; the
     # same distribution as multinomial, measured faster), multinomial on CUDA (transformers' torch.multinomial).
     sampler: str = "auto"
-    # hf rollouts and evaluation with eval.samples > 1: each prompt's prefill runs once for its group_size rows, which
-    # copy its key/value cache. null: on for CPU, where it is measured faster; off on CUDA (not measured there).
+    # hf rollouts and the held-out evaluation: each prompt's prefill runs once for its group_size rows (or
+    # eval.samples), which copy its key/value cache, and the tokens all prompts of a batch start with (a system turn)
+    # run once. null: on for CPU, where it is measured faster; off on CUDA (not measured there).
     shared_prefill: Optional[bool] = None
     vllm: VllmConfig = field(default_factory=VllmConfig)
 

@@ -218,6 +218,55 @@ def test_shared_prefill_leaves_distinct_prompts_and_other_calls_to_generate(monk
         assert seen[0] == (8, 5)  # beam search: generate's own (its beams expand the rows)
 
 
+def _common_start(rows):
+    """Left-padded prompts (pad 0) that all start with the same 8 tokens, as a chat template's system turn does."""
+    start = [31, 32, 33, 34, 35, 36, 37, 38]
+    rows = [start + r for r in rows]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    return ids, (ids != 0).long()
+
+
+def test_common_prefix_counts_the_tokens_every_left_padded_row_starts_with():
+    ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48]])
+    assert decoding._common_prefix(ids, mask) == 8
+    assert decoding._common_prefix(ids[:1], mask[:1]) == 0  # one row: nothing to share
+    ids[1, -2] = 39  # the second row's 8th token differs
+    assert decoding._common_prefix(ids, mask) == 7
+    assert decoding._common_prefix(ids.flip(1), mask.flip(1)) == 0  # right padding: not laid out for it
+
+
+def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_own(monkeypatch):
+    """fp32: the cache built from one run of the 8 shared tokens (laid out under each row's padding) plus the rows'
+    rest holds what one prefill of the whole rows holds at every real position (1e-5: the same function, matmuls of
+    other shapes), and greedy decoding from it gives generate's own tokens."""
+    from transformers import DynamicCache
+
+    model = _tiny(torch.float32)
+    ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48], [49, 50], [51, 52, 53, 54]])
+    keyword, extra = decoding._forward_keywords(model)
+    plain = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{keyword: plain})
+        shared = decoding._prefill(model, ids, mask, keyword, extra)
+    real = mask.bool()[:, None, :, None]
+    for a, b in zip(plain.layers, shared.layers):
+        assert a.keys.shape == b.keys.shape
+        assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
+        assert torch.allclose(a.values * real, b.values * real, atol=1e-5)
+
+    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        expected = model.generate(**kwargs)
+    seen = _forward_batches(model, monkeypatch)
+    with torch.no_grad(), decoding.shared_prefill(model):
+        decoded = model.generate(**kwargs)
+    assert seen[:2] == [(1, 8), (5, ids.shape[1] - 1 - 8)]  # the shared start once, then each row's rest
+    assert all(shape == (5, 1) for shape in seen[2:])
+    assert torch.equal(decoded, expected)
+
+
 def test_sampled_evaluation_prefills_each_prompt_once_for_its_samples(monkeypatch):
     from aligntune.evaluation import generate
 
