@@ -176,10 +176,12 @@ class AlignmentJob:
 
     def _refine_memory_estimate(self, longest: int) -> None:
         """The data's longest sequence is known (TRL pads each batch to its longest, not to max_length): estimate
-        again with it, before the weights load, and record that estimate."""
+        again with it, before the weights load, and record that estimate. It warns where it can exceed the first
+        estimate: prompts longer than the length that one assumed (memory.PROMPT_TOKENS)."""
         from aligntune.run import memory
 
-        refined = memory.check(self.config, self.precision, self.device, tokens=longest, warn=False)
+        longer = longest > memory._configured_shape(self.config)[1]
+        refined = memory.check(self.config, self.precision, self.device, tokens=longest, warn=longer)
         if refined:
             self.memory_estimate = refined
             self.run_dir.record(memory_estimate_gib=round(refined["total"] / 2**30, 3))

@@ -51,12 +51,18 @@ def context_length(run: RunConfig) -> int | None:
 
 def fitter(run: RunConfig, tokenizer, kind: str, measured: dict | None = None):
     """The `fit` hook of data.loading.load for `kind` (prompts | preferences | sft) on this run's model. `measured`,
-    if given, receives `longest`: the longest training sequence after TRL's truncation (sequence kinds)."""
+    if given, receives `longest`: the longest training sequence after TRL's truncation (sequence kinds), or the
+    longest training prompt (after any cut) plus algorithm.max_completion_length (prompts)."""
     context = context_length(run)
 
     def fit(ds, rows: list[int], split: str):
         if kind == "prompts":  # the native engine tokenizes prompts without special tokens, TRL with them
-            return fit_prompts(ds, rows, split, run, tokenizer, context, special=run.algorithm.name != "ppo")
+            found: dict = {}
+            ds = fit_prompts(ds, rows, split, run, tokenizer, context, special=run.algorithm.name != "ppo",
+                             measured=found)
+            if measured is not None and split == "train" and found.get("longest"):
+                measured["longest"] = found["longest"] + run.algorithm.max_completion_length
+            return ds
         longest = check_sequences(ds, rows, split, run, tokenizer, context, kind)
         if measured is not None and split == "train" and longest:
             measured["longest"] = longest
@@ -108,13 +114,19 @@ def prompt_budget(run: RunConfig, context: int | None) -> int | None:
     return wanted if wanted is not None else room
 
 
-def fit_prompts(ds, rows: list[int], split: str, run: RunConfig, tokenizer, context: int | None, special: bool):
-    """`ds` with every prompt within the budget (cut where dataset.max_prompt_length allows), or DataError."""
+def fit_prompts(ds, rows: list[int], split: str, run: RunConfig, tokenizer, context: int | None, special: bool,
+                measured: dict | None = None):
+    """`ds` with every prompt within the budget (cut where dataset.max_prompt_length allows), or DataError.
+    `measured`, if given, receives `longest`: the longest prompt's tokens once fitted."""
     budget = prompt_budget(run, context)
-    if budget is None or len(ds) == 0:
+    if len(ds) == 0:
+        return ds
+    if budget is None and measured is None:
         return ds
     lengths = count_tokens(tokenizer, ds["prompt"], special, generation_prompt=True)
-    over = [i for i, n in enumerate(lengths) if n > budget]
+    over = [i for i, n in enumerate(lengths) if budget is not None and n > budget]
+    if measured is not None and lengths:
+        measured["longest"] = max(min(n, budget) if budget is not None else n for n in lengths)
     if not over:
         return ds
     name, cfg = run.dataset.name, run.dataset

@@ -755,3 +755,26 @@ def test_the_memory_estimate_is_refined_with_the_datas_longest_sequence(workdir)
     assert 0 < longest < run.algorithm.max_length
     refined = memory.estimate(run, summary["compute_dtype"], "cpu", tokens=longest)["total"] / 2**30
     assert summary["memory_estimate_gib"] == round(refined, 3) < round(at_limit, 3)
+
+
+def test_grpo_prompts_are_measured_for_the_estimate_and_longer_ones_raise_it(workdir):
+    """The smoke run's prompts are measured (longest prompt + algorithm.max_completion_length, logged); prompts
+    shorter than the assumed PROMPT_TOKENS keep it as a floor, longer ones raise the estimate to their length, and a
+    configured dataset.max_prompt_length stays the cap."""
+    from aligntune import preflight
+    from aligntune.run import memory
+
+    run_dir = workdir / "run"
+    assert cli.main(["train", *SMOKE, "train.max_steps=1", f"hydra.run.dir={run_dir}"]) == 0
+    log = (run_dir / "train.log").read_text()
+    longest = int(log.split("with the data's longest sequence (")[1].split(" tokens")[0])
+    run = preflight.load([*SMOKE, "train.max_steps=1"])[0]
+    completion = run.algorithm.max_completion_length
+    assert completion < longest < memory.PROMPT_TOKENS + completion  # short prompts: measured, and below the floor
+    seqs, assumed = memory._shape(run)
+    assert assumed == memory.PROMPT_TOKENS + completion and memory._shape(run, longest) == (seqs, assumed)
+    assert memory._shape(run, 400 + completion) == (seqs, 400 + completion)
+    assert memory.estimate(run, tokens=400 + completion)["activations"] > memory.estimate(run)["activations"]
+    capped = preflight.load([*SMOKE, "dataset.max_prompt_length=64"])[0]
+    assert memory._shape(capped, 400 + completion) == (seqs, 64 + completion)
+
