@@ -219,8 +219,8 @@ def test_shared_prefill_leaves_distinct_prompts_and_other_calls_to_generate(monk
 
 
 def _common_start(rows):
-    """Left-padded prompts (pad 0) that all start with the same 8 tokens, as a chat template's system turn does."""
-    start = [31, 32, 33, 34, 35, 36, 37, 38]
+    """Left-padded prompts (pad 0) that all start with the same 16 tokens, as a chat template's system turn does."""
+    start = list(range(31, 47))
     rows = [start + r for r in rows]
     width = max(map(len, rows))
     ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
@@ -229,18 +229,20 @@ def _common_start(rows):
 
 def test_common_prefix_counts_the_tokens_every_left_padded_row_starts_with():
     ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48]])
-    assert decoding._common_prefix(ids, mask) == 8
+    assert decoding._common_prefix(ids, mask) == 16
     assert decoding._common_prefix(ids[:1], mask[:1]) == 0  # one row: nothing to share
-    ids[1, -2] = 39  # the second row's 8th token differs
-    assert decoding._common_prefix(ids, mask) == 7
+    ids[1, -2] = 49  # the second row's 16th token differs
+    assert decoding._common_prefix(ids, mask) == 15
     assert decoding._common_prefix(ids.flip(1), mask.flip(1)) == 0  # right padding: not laid out for it
 
 
 def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_own(monkeypatch):
-    """fp32: the cache built from one run of the 8 shared tokens (laid out under each row's padding) plus the rows'
+    """fp32: the cache built from one run of the 16 shared tokens (laid out under each row's padding) plus the rows'
     rest holds what one prefill of the whole rows holds at every real position (1e-5: the same function, matmuls of
     other shapes), and greedy decoding from it gives generate's own tokens."""
     from transformers import DynamicCache
+
+    assert 16 * 4 >= decoding.MIN_COMMON_TOKENS  # five prompts sharing 16 tokens save enough to share
 
     model = _tiny(torch.float32)
     ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48], [49, 50], [51, 52, 53, 54]])
@@ -262,7 +264,7 @@ def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_o
     seen = _forward_batches(model, monkeypatch)
     with torch.no_grad(), decoding.shared_prefill(model):
         decoded = model.generate(**kwargs)
-    assert seen[:2] == [(1, 8), (5, ids.shape[1] - 1 - 8)]  # the shared start once, then each row's rest
+    assert seen[:2] == [(1, 16), (5, ids.shape[1] - 1 - 16)]  # the shared start once, then each row's rest
     assert all(shape == (5, 1) for shape in seen[2:])
     assert torch.equal(decoded, expected)
 
