@@ -269,6 +269,23 @@ def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_o
     assert torch.equal(decoded, expected)
 
 
+def test_repeated_prompts_with_a_common_start_share_both(monkeypatch):
+    """GRPO's layout (each prompt's rows together) with prompts that start alike: the shared start runs once, each
+    distinct prompt's rest once, then every row decodes; fp32 greedy tokens are generate's own."""
+    model = _tiny(torch.float32)
+    ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48], [49, 50], [51, 52, 53, 54]])
+    ids, mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        expected = model.generate(**kwargs)
+    seen = _forward_batches(model, monkeypatch)
+    with torch.no_grad(), decoding.shared_prefill(model):
+        decoded = model.generate(**kwargs)
+    assert seen[:2] == [(1, 16), (5, ids.shape[1] - 1 - 16)]
+    assert all(shape == (10, 1) for shape in seen[2:])
+    assert torch.equal(decoded, expected)
+
+
 def test_sampled_evaluation_prefills_each_prompt_once_for_its_samples(monkeypatch):
     from aligntune.evaluation import generate
 
