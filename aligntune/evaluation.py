@@ -14,6 +14,7 @@ give the same numbers.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -254,6 +255,21 @@ def history(directory: Path) -> list[dict]:
     return out
 
 
+def inference_attention(requested: str, device: str) -> str:
+    """The attention kernel to evaluate with: the run's `model.attn_implementation`, except a flash kernel where it
+    cannot run (a run trained on a GPU, evaluated on a CPU or without the package), which evaluates with `auto`
+    instead: the kernel is a matter of speed, the function is the same."""
+    import importlib.util
+
+    from aligntune.models.loading import FLASH_PACKAGES
+
+    if requested in FLASH_PACKAGES and (device != "cuda" or importlib.util.find_spec(FLASH_PACKAGES[requested]) is None):
+        logging.getLogger("aligntune").info("evaluation: model.attn_implementation=%s cannot run on %s here; "
+                                            "evaluating with auto", requested, device)
+        return "auto"
+    return requested
+
+
 def starting_model(run: RunConfig) -> str:
     """Where the run's starting model loads from (a shipped preset's local directory, else model.name_or_path)."""
     from aligntune.models.loading import SHIPPED, resolve_source
@@ -276,7 +292,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
     if base_location is None and e.compare_base:
         base_location = starting_model(run)
     device, precision = inference_placement(model_location, run.device, run.model.dtype)
-    attn = run.model.attn_implementation
+    attn = inference_attention(run.model.attn_implementation, device)
     model, tokenizer = load_for_inference(model_location, device, precision, attn)
     result: dict = {"model": str(model_location), "base_model": str(base_location) if base_location else None,
                     "device": device, "compute_dtype": precision,

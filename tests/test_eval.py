@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -98,6 +99,14 @@ def test_evaluation_attends_as_the_run_asked(trained_run, monkeypatch):
     monkeypatch.setattr(evaluation, "load_for_inference", lambda *a: asked.append(a[3:]) or real(*a))
     trained_run.evaluate()
     assert asked and set(asked) == {(trained_run.config.model.attn_implementation,)}
+    # a run trained with a flash kernel on a GPU, evaluated on this CPU: the same function with auto's kernel
+    assert evaluation.inference_attention("flash_attention_2", "cpu") == "auto"
+    assert evaluation.inference_attention("eager", "cpu") == "eager"
+    asked.clear()
+    run = copy.deepcopy(trained_run.config)
+    run.model.attn_implementation = "flash_attention_2"
+    evaluation.evaluate(run, run_dir)
+    assert asked and set(asked) == {("auto",)}
 
 
 def test_generate_refuses_an_unknown_placement(capsys):
