@@ -227,6 +227,19 @@ def _common_start(rows):
     return ids, (ids != 0).long()
 
 
+def _shared_decodes_as_generate(model, monkeypatch, ids, mask, tokens: int = 8):
+    """Greedy decoding of `ids` within `shared_prefill` gives generate's own tokens; returns the input shapes of the
+    model's forward calls under it."""
+    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": tokens, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        expected = model.generate(**kwargs)
+    seen = _forward_batches(model, monkeypatch)
+    with torch.no_grad(), decoding.shared_prefill(model):
+        decoded = model.generate(**kwargs)
+    assert torch.equal(decoded, expected)
+    return seen
+
+
 def test_common_prefix_counts_the_tokens_every_left_padded_row_starts_with():
     ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48]])
     assert decoding._common_prefix(ids, mask) == 16
@@ -258,15 +271,9 @@ def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_o
         assert torch.allclose(a.keys * real, b.keys * real, atol=1e-5)
         assert torch.allclose(a.values * real, b.values * real, atol=1e-5)
 
-    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        expected = model.generate(**kwargs)
-    seen = _forward_batches(model, monkeypatch)
-    with torch.no_grad(), decoding.shared_prefill(model):
-        decoded = model.generate(**kwargs)
+    seen = _shared_decodes_as_generate(model, monkeypatch, ids, mask)
     assert seen[:2] == [(1, 16), (5, ids.shape[1] - 1 - 16)]  # the shared start once, then each row's rest
     assert all(shape == (5, 1) for shape in seen[2:])
-    assert torch.equal(decoded, expected)
 
 
 def test_repeated_prompts_with_a_common_start_share_both(monkeypatch):
@@ -275,15 +282,9 @@ def test_repeated_prompts_with_a_common_start_share_both(monkeypatch):
     model = _tiny(torch.float32)
     ids, mask = _common_start([[41, 42, 43], [44], [41, 45, 46, 47, 48], [49, 50], [51, 52, 53, 54]])
     ids, mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
-    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        expected = model.generate(**kwargs)
-    seen = _forward_batches(model, monkeypatch)
-    with torch.no_grad(), decoding.shared_prefill(model):
-        decoded = model.generate(**kwargs)
+    seen = _shared_decodes_as_generate(model, monkeypatch, ids, mask)
     assert seen[:2] == [(1, 16), (5, ids.shape[1] - 1 - 16)]
     assert all(shape == (10, 1) for shape in seen[2:])
-    assert torch.equal(decoded, expected)
 
 
 def test_sampled_evaluation_prefills_each_prompt_once_for_its_samples(monkeypatch):
