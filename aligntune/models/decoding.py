@@ -228,20 +228,19 @@ def _common_prefix(ids, mask) -> int:
     return int(differs.float().argmax()) if bool(differs.any()) else shortest
 
 
-def _prefill(model, ids, mask, keyword: str, extra: dict):
+def _prefill(model, ids, mask, keyword: str, extra: dict, common: int = 0):
     """A key/value cache of `ids` (left-padded prompts without their last token), positions numbered as generate
-    numbers them. The tokens every row starts with run once, in one row, when that saves at least
-    MIN_COMMON_TOKENS: their cache is laid out under each row's padding, and the rows' rest runs against it."""
+    numbers them. `common`: how many tokens every row starts with that run once, in one row (0: none); their cache
+    is laid out under each row's padding, and the rows' rest runs against it."""
     import torch
     from transformers.cache_utils import DynamicLayer
 
     cache = new_cache(model)
     positions = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 0)
-    common = _common_prefix(ids, mask)
     start = ids.shape[1] - int(mask.sum(-1).max())  # the longest row's first column
     width = start + common  # columns [0, width) of row r: its padding, then the prefix from its first real column
     layers = getattr(cache, "layers", None)
-    if (common * (ids.shape[0] - 1) < MIN_COMMON_TOKENS or width >= ids.shape[1] or not layers
+    if (not common or width >= ids.shape[1] or not layers
             or not all(type(layer) is DynamicLayer for layer in layers)):  # sliding or recurrent layers: no re-layout
         model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra, **{keyword: cache})
         return cache
@@ -276,11 +275,14 @@ def _shared_prefill_generate(model, generate, *args, **kwargs):
     first = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)  # each row that starts a new prompt
     first[1:] = (ids[1:] != ids[:-1]).any(-1) | (mask[1:] != mask[:-1]).any(-1)
     head_ids, head_mask = ids[first, :-1], mask[first, :-1]
-    if bool(first.all()) and _common_prefix(head_ids, head_mask) * (ids.shape[0] - 1) < MIN_COMMON_TOKENS:
+    common = _common_prefix(head_ids, head_mask)
+    if common * (head_ids.shape[0] - 1) < MIN_COMMON_TOKENS:
+        common = 0  # too few tokens saved to pay for its own forward call
+    if bool(first.all()) and not common:
         return generate(*args, **kwargs)
     keyword, extra = _forward_keywords(model)
     with torch.no_grad():
-        cache = _prefill(model, head_ids, head_mask, keyword, extra)
+        cache = _prefill(model, head_ids, head_mask, keyword, extra, common)
     if not bool(first.all()):
         cache.batch_select_indices(first.long().cumsum(0) - 1)  # row i gets its prompt's cache
     return generate(*args, **kwargs, **{keyword: cache})

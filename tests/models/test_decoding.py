@@ -264,7 +264,7 @@ def test_the_prompts_common_start_is_prefilled_once_and_the_cache_is_generates_o
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{keyword: plain})
-        shared = decoding._prefill(model, ids, mask, keyword, extra)
+        shared = decoding._prefill(model, ids, mask, keyword, extra, decoding._common_prefix(ids, mask))
     real = mask.bool()[:, None, :, None]
     for a, b in zip(plain.layers, shared.layers):
         assert a.keys.shape == b.keys.shape
