@@ -270,16 +270,9 @@ def inference_attention(requested: str, device: str) -> str:
     return requested
 
 
-def starting_model(run: RunConfig) -> str:
-    """Where the run's starting model loads from (a shipped preset's local directory, else model.name_or_path)."""
-    from aligntune.models.loading import SHIPPED, resolve_source
-
-    source = resolve_source(run.model.name_or_path)
-    return SHIPPED[source]() if source in SHIPPED else source
-
-
 def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Path | None = None) -> dict:
     """Metrics of the model at `model_location` (and of `base_location`, the starting model, side by side)."""
+    from aligntune.models import loading
     from aligntune.rewards.registry import bind
     from aligntune.run.memory import return_freed_memory
 
@@ -290,7 +283,7 @@ def evaluate(run: RunConfig, model_location: str | Path, base_location: str | Pa
                           "summary.json), or train on preference pairs with dataset.unpair=true.")
     e = run.eval
     if base_location is None and e.compare_base:
-        base_location = starting_model(run)
+        base_location = loading.model_location(run.model)
     device, precision = inference_placement(model_location, run.device, run.model.dtype)
     attn = inference_attention(run.model.attn_implementation, device)
     model, tokenizer = load_for_inference(model_location, device, precision, attn)

@@ -117,36 +117,30 @@ def measure(reps: int, tokens: int, dtype: str = "auto") -> dict:
 
 
 def measure_eval(reps: int, tokens: int) -> dict:
+    from aligntune import evaluation as ev
     from aligntune import preflight
     from aligntune.config.schema import RolloutConfig
-    from aligntune.evaluation import (
-        format_prompt,
-        held_out_rows,
-        inference_placement,
-        load_for_inference,
-        score_prompts,
-        starting_model,
-    )
     from aligntune.models import decoding
+    from aligntune.models.loading import model_location
     from aligntune.rewards.registry import bind
 
     watch = Interference()
     run = preflight.load(["dataset=arith"])[0]
-    base = starting_model(run)
-    device, precision = inference_placement(base, "cpu", run.model.dtype)
-    model, tok = load_for_inference(base, device, precision, run.model.attn_implementation)
-    texts = [format_prompt(tok, r["prompt"]) for r in held_out_rows(run, "prompts", run.eval.num_prompts)]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    base = model_location(run.model)
+    device, precision = ev.inference_placement(base, "cpu", run.model.dtype)
+    model, tok = ev.load_for_inference(base, device, precision, run.model.attn_implementation)
+    rows_ = ev.held_out_rows(run, "prompts", run.eval.num_prompts)
+    enc = tok([ev.format_prompt(tok, r["prompt"]) for r in rows_], return_tensors="pt", padding=True,
+              add_special_tokens=False)
     common = decoding._common_prefix(enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1])
-    rows_ = held_out_rows(run, "prompts", run.eval.num_prompts)
     funcs = {name: bind(name, spec.fn or name, spec.args) for name, spec in run.rewards.items()}
     weights = {name: spec.weight for name, spec in run.rewards.items()}
     times, scored = {"off": [], "on": []}, {}
     for rep in range(reps + 1):
         for side in times:
             t0 = time.perf_counter()
-            scored[side] = score_prompts(model, tok, rows_, funcs, weights, 1, 0.0, tokens, run.seed,
-                                         rollout=RolloutConfig(shared_prefill=side == "on"))
+            scored[side] = ev.score_prompts(model, tok, rows_, funcs, weights, 1, 0.0, tokens, run.seed,
+                                            rollout=RolloutConfig(shared_prefill=side == "on"))
             if rep:
                 times[side].append(time.perf_counter() - t0)
     return {"reps": reps, "tokens": tokens, "precision": precision, "prompts": len(rows_),
