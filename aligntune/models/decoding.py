@@ -12,7 +12,9 @@ both for the duration of one `generate` call (`rollout.prepared_weights`, on by 
 - **oneDNN re-packing the weight on every call.** A bf16 matmul on CPU reorders the weight into oneDNN's blocked
   layout each time it runs. The weight is reordered once (`torch.ops.mkldnn._reorder_linear_weight`) and every
   decode step uses the packed copy (`torch.ops.mkldnn._linear_pointwise`): the same kernel, so full-weight runs
-  generate bit-identical tokens (tests/models/test_decoding.py).
+  generate bit-identical tokens (tests/models/test_decoding.py). Only calls of at most the rows it was packed for
+  use it: for a prefill's hundreds of rows an AMX Xeon's oneDNN picks another kernel than for the packed layout
+  (SmolLM2's logits then differ by rounding), so a full weight's prefill runs the module's own forward.
 
 `bench/decoding.py` measures it side by side. It costs one extra copy of the linear weights while a rollout runs
 (in the weight dtype). DoRA and other LoRA variants, layers with their own forward override (accelerate hooks,
@@ -110,12 +112,18 @@ def _whole(weight) -> bool:
     return weight.numel() > 0 and not (DTensor and isinstance(weight, DTensor))
 
 
-def _prepared_forward(original, weight, bias, packed: bool, x, *args, **kwargs):
+def _prepared_forward(original, weight, bias, packed: int, exact: bool, x, *args, **kwargs):
+    """`packed`: the rows the weight was packed for (0: not packed). `exact`: the weight is the module's own (no
+    adapter merged into it); then a call with more rows than `packed` (a prefill) takes the module's own forward.
+    oneDNN may pick another kernel for many rows than for the packed layout (an AMX Xeon does at a few hundred rows:
+    SmolLM2's 8 x 43-token prefill), and so the tokens stay those generate decodes without preparation."""
     import torch
 
     if args or kwargs or torch.is_grad_enabled():  # a call the prepared matmul does not cover: the module's own
         return original(x, *args, **kwargs)
     if packed:
+        if exact and x.numel() > packed * x.shape[-1]:
+            return original(x)
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return torch.nn.functional.linear(x, weight, bias)
 
@@ -130,11 +138,12 @@ def prepared_linears(model, rows: int = 1):
     try:
         with torch.no_grad():
             for module, weight, bias in _targets(model):
-                packed = _packs(weight)
+                packed = max(1, rows) if _packs(weight) else 0
+                exact = weight is module.weight  # peft's LoRA layers answer `weight` with their base layer's
                 if packed:
-                    weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
+                    weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), packed)
                 module.forward = functools.partial(_prepared_forward, module.forward, weight.detach(),
-                                                   None if bias is None else bias.detach(), packed)
+                                                   None if bias is None else bias.detach(), packed, exact)
                 changed.append(module)
         yield len(changed)
     finally:

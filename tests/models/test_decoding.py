@@ -39,6 +39,33 @@ def test_full_weight_bf16_decoding_on_packed_weights_is_bit_identical():
     assert _no_overrides(model)
 
 
+@pytest.mark.skipif(not decoding._onednn_bf16(), reason="oneDNN runs no bf16 here (AVX2-only CPU): nothing is packed")
+def test_a_prefill_of_more_rows_than_packed_takes_the_modules_own_forward(monkeypatch):
+    """oneDNN may compute many rows with another kernel than the packed layout's (an AMX Xeon does for SmolLM2's
+    344-row prefill), so a full weight's prefill runs nn.Linear's own F.linear and decoding steps the packed copy;
+    a merged LoRA weight (not the module's own) runs packed at any size."""
+    from peft import LoraConfig, get_peft_model
+
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: calls.append(a[0].shape) or linear(*a, **k))
+    model = _tiny()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with torch.no_grad(), decoding.prepared_linears(model, rows=2):
+        model(input_ids=torch.tensor([[11], [12]]))  # a decoding step: 2 rows
+        assert calls == []
+        model(input_ids=torch.tensor([[11, 12, 13], [21, 22, 23]]))  # a prefill: 6 rows
+        assert len(calls) == linears and all(shape[:2] == (2, 3) for shape in calls)
+    lora = get_peft_model(_tiny(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    calls.clear()
+    with torch.no_grad(), decoding.prepared_linears(lora, rows=2):
+        lora(input_ids=torch.tensor([[11, 12, 13], [21, 22, 23]]))
+    assert len(calls) == 1  # the LM head only: peft's all-linear leaves it unadapted, so it is its own weight
+
+
 def test_lora_decodes_on_its_merged_weights_without_touching_the_base():
     from peft import LoraConfig, get_peft_model
 
