@@ -130,9 +130,13 @@ def keep_fp32_master_weights(optimizer, originals: dict | None = None) -> list:
     def upcast_grads(opt, args, kwargs):
         for p, master in pairs:
             master.grad = None if p.grad is None else p.grad.to(torch.float32)
+        clip = opt.__dict__.pop(CLIP_PENDING, None)
+        if clip is not None:
+            opt.grad_scale = 1.0 / clip.to(torch.float32)  # the fused step divides every gradient by it
 
     @torch.no_grad()
     def write_back(opt, args, kwargs):
+        opt.__dict__.pop("grad_scale", None)
         for p, master in pairs:
             p.copy_(master)
             master.grad = None
@@ -156,6 +160,35 @@ def keep_fp32_master_weights(optimizer, originals: dict | None = None) -> list:
     optimizer.register_load_state_dict_pre_hook(load_masters)
     optimizer.fp32_master_pairs = pairs
     return pairs
+
+
+CLIP_PENDING = "_aligntune_clip_coefficient"  # set by the clip, taken by the optimizer's next step
+
+
+def clip_in_the_step(optimizer, parameters, max_norm: float, norm_type: float = 2.0):
+    """Gradient clipping for an optimizer with fp32 master weights: `torch.nn.utils.clip_grad_norm_`'s norm and
+    coefficient, without its pass over the bf16 gradients. Unclipped (the coefficient clamps to 1), nothing is
+    multiplied: the same gradients, bit for bit. Clipped, a fused Adam/AdamW divides each upcast gradient by
+    1 / coefficient inside its step (its `grad_scale`, as for GradScaler) instead of the gradients being multiplied
+    in bf16 first: the same clip, rounded once in fp32 rather than to bf16. Any other optimizer, or parameters
+    that are not exactly the optimizer's, are clipped by torch as before. Returns the total norm."""
+    import torch
+
+    parameters = [p for p in parameters if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in parameters], norm_type)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if bool(coefficient == 1.0):
+        return total
+    pairs = getattr(optimizer, "fp32_master_pairs", [])
+    masters = {id(m) for _, m in pairs}
+    trained = {id(p) for p, _ in pairs}
+    plain = {id(p) for group in optimizer.param_groups for p in group["params"] if id(p) not in masters}
+    fused = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and optimizer.defaults.get("fused")
+    if fused and pairs and {id(p) for p in parameters} == trained | plain:
+        setattr(optimizer, CLIP_PENDING, coefficient)
+    else:
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
 
 
 def to_low_precision(model, dtype, keep: bool) -> dict:
@@ -183,6 +216,20 @@ def use_master_weights(trainer, originals: dict | None = None) -> None:
         return optimizer
 
     trainer.create_optimizer = create_optimizer
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None and getattr(accelerator, "distributed_type", None) in ("NO", "MULTI_CPU"):
+        clip = accelerator.clip_grad_norm_
+
+        @functools.wraps(clip)
+        def clip_grad_norm_(parameters, max_norm, norm_type=2):
+            optimizer = getattr(trainer, "optimizer", None)
+            optimizer = getattr(optimizer, "optimizer", optimizer)
+            if not getattr(optimizer, "fp32_master_pairs", None):
+                return clip(parameters, max_norm, norm_type)
+            accelerator.unscale_gradients()  # accelerate's own first step (a no-op without a GradScaler)
+            return clip_in_the_step(optimizer, parameters, max_norm, norm_type)
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
 
 
 def master_pairs(trainer) -> list:

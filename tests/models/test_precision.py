@@ -105,6 +105,45 @@ def test_master_weights_keep_updates_that_bf16_weights_would_drop():
     assert torch.equal(master, state["fp32_master_weights"][0]) and torch.equal(weight, master.to(torch.bfloat16))
 
 
+def _clipped_step(clip, max_norm, fused=True):
+    """One AdamW step of a bf16 layer with fp32 masters after `clip`; returns (masters, first moments, norm)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=fused)
+    pairs = precision.keep_fp32_master_weights(optimizer)
+    layer(torch.randn(16, 64, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+    norm = clip(optimizer, list(layer.parameters()), max_norm)
+    optimizer.step()
+    moments = [optimizer.state[m]["exp_avg"].clone() for _, m in pairs]
+    assert not hasattr(optimizer, "grad_scale") and not hasattr(optimizer, precision.CLIP_PENDING)
+    return [m.detach().clone() for _, m in pairs], moments, norm
+
+
+def test_clipping_in_the_step_is_torchs_clip_without_the_bf16_pass():
+    def torch_clip(optimizer, params, max_norm):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    # unclipped: the same norm and the same step, bit for bit
+    ours, theirs = _clipped_step(precision.clip_in_the_step, 1e6), _clipped_step(torch_clip, 1e6)
+    assert torch.equal(ours[2], theirs[2]) and all(torch.equal(a, b) for a, b in zip(ours[0], theirs[0]))
+    # clipped (the norm is ~100x max_norm): the fused step saw g * coefficient, rounded once in fp32. torch's clip
+    # rounds g * coefficient to bf16 first, so its first moments differ by up to bf16's relative step, 2^-8
+    (_, ours, norm), (_, theirs, _) = _clipped_step(precision.clip_in_the_step, 0.5), _clipped_step(torch_clip, 0.5)
+    assert norm > 5
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    layer(torch.randn(16, 64, dtype=torch.bfloat16)).float().pow(2).sum().backward()
+    coefficient = torch.clamp(0.5 / (norm + 1e-6), max=1.0).float()
+    exact = [0.1 * p.grad.float() * coefficient for p in layer.parameters()]  # (1 - beta1) * clipped gradient
+    assert any(not torch.equal(a, b) for a, b in zip(ours, theirs))  # the clip did not take torch's bf16 pass
+    for a, b, e in zip(ours, theirs, exact):
+        assert (a - e).abs().max() <= 1e-6 * e.abs().max()
+        assert (b - e).abs().max() <= 2 ** -8 * e.abs().max()
+    # an optimizer that does not divide by grad_scale is clipped by torch: identical to torch's clip
+    ours, theirs = _clipped_step(precision.clip_in_the_step, 0.5, False), _clipped_step(torch_clip, 0.5, False)
+    assert all(torch.equal(a, b) for a, b in zip(ours[1], theirs[1]))
+
+
 def test_bf16_grpo_trains_on_bf16_weights_and_saves_the_fp32_masters(tmp_path):
     from aligntune.core.backend_factory import create_rl_trainer
 
@@ -123,6 +162,7 @@ def test_bf16_grpo_trains_on_bf16_weights_and_saves_the_fp32_masters(tmp_path):
         return step(*args, **kwargs)
 
     job.trainer.training_step = record
+    assert job.trainer.accelerator.clip_grad_norm_.__wrapped__  # clipping goes through clip_in_the_step
     summary = job.train()
     assert summary["status"] == "completed" and seen and set(seen) == {torch.bfloat16}
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
