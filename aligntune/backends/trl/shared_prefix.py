@@ -46,15 +46,18 @@ def _groups(ids, mask) -> tuple[list[int], list[int]]:
     return first, index
 
 
-def _shared_forward(model, fused, keyword: str, extra: dict, *args, fused_lm_head=False, labels=None, **kwargs):
+def _shared_forward(model, fused, keyword: str, extra: dict, *args, fused_lm_head=False, labels=None,
+                    without_grad: bool = True, **kwargs):
     """TRL's fused forward `fused(..., labels=labels, fused_lm_head=True)` with the batch's shared prefix run once per
-    distinct prefix (see the module docstring); `fused` itself for every other call."""
+    distinct prefix (see the module docstring); `fused` itself for every other call, and for gradient-free scoring
+    unless `without_grad`."""
     import torch
 
     from aligntune.models.decoding import new_cache
 
     ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
     if (not fused_lm_head or args or labels is None or ids is None or mask is None or ids.dim() != 2
+            or not (without_grad or torch.is_grad_enabled())
             or labels.shape != ids.shape or any(v is not None for k, v in kwargs.items() if k not in _PLAIN)):
         return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
     scored = labels != -100
@@ -86,7 +89,7 @@ def _fused_modules(trainer) -> list:
     return [m for m in found if m is not None and "forward" in vars(m)]
 
 
-def _share(module) -> None:
+def _share(module, without_grad: bool = True) -> None:
     from aligntune.models.decoding import _forward_keywords
 
     fused = module.forward
@@ -94,7 +97,7 @@ def _share(module) -> None:
 
     @functools.wraps(type(module).forward)  # the signature generate validates its keywords against, as TRL's
     def forward(self, *args, **kwargs):
-        return _shared_forward(self, fused, keyword, extra, *args, **kwargs)
+        return _shared_forward(self, fused, keyword, extra, *args, without_grad=without_grad, **kwargs)
 
     module.forward = types.MethodType(forward, module)
     module._aligntune_unshared_forward = fused
@@ -124,6 +127,23 @@ def _wanted(setting: bool | None, algorithm: str, device: str) -> bool:
     if setting is not None:
         return setting and algorithm in ALGORITHMS
     return device == "cpu" and algorithm in ("grpo", "rloo")
+
+
+def shares_without_grad(setting: bool | None, model) -> bool:
+    """Whether gradient-free scoring (the reference's and the old policy's log-probs) shares too. With true, yes;
+    with null, everywhere but 16-bit weights on a CPU with AMX: there `bench/shared_prefix.py` measured it slower,
+    0.86-0.90x (the default job's batch, bf16, 2-core Xeon), while the forward+backward was 1.14-1.17x faster and
+    fp32 was 1.41x / 1.39x; on Zen 4 (AVX512-BF16, no AMX) bf16 scoring was 1.14-1.28x faster. The AMX matmuls are
+    fast enough that the prefix's own pass and the cache's gather cost more than the prompt rows they save when no
+    backward follows."""
+    import torch
+
+    from aligntune.models.precision import cpu_flags
+
+    if setting:
+        return True
+    dtype = getattr(model, "dtype", None)
+    return not (dtype in (torch.bfloat16, torch.float16) and "amx_bf16" in cpu_flags())
 
 
 def expected(run, device: str) -> bool:
@@ -176,8 +196,11 @@ def use_shared_prefix(trainer, setting: bool | None, algorithm: str, device: str
         logging.getLogger("aligntune").info("train.shared_prefix: off, because %s", reason)
         return False
     modules = _fused_modules(trainer)
+    without_grad = shares_without_grad(setting, trainer.model)
     for module in modules:
-        _share(module)
+        _share(module, without_grad)
     if modules:
-        logging.getLogger("aligntune").info("train.shared_prefix: on (scoring runs each distinct prompt once per batch)")
+        logging.getLogger("aligntune").info(
+            "train.shared_prefix: on (scoring runs each distinct prompt once per batch%s)",
+            "" if without_grad else "; gradient-free scoring keeps TRL's form: 16-bit on an AMX CPU, measured slower")
     return bool(modules)

@@ -170,3 +170,26 @@ def test_dpo_loss_and_gradient_equal_trls_with_each_pair_prompt_run_once(workdir
     assert seen[0][0] <= rows // 2 and seen[0][1] + seen[1][1] == inputs["input_ids"].shape[1]
     assert torch.allclose(shared[0], expected[0], atol=1e-5, rtol=0)
     assert ((shared[1] - expected[1]).norm() / expected[1].norm()) < 1e-5 and expected[1].norm() > 0
+
+
+@pytest.mark.parametrize("flags, setting, dtype, shares", [
+    ({"avx512_bf16", "amx_bf16"}, None, "bf16", False),  # measured slower there: 0.86-0.90x
+    ({"avx512_bf16", "amx_bf16"}, True, "bf16", True),  # true asks for it everywhere
+    ({"avx512_bf16", "amx_bf16"}, None, "fp32", True),  # fp32 on that CPU: 1.41x
+    ({"avx512_bf16"}, None, "bf16", True),  # Zen 4: 1.14-1.28x
+])
+def test_gradient_free_scoring_shares_where_it_was_measured_faster(workdir, monkeypatch, flags, setting, dtype, shares):
+    from aligntune.models import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda *a: set(flags))
+    trainer = _trainer(workdir, **{"model.dtype": dtype, "train.shared_prefix": setting})
+    assert shared_prefix.shares_without_grad(setting, trainer.model) is shares
+    ids, mask = _batch(prompts=2, group=4)
+    seen = _forward_rows(monkeypatch, trainer.model)
+    with torch.no_grad():
+        trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, COMPLETION)
+    width = ids.shape[1] - COMPLETION
+    assert seen == ([(2, width - 1), (8, COMPLETION + 1)] if shares else [tuple(ids.shape)])
+    seen.clear()
+    trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, COMPLETION)  # with a graph: always shared
+    assert seen == [(2, width - 1), (8, COMPLETION + 1)]
