@@ -10,7 +10,9 @@ length.
 Decoding has the opposite problem: one query per sequence, and SDPA's bf16 flash kernel costs 1.05 ms per layer
 call at 100 sequences x 50 keys (GQA packed by transformers), where two batched matmuls over each key/value head's
 group of query heads take 0.41 ms (0.29 against 0.22 ms at 32 sequences; at 8 and 16 the two are within noise of
-each other, so SDPA keeps those).
+each other, so SDPA keeps those). On a 2-core AMX Xeon the same choice is neutral: 1.00x at 100 sequences, 0.97-0.99x
+at 8-32 (its flash kernel keeps up), and kept there because no row is slower beyond noise; eager attention in
+training measured 1.22x at 8 x 80 and 1.18x at 8 x 128 there, 0.99x at 256 (BENCHMARKS.md, 2026-12-02).
 
 So on CPU, `auto` registers `cpu_sdpa` with transformers' AttentionInterface:
 - the model's `eager_attention_forward` for 16-bit calls that record a graph for the backward with keys at most
