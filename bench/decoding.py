@@ -128,7 +128,8 @@ def measure_eval(reps: int, tokens: int) -> dict:
     run = preflight.load(["dataset=arith"])[0]
     base = model_location(run.model)
     device, precision = ev.inference_placement(base, "cpu", run.model.dtype)
-    model, tok = ev.load_for_inference(base, device, precision, run.model.attn_implementation)
+    model, tok = ev.load_for_inference(base, device, precision, ev.inference_attention(run.model.attn_implementation,
+                                                                                          device))
     rows_ = ev.held_out_rows(run, "prompts", run.eval.num_prompts)
     enc = tok([ev.format_prompt(tok, r["prompt"]) for r in rows_], return_tensors="pt", padding=True,
               add_special_tokens=False)
