@@ -19,7 +19,11 @@ Rows 4-6 of the benchmark suite (issue #11), measured side by side in one run:
 Every side runs in a fresh process forked after the heavy imports, the sides alternate (A B C A B C), and the
 first step of each run is warm-up (not timed). Step time = median of the timed steps over all repetitions.
 
-Run: .venv/bin/python bench/precision_speed.py [--steps 3] [--reps 2] [--model smollm2_135m]
+`--variant NAME:KEY=VALUE[,KEY=VALUE]` adds an aligntune side with those overrides (e.g.
+`off:train.keep_freed_memory=false`), run in the same alternation, with its step time against aligntune's own: a
+switch measured side by side with its default.
+
+Run: .venv/bin/python bench/precision_speed.py [--steps 3] [--reps 2] [--model smollm2_135m] [--variant ...]
 Writes bench/results/precision_speed.json. Target: aligntune >= 1.8x the throughput of TRL's defaults.
 """
 
@@ -70,13 +74,13 @@ def job_overrides(algorithm: str, steps: int, model: str) -> list[str]:
     return [*JOBS[algorithm], f"max_steps={steps}", f"model={model}"]
 
 
-def build(algorithm: str, side: str, steps: int, out_dir: str, model: str):
-    """The trainer of one side."""
+def build(algorithm: str, side: str, steps: int, out_dir: str, model: str, extra: tuple[str, ...] = ()):
+    """The trainer of one side (`extra`: a variant's overrides of the aligntune side)."""
     from aligntune import preflight
 
-    overrides = job_overrides(algorithm, steps, model)
+    overrides = [*job_overrides(algorithm, steps, model), *extra]
     run = preflight.load(overrides)[0]
-    if side == "aligntune":
+    if side.startswith("aligntune"):
         from aligntune.core.backend_factory import create_rl_trainer
 
         job = create_rl_trainer(overrides=overrides, output_dir=out_dir)
@@ -107,13 +111,13 @@ def build(algorithm: str, side: str, steps: int, out_dir: str, model: str):
     return trl.DPOTrainer(model=model, args=trl.DPOConfig(**kwargs), train_dataset=train, processing_class=tokenizer)
 
 
-def worker(algorithm: str, side: str, steps: int, model: str) -> dict:
+def worker(algorithm: str, side: str, steps: int, model: str, extra: tuple[str, ...] = ()) -> dict:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aligntune-bench-") as out_dir:
-        trainer = build(algorithm, side, steps, out_dir, model)
+        trainer = build(algorithm, side, steps, out_dir, model, extra)
         setup_s = time.perf_counter() - start
         clock = step_clock()
         trainer.add_callback(clock)
@@ -147,11 +151,11 @@ def matmul_gflops(dtype_name: str, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def run_side(algorithm: str, side: str, steps: int, model: str, timeout: float) -> dict:
+def run_side(algorithm: str, side: str, steps: int, model: str, timeout: float, extra: tuple[str, ...] = ()) -> dict:
     """One run of one side in a forked process; a run still going after `timeout` s is stopped and recorded."""
     pool = multiprocessing.get_context("fork").Pool(1)
     try:
-        return pool.apply_async(worker, (algorithm, side, steps, model)).get(timeout)
+        return pool.apply_async(worker, (algorithm, side, steps, model, extra)).get(timeout)
     except multiprocessing.TimeoutError:
         return {"side": side, "timed_out": timeout}
     finally:
@@ -159,7 +163,9 @@ def run_side(algorithm: str, side: str, steps: int, model: str, timeout: float) 
 
 
 def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout: float = 240,
-            sides: tuple[str, ...] = SIDES, algorithms: tuple[str, ...] = tuple(JOBS)) -> dict:
+            sides: tuple[str, ...] = SIDES, algorithms: tuple[str, ...] = tuple(JOBS),
+            variants: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """`variants`: {name: overrides}, each an extra aligntune side `aligntune[name]` run after aligntune's."""
     import trl  # noqa: F401  # the heavy imports, once; every run forks from here
 
     from aligntune import preflight
@@ -168,12 +174,16 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
     watch, result = Interference(), {"steps": steps, "reps": reps, "target": TARGET, "model": model}
     composed = preflight.load(job_overrides(algorithms[0], steps, model))[0]
     result["auto_resolves_to"] = compute_precision(composed.model, resolve_device("auto"))
-    result["sides_run"], result["algorithms"] = list(sides), list(algorithms)
+    variants = variants or {}
+    extras = {f"aligntune[{name}]": tuple(overrides) for name, overrides in variants.items()}
+    sides = (*sides[:sides.index("aligntune") + 1], *extras, *sides[sides.index("aligntune") + 1:]) \
+        if "aligntune" in sides else (*sides, *extras)
+    result["sides_run"], result["algorithms"], result["variants"] = list(sides), list(algorithms), variants
     for algorithm in algorithms:
         runs = []
         for _ in range(reps):
             for side in sides:
-                runs.append(run_side(algorithm, side, steps, model, timeout))
+                runs.append(run_side(algorithm, side, steps, model, timeout, extras.get(side, ())))
         measured = {}
         for side in sides:
             mine = [r for r in runs if r["side"] == side and "timed_out" not in r]
@@ -196,7 +206,7 @@ def measure(steps: int = 3, reps: int = 2, model: str = "smollm2_135m", timeout:
             measured[side] = info
         result[algorithm] = {"sides": measured, "runs": runs,
                              **{f"speedup_vs_{s}": measured[s]["step_s"] / measured["aligntune"]["step_s"]
-                                for s in ("trl_default", "trl_fp32") if s in measured and "aligntune" in measured}}
+                                for s in ("trl_default", "trl_fp32", *extras) if s in measured and "aligntune" in measured}}
     result["matmul_gflops"] = {name: matmul_gflops(name) for name in ("float32", "bfloat16")}
     for algorithm in algorithms:
         result[algorithm]["phases"] = phase_table(result[algorithm], result["matmul_gflops"])
@@ -259,7 +269,9 @@ def rows(result: dict) -> list[dict]:
             extra = f", {s['generated_tokens_per_s']:.0f} gen tok/s" if "generated_tokens_per_s" in s else ""
             out.append({"name": f"{algorithm.upper()} {side} ({setting})", "target": "", "ok": None,
                         "value": f"{s['step_s']:.2f} s/step{extra}, {s['peak_rss_mb'] / 1024:.2f} GiB"})
-        for other, label, target in (("trl_default", "TRL defaults", TARGET), ("trl_fp32", "TRL fp32", None)):
+        variants = [(side, f"{side} ({','.join(result['variants'][side[10:-1]])})", None)
+                    for side in result["sides_run"] if side.startswith("aligntune[")]
+        for other, label, target in (("trl_default", "TRL defaults", TARGET), ("trl_fp32", "TRL fp32", None), *variants):
             if f"speedup_vs_{other}" not in r:
                 continue
             bound = ">= " if r["sides"][other].get("lower_bound") else ""
@@ -293,9 +305,17 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds per run before it is stopped")
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ",".join(SIDES))
     parser.add_argument("--algorithms", default=",".join(JOBS), help="comma-separated subset of " + ",".join(JOBS))
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="an extra aligntune side with these overrides, against aligntune's own (repeatable)")
     args = parser.parse_args()
+    variants = {}
+    for spec in args.variant:
+        name, _, overrides = spec.partition(":")
+        if not name or not overrides or "=" not in overrides:
+            parser.error(f"--variant {spec!r}: expected NAME:KEY=VALUE[,KEY=VALUE]")
+        variants[name] = tuple(overrides.split(","))
     result = measure(args.steps, args.reps, args.model, args.timeout, tuple(args.sides.split(",")),
-                     tuple(args.algorithms.split(",")))
+                     tuple(args.algorithms.split(",")), variants)
     return finish('precision_speed', result, rows)
 
 

@@ -478,6 +478,10 @@ class TrainConfig:
     # where it cannot apply (gradient checkpointing, dropout, several processes, multimodal or sliding-window
     # models); true there is refused.
     shared_prefix: Optional[bool] = None
+    # Keep the memory freed tensors leave in glibc's heap for the next ones, instead of faulting fresh pages in at
+    # every step (run/memory.py keep_freed_memory; process-wide for the rest of the process). null: on for CPU runs,
+    # where it is measured faster; off on CUDA (not measured there). true without glibc (musl, macOS) is refused.
+    keep_freed_memory: Optional[bool] = None
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be at least 1.",

@@ -110,6 +110,7 @@ class AlignmentJob:
         check_model_options(run.model, self.device)  # GPU-only options refused before anything loads
         check_rollout_engine(run, self.device)
         self.precision = compute_precision(run.model, self.device)
+        memory.use_keep_freed_memory(run.train.keep_freed_memory, self.device)  # before the weights load
         self.run_dir.record(device=self.device, compute_dtype=self.precision)
         if self.is_main:
             console.show_compute(self.device, self.precision)

@@ -66,7 +66,8 @@ BACKENDS: dict[str, Backend] = {
 # The keys check_supported refuses on a backend that does not support them (backend=verl's translation lists the
 # others: tests/backends/verl/test_verl.py).
 REFUSED_BY_REGISTRY = ("backend.trl_args", "resume", "train.on_nonfinite", "rollout.engine", "train.log_completions",
-                       "rollout.prepared_weights", "rollout.sampler", "rollout.shared_prefill", "train.shared_prefix")
+                       "rollout.prepared_weights", "rollout.sampler", "rollout.shared_prefill", "train.shared_prefix",
+                       "train.keep_freed_memory")
 
 
 ROLLOUT_ALGORITHMS = ("grpo", "rloo", "ppo")  # the algorithms that sample rollouts
@@ -146,6 +147,9 @@ def check_supported(run: RunConfig) -> None:
                           f"forward of the prompt, and {on}"
                           + (", whose rows do not share prompts" if backend == "trl" else
                              ", which computes its log-probs in its own engine") + ".", "Drop train.shared_prefix.")
+    if run.train.keep_freed_memory is not None and found.launched:
+        raise ConfigError(f"train.keep_freed_memory tunes the allocator of the process that trains, and {on}, which "
+                          "launches its own processes.", "Drop train.keep_freed_memory.")
     if found.mini_batches_by_prompts and hasattr(run.algorithm, "num_mini_batches"):
         run.check_mini_batches(by_prompts=True, why=found.why_not.get("num_mini_batches", ""))
     if backend != "verl" and run.backend.verl != VerlConfig():

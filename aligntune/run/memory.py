@@ -226,6 +226,61 @@ def return_freed_memory() -> bool:
         return False
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+NO_TRIM = -1  # M_TRIM_THRESHOLD -1: the heap's free top is never trimmed by itself (man mallopt)
+
+
+def glibc() -> bool:
+    """Whether this process's C library is glibc (whose allocator keep_freed_memory tunes)."""
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator keep the memory tensors free for the next ones instead of handing it back to the
+    kernel (`train.keep_freed_memory`). By default glibc unmaps every freed block above its mmap threshold (128 KiB,
+    raised as blocks are freed, to at most 32 MiB) and trims the heap's free top, so each training step's tensors
+    (the fp32 gradient upcast, activations, the rollout's cache) are faulted in afresh: on the 2-core KVM machines
+    of bench/, 105k page faults per optimizer step of SmolLM2-135M, 1.5-6 us each. With the threshold at its
+    largest and no automatic trim, the heap keeps the freed pages and the next step reuses them: the optimizer
+    step 289 -> 116 ms, the GRPO step 2.58 -> 2.21 s (BENCHMARKS.md, eighth session). Peak RSS is unchanged
+    (the memory is reused, not added to), and `return_freed_memory` still hands it back between phases.
+    Process-wide and kept for the process's life (mallopt has no undo). False where the C library is not glibc."""
+    import ctypes
+
+    if not glibc():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, NO_TRIM))
+
+
+def use_keep_freed_memory(setting: bool | None, device: str) -> bool:
+    """`train.keep_freed_memory`: null turns keep_freed_memory on for CPU runs where the C library is glibc (off on
+    CUDA: not measured there), true turns it on anywhere (refused without glibc), false leaves the allocator as it
+    is. Returns whether it is on."""
+    if setting is False or (setting is None and device != "cpu"):
+        return False
+    if not glibc():
+        if setting:
+            import platform
+
+            from aligntune.errors import ConfigError
+
+            library = " ".join(platform.libc_ver()).strip() or "not glibc"
+            raise ConfigError(f"train.keep_freed_memory=true tunes glibc's allocator (mallopt), and this process's C "
+                              f"library is {library}.", "Drop train.keep_freed_memory (null leaves other C libraries "
+                              "as they are).")
+        return False
+    on = keep_freed_memory()
+    log.info("allocator: freed memory is %s", "kept for reuse (train.keep_freed_memory)" if on else "glibc's default")
+    return on
+
+
 def release_training_state(trainer) -> None:
     """Once training has ended, free what only it needed: the optimizer's moments and the gradients (the model
     and its saved weights stay). The merge and the evaluation after training then load their models into that

@@ -57,6 +57,7 @@ HANDLED_ELSEWHERE = {
     "train.on_nonfinite": "NonFiniteGuard: rewards as computed, gradients before each update, the logged loss",
     "train.log_completions": "refused for PPO by the schema (TRL's completions table is GRPO/RLOO's)",
     "train.shared_prefix": "refused by the registry for backend=native (it shares prompts in TRL's GRPO/RLOO scoring)",
+    "train.keep_freed_memory": "the job, for the whole process (aligntune/run/memory.py keep_freed_memory)",
 }
 
 
