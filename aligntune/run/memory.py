@@ -27,6 +27,10 @@ CPU, else 4):
 An estimate, not a measurement: allocator overhead, CUDA context and generation's KV cache are left out,
 so a warning is issued only when the estimate alone exceeds the memory available. bench/memory_estimate.py compares
 it (plus the libraries' resident memory when it is made) with the peak RSS of real runs.
+
+The process's allocator (glibc): `keep_freed_memory` keeps the pages freed tensors leave for the next step's
+(`train.keep_freed_memory`), and `return_freed_memory` hands them back between phases (after training, after each
+evaluated model).
 """
 
 from __future__ import annotations
