@@ -246,11 +246,14 @@ def keep_freed_memory() -> bool:
     """Make glibc's allocator keep the memory tensors free for the next ones instead of handing it back to the
     kernel (`train.keep_freed_memory`). By default glibc unmaps every freed block above its mmap threshold (128 KiB,
     raised as blocks are freed, to at most 32 MiB) and trims the heap's free top, so each training step's tensors
-    (the fp32 gradient upcast, activations, the rollout's cache) are faulted in afresh: on the 2-core KVM machines
-    of bench/, 105k page faults per optimizer step of SmolLM2-135M, 1.5-6 us each. With the threshold at its
-    largest and no automatic trim, the heap keeps the freed pages and the next step reuses them: the optimizer
-    step 289 -> 116 ms, the GRPO step 2.58 -> 2.21 s (BENCHMARKS.md, eighth session). Peak RSS is unchanged
-    (the memory is reused, not added to), and `return_freed_memory` still hands it back between phases.
+    (the fp32 gradient upcast, activations, the rollout's cache) are faulted in afresh: 105k page faults (all of
+    the fp32 gradients' pages) per optimizer step of SmolLM2-135M's full weights on a 2-core AMD EPYC Zen 5 under
+    KVM, ~1.6 us each. With the threshold at its largest and no automatic trim, the heap keeps the freed pages and
+    the next step reuses them: that optimizer step 289 -> 116-132 ms, and side by side in bench/precision_speed.py
+    (--steps 6) the full-weight GRPO step 1.10-1.18x, the DPO step 1.26-1.45x; the default job (LoRA: a small
+    optimizer) even (BENCHMARKS.md, 2026-12-02 eighth session). Allocation only: the same numbers. Peak RSS moved
+    by at most 0.05 GiB (the memory is reused, not added to), and `return_freed_memory` still hands it back between
+    phases.
     Process-wide and kept for the process's life (mallopt has no undo). False where the C library is not glibc."""
     import ctypes
 

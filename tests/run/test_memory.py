@@ -50,8 +50,17 @@ def test_kept_memory_spares_each_step_faulting_its_gradients_in_again():
     half the pages against at most 1% of them (a few pages of Python objects and the allocator's own)."""
     default, kept = optimizer_step_faults("default"), optimizer_step_faults("keep")
     pages = default["pages"]
-    assert min(default["faults"][2:]) >= pages // 2, default
     assert max(kept["faults"][2:]) <= pages // 100, kept
+    if "[always]" not in thp_setting():  # transparent huge pages for every mapping fault 2 MiB at a time
+        assert min(default["faults"][2:]) >= pages // 2, default
+
+
+def thp_setting() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def test_the_setting_turns_it_on_for_cpu_runs_only_unless_asked(monkeypatch):
