@@ -303,6 +303,7 @@ NOT_MAPPED = {
     ("train", "log_samples"): "aligntune's own RunRecorder writes that many completions to samples.jsonl",
     ("train", "on_nonfinite"): "aligntune's NonFiniteGuard callback (aligntune/run/guards.py, tests/run/test_reliability.py)",
     ("train", "shared_prefix"): "routes the built trainer's scoring (backends/trl/shared_prefix.py, tests/backends/trl/test_shared_prefix.py)",
+    ("train", "keep_freed_memory"): "the job tunes the process's allocator (run/memory.py, tests/run/test_memory.py)",
     ("algorithm", "variant"): "records the preset (configs/algorithm/<variant>.yaml); its settings are the other fields",
     ("algorithm", "overlong_penalty"): "scales the reward grpo.overlong_reward builds (tests/backends/trl/test_grpo_variants.py)",
     ("algorithm", "dynamic_sampling"): "grpo.build picks DynamicSamplingGRPOTrainer (tests/backends/trl/test_grpo_variants.py)",
