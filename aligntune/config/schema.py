@@ -480,7 +480,8 @@ class TrainConfig:
     shared_prefix: Optional[bool] = None
     # Keep the memory freed tensors leave in glibc's heap for the next ones, instead of faulting fresh pages in at
     # every step (run/memory.py keep_freed_memory; process-wide for the rest of the process). null: on for CPU runs,
-    # where it is measured faster; off on CUDA (not measured there). true without glibc (musl, macOS) is refused.
+    # where it is measured faster, unless the environment set the allocator (MALLOC_*_, GLIBC_TUNABLES, a malloc in
+    # LD_PRELOAD); off on CUDA (not measured there). true without glibc (musl, macOS) is refused.
     keep_freed_memory: Optional[bool] = None
 
     def __post_init__(self):

@@ -266,11 +266,29 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, NO_TRIM))
 
 
+def allocator_set_by_environment(environ=os.environ) -> str | None:
+    """The environment variable that already chose this process's allocator or its thresholds (glibc's MALLOC_*_
+    and GLIBC_TUNABLES glibc.malloc.*, or a malloc library in LD_PRELOAD: jemalloc, tcmalloc, mimalloc), or None."""
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        if environ.get(name):
+            return f"{name}={environ[name]}"
+    if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return f"GLIBC_TUNABLES={environ['GLIBC_TUNABLES']}"
+    if "malloc" in environ.get("LD_PRELOAD", ""):
+        return f"LD_PRELOAD={environ['LD_PRELOAD']}"
+    return None
+
+
 def use_keep_freed_memory(setting: bool | None, device: str) -> bool:
     """`train.keep_freed_memory`: null turns keep_freed_memory on for CPU runs where the C library is glibc (off on
-    CUDA: not measured there), true turns it on anywhere (refused without glibc), false leaves the allocator as it
-    is. Returns whether it is on."""
+    CUDA: not measured there), unless the environment already chose the allocator's behaviour (as an explicit
+    OMP_NUM_THREADS keeps the threads: run/threads.py); true turns it on anywhere (refused without glibc); false
+    leaves the allocator as it is. Returns whether it is on."""
     if setting is False or (setting is None and device != "cpu"):
+        return False
+    chosen = allocator_set_by_environment()
+    if setting is None and chosen:
+        log.info("allocator: left as %s sets it (train.keep_freed_memory=true would override it)", chosen)
         return False
     if not glibc():
         if setting:

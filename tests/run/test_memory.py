@@ -4,6 +4,7 @@ keep_freed_memory, `train.keep_freed_memory`)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -38,7 +39,8 @@ print(json.dumps({"faults": faults, "pages": sum(p.numel() for p in params) * 4 
 
 
 def optimizer_step_faults(mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    done = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,6 +66,7 @@ def thp_setting() -> str:
 
 
 def test_the_setting_turns_it_on_for_cpu_runs_only_unless_asked(monkeypatch):
+    monkeypatch.setattr(memory, "allocator_set_by_environment", lambda: None)
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(memory, "glibc", lambda: True)
@@ -73,7 +76,24 @@ def test_the_setting_turns_it_on_for_cpu_runs_only_unless_asked(monkeypatch):
     assert memory.use_keep_freed_memory(True, "cuda") and len(calls) == 2
 
 
+@pytest.mark.parametrize("name,value", [("MALLOC_TRIM_THRESHOLD_", "131072"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
+                                        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+                                        ("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")])
+def test_an_allocator_the_environment_chose_is_left_alone_unless_asked(monkeypatch, name, value):
+    for other in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(other, raising=False)
+    assert memory.allocator_set_by_environment() is None
+    monkeypatch.setenv(name, value)
+    assert memory.allocator_set_by_environment() == f"{name}={value}"
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(memory, "glibc", lambda: True)
+    assert not memory.use_keep_freed_memory(None, "cpu") and not calls
+    assert memory.use_keep_freed_memory(True, "cpu") and calls == [1]
+
+
 def test_asking_for_it_without_glibc_is_refused_and_null_passes(monkeypatch):
+    monkeypatch.setattr(memory, "allocator_set_by_environment", lambda: None)
     monkeypatch.setattr(memory, "glibc", lambda: False)
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: pytest.fail("mallopt called without glibc"))
     assert memory.use_keep_freed_memory(None, "cpu") is False
@@ -87,6 +107,7 @@ def test_a_cpu_job_keeps_freed_memory_and_false_leaves_the_allocator_alone(workd
 
     seen = []
     real = memory.use_keep_freed_memory
+    monkeypatch.setattr(memory, "allocator_set_by_environment", lambda: None)
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: True)  # the pytest process's allocator stays as it is
     monkeypatch.setattr(memory, "use_keep_freed_memory", lambda setting, device: seen.append(real(setting, device)))
     create_rl_trainer(experiment="smoke", max_steps=1, output_dir=workdir / "a")
