@@ -272,7 +272,7 @@ def rows(result: dict) -> list[dict]:
             extra = f", {s['generated_tokens_per_s']:.0f} gen tok/s" if "generated_tokens_per_s" in s else ""
             out.append({"name": f"{algorithm.upper()} {side} ({setting})", "target": "", "ok": None,
                         "value": f"{s['step_s']:.2f} s/step{extra}, {s['peak_rss_mb'] / 1024:.2f} GiB"})
-        variants = [(side, f"{side} ({','.join(result['variants'][side[10:-1]])})", None)
+        variants = [(side, f"{side} ({','.join(result['variants'][side.removeprefix('aligntune[').removesuffix(']')])})", None)
                     for side in result["sides_run"] if side.startswith("aligntune[")]
         for other, label, target in (("trl_default", "TRL defaults", TARGET), ("trl_fp32", "TRL fp32", None), *variants):
             if f"speedup_vs_{other}" not in r:
