@@ -181,7 +181,7 @@ class AlignmentJob:
         estimate: prompts longer than the length that one assumed (memory.PROMPT_TOKENS)."""
         from aligntune.run import memory
 
-        longer = memory._shape(self.config, longest)[1] > memory._shape(self.config)[1]
+        longer = memory.batch_shape(self.config, longest)[1] > memory.batch_shape(self.config)[1]
         refined = memory.check(self.config, self.precision, self.device, tokens=longest, warn=longer)
         if refined:
             self.memory_estimate = refined

@@ -20,7 +20,7 @@ CPU, else 4):
               TRL's trainers (GRPO, RLOO, DPO, KTO, SFT) score through its fused LM head, in tiles, and keep none;
               with gradient checkpointing only each layer's input is kept. Tokens per sequence: the configured
               maximum (algorithm.max_length, or prompt + completion), an upper bound of what the data holds,
-              then the data's measured longest (`_shape`: GRPO/RLOO/PPO prompts count at least PROMPT_TOKENS
+              then the data's measured longest (`batch_shape`: GRPO/RLOO/PPO prompts count at least PROMPT_TOKENS
               without dataset.max_prompt_length, and longer ones at their length); with train.shared_prefix a
               GRPO/RLOO micro-batch's distinct prompts count once each.
 
@@ -75,7 +75,7 @@ def _lora_params(model, run: RunConfig) -> int:
     return total
 
 
-def _shape(run: RunConfig, longest: int | None = None) -> tuple[int, int]:
+def batch_shape(run: RunConfig, longest: int | None = None) -> tuple[int, int]:
     """(sequences per forward/backward, tokens per sequence). `longest`: the data's longest sequence (for prompt
     algorithms its longest prompt plus algorithm.max_completion_length), where it has been measured. A configured
     limit caps it. The prompt length assumed without dataset.max_prompt_length (PROMPT_TOKENS) is no limit: longer
@@ -154,7 +154,7 @@ def estimate(run: RunConfig, precision: str = "fp32", device: str = "cpu", token
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     vocab = getattr(config, "vocab_size", 0)
-    seqs, tokens = _shape(run, tokens)
+    seqs, tokens = batch_shape(run, tokens)
     # train.shared_prefix: a GRPO/RLOO micro-batch runs each distinct prompt once, then every row's completion
     # (backends/trl/shared_prefix.py); `through` is the tokens per sequence that then go through the model
     through, prefix = tokens, 0
@@ -346,7 +346,7 @@ def check(run: RunConfig, precision: str = "fp32", device: str | None = None, to
     log.info("memory estimate%s: %s for %s parameters (%s); %s: %s", measured, _gb(est["total"]), est["parameters"],
              parts, what, _gb(have))
     if est["total"] > have and warn:
-        seqs, tokens = _shape(run, tokens)
+        seqs, tokens = batch_shape(run, tokens)
         text = (f"warning: this run needs about {_gb(est['total'])} ({parts}; {seqs} sequences of up to {tokens} tokens "
                 f"per forward/backward), more than the {_gb(have)} of {what}. Lower train.micro_batch_size or the "
                 "lengths, enable train.gradient_checkpointing or model.lora.enabled, or use a smaller model.")

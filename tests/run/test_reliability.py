@@ -541,7 +541,7 @@ def test_memory_estimate_follows_the_compute_precision_and_the_fused_head():
     assert bf16["activations"] * 2 == fp32["activations"]  # 16-bit activations; TRL's fused head keeps no logits
     assert memory.estimate(run, "bf16", "cuda")["weights"] == 4 * n  # CUDA: fp32 weights under autocast
     ppo_run = preflight.load(["experiment=ppo_smoke"])[0]
-    (seqs, tokens), vocab = memory._shape(ppo_run), memory._meta_model(ppo_run)[1].vocab_size
+    (seqs, tokens), vocab = memory.batch_shape(ppo_run), memory._meta_model(ppo_run)[1].vocab_size
     assert memory.estimate(ppo_run)["activations"] > seqs * tokens * vocab * 8  # native PPO materialises the logits
 
 
@@ -771,10 +771,10 @@ def test_grpo_prompts_are_measured_for_the_estimate_and_longer_ones_raise_it(wor
     run = preflight.load([*SMOKE, "train.max_steps=1"])[0]
     completion = run.algorithm.max_completion_length
     assert completion < longest < memory.PROMPT_TOKENS + completion  # short prompts: measured, and below the floor
-    seqs, assumed = memory._shape(run)
-    assert assumed == memory.PROMPT_TOKENS + completion and memory._shape(run, longest) == (seqs, assumed)
-    assert memory._shape(run, 400 + completion) == (seqs, 400 + completion)
+    seqs, assumed = memory.batch_shape(run)
+    assert assumed == memory.PROMPT_TOKENS + completion and memory.batch_shape(run, longest) == (seqs, assumed)
+    assert memory.batch_shape(run, 400 + completion) == (seqs, 400 + completion)
     assert memory.estimate(run, tokens=400 + completion)["activations"] > memory.estimate(run)["activations"]
     capped = preflight.load([*SMOKE, "dataset.max_prompt_length=64"])[0]
-    assert memory._shape(capped, 400 + completion) == (seqs, 64 + completion)
+    assert memory.batch_shape(capped, 400 + completion) == (seqs, 64 + completion)
 

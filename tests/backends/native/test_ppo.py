@@ -258,6 +258,17 @@ def test_first_update_starts_at_ratio_one_then_moves(workdir):
     assert trainer._update(batch)["policy/approx_kl"] > 0  # a second pass sees the moved policy
 
 
+def test_the_optimizer_is_torchs_fused_adamw_where_it_runs(workdir):
+    from aligntune.backends.native.ppo_trainer import fused_adamw
+
+    trainer = build_job(workdir, "train.batch_size=4").trainer
+    assert trainer.optimizer.defaults["fused"] is True  # as transformers' adamw_torch_fused in the TRL engines
+    floats = [torch.zeros(2, requires_grad=True)]
+    assert fused_adamw(torch.device("cpu"), floats) and fused_adamw(torch.device("cuda"), floats)
+    assert fused_adamw(torch.device("meta"), floats) is None  # torch's own choice elsewhere
+    assert fused_adamw(torch.device("cpu"), []) is None
+
+
 def test_lora_reference_is_the_base_model_without_a_copy(workdir):
     trainer = build_job(workdir, "train.batch_size=4", "model.lora.enabled=true", "model.lora.r=4",
                         "model.lora.target_modules=[q_proj,v_proj]").trainer
